@@ -1,0 +1,212 @@
+"""A small asyncio Kubernetes API client for exactly the calls the operator makes.
+
+kopf watches the custom resources; everything the operator writes (Secrets, status, Events,
+TokenRequests) goes through :class:`KubeApi`, so the calls are few, counted and easy to fake.
+Each method maps to one RBAC rule in ``charts/rdsiam/templates/rbac.yaml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+import aiohttp
+
+JsonDict = dict[str, Any]
+
+
+class ApiError(Exception):
+    """A non-2xx answer. The message is the API server's own text (never request bodies)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def temporary(self) -> bool:
+        return self.status in (409, 429) or self.status >= 500
+
+
+class Kube(Protocol):
+    """What the reconciler needs from Kubernetes (a fake implements it in unit tests)."""
+
+    async def get_secret(self, namespace: str, name: str) -> JsonDict | None: ...
+    async def create_secret(self, namespace: str, body: JsonDict) -> JsonDict: ...
+    async def replace_secret(self, namespace: str, name: str, body: JsonDict) -> JsonDict: ...
+    async def patch_status(self, namespace: str, name: str, status: JsonDict) -> JsonDict: ...
+    async def post_event(self, namespace: str, body: JsonDict) -> None: ...
+    async def get_service_account(self, namespace: str, name: str) -> JsonDict | None: ...
+    async def request_token(
+        self, namespace: str, name: str, audience: str, seconds: int) -> tuple[str, str | None]: ...
+    async def get_namespace(self, name: str) -> JsonDict | None: ...
+
+
+class KubeApi:
+    """Kube over HTTP(S) with aiohttp; built from kopf's ConnectionInfo."""
+
+    CR_PATH = "/apis/rdsiam.io/v1alpha1/namespaces/{ns}/rdsiamcredentials/{name}"
+
+    def __init__(
+        self, server: str, *, headers: Mapping[str, str] | None = None, ssl_context: ssl.SSLContext | bool = True,
+        timeout: float = 10.0, connections: int = 32,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self._headers = {"Accept": "application/json", "User-Agent": "rdsiam-operator", **(headers or {})}
+        self._ssl = ssl_context
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self.writes = 0  # count of mutating calls, for benchmarks and tests
+
+    @classmethod
+    def from_connection_info(cls, info: Any) -> KubeApi:
+        """Build from kopf's ``ConnectionInfo`` (the operator's own login)."""
+        ctx: ssl.SSLContext | bool = True
+        if info.server.startswith("https"):
+            ctx = ssl.create_default_context(
+                cafile=str(info.ca_path) if info.ca_path else None,
+                cadata=info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data)
+            if info.insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            if info.certificate_path and info.private_key_path:
+                ctx.load_cert_chain(str(info.certificate_path), str(info.private_key_path))
+            elif info.certificate_data and info.private_key_data:
+                ctx.load_cert_chain(*_materialise(info.certificate_data, info.private_key_data))
+        return cls(info.server, headers=info.as_http_headers(), ssl_context=ctx)
+
+    async def _request(
+        self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
+        params: Mapping[str, str] | None = None, allow_404: bool = False,
+    ) -> JsonDict | None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl))
+        data = json.dumps(body) if body is not None else None
+        if method != "GET":
+            self.writes += 1
+        async with self._session.request(
+            method, self.server + path, data=data, params=params,
+            headers={"Content-Type": content_type} if data is not None else None,
+        ) as resp:
+            text = await resp.text()
+            if resp.status == 404 and allow_404:
+                return None
+            if resp.status >= 400:
+                try:
+                    status = json.loads(text)
+                    reason, message = status.get("reason", ""), status.get("message", "")
+                except ValueError:
+                    reason, message = resp.reason or "", text[:200]
+                raise ApiError(resp.status, str(reason), str(message))
+            return json.loads(text) if text else {}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # Secrets: get (conflict check on create), create, update (rotation).
+    async def get_secret(self, namespace: str, name: str) -> JsonDict | None:
+        return await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}", allow_404=True)
+
+    async def list_secrets(self, label_selector: str) -> JsonDict:
+        result = await self._request("GET", "/api/v1/secrets", params={"labelSelector": label_selector})
+        assert result is not None
+        return result
+
+    async def watch_secrets(self, label_selector: str, resource_version: str) -> AsyncIterator[JsonDict]:
+        """Yield watch events; ends when the server closes the stream."""
+        assert self._session is not None
+        params = {"labelSelector": label_selector, "watch": "true", "resourceVersion": resource_version,
+                  "allowWatchBookmarks": "true", "timeoutSeconds": "300"}
+        async with self._session.get(
+            self.server + "/api/v1/secrets", params=params, timeout=aiohttp.ClientTimeout(sock_read=330),
+        ) as resp:
+            if resp.status >= 400:
+                raise ApiError(resp.status, resp.reason or "", (await resp.text())[:200])
+            async for line in resp.content:
+                if line.strip():
+                    yield json.loads(line)
+
+    async def create_secret(self, namespace: str, body: JsonDict) -> JsonDict:
+        result = await self._request("POST", f"/api/v1/namespaces/{namespace}/secrets", body=body)
+        assert result is not None
+        return result
+
+    async def replace_secret(self, namespace: str, name: str, body: JsonDict) -> JsonDict:
+        result = await self._request("PUT", f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body)
+        assert result is not None
+        return result
+
+    async def patch_status(self, namespace: str, name: str, status: JsonDict) -> JsonDict:
+        result = await self._request(
+            "PATCH", self.CR_PATH.format(ns=namespace, name=name) + "/status", body={"status": status},
+            content_type="application/merge-patch+json")
+        assert result is not None
+        return result
+
+    async def post_event(self, namespace: str, body: JsonDict) -> None:
+        await self._request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+
+    # Identity: ServiceAccount mode reads the SA's role annotation and requests a token for it.
+    async def get_service_account(self, namespace: str, name: str) -> JsonDict | None:
+        return await self._request(
+            "GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}", allow_404=True)
+
+    async def request_token(
+        self, namespace: str, name: str, audience: str, seconds: int,
+    ) -> tuple[str, str | None]:
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"audiences": [audience], "expirationSeconds": seconds}}
+        result = await self._request(
+            "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", body=body)
+        assert result is not None
+        status = result.get("status", {})
+        return status["token"], status.get("expirationTimestamp")
+
+    # Tenancy policy reads namespace labels/annotations.
+    async def get_namespace(self, name: str) -> JsonDict | None:
+        return await self._request("GET", f"/api/v1/namespaces/{name}", allow_404=True)
+
+    # Leader election (replicas > 1).
+    async def get_lease(self, namespace: str, name: str) -> JsonDict | None:
+        return await self._request(
+            "GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}", allow_404=True)
+
+    async def create_lease(self, namespace: str, body: JsonDict) -> JsonDict:
+        result = await self._request(
+            "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", body=body)
+        assert result is not None
+        return result
+
+    async def replace_lease(self, namespace: str, name: str, body: JsonDict) -> JsonDict:
+        result = await self._request(
+            "PUT", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}", body=body)
+        assert result is not None
+        return result
+
+
+def _materialise(cert: str | bytes, key: str | bytes) -> tuple[str, str]:
+    """load_cert_chain needs files: write inline kubeconfig credentials to private temp files."""
+    import os
+    import tempfile
+
+    paths = []
+    for blob in (cert, key):
+        fd, path = tempfile.mkstemp(prefix="rdsiam-kube-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob.encode() if isinstance(blob, str) else blob)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+async def sleep_backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> None:
+    import random
+
+    await asyncio.sleep(min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2))

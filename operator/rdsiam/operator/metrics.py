@@ -1,0 +1,89 @@
+"""Prometheus metrics (prometheus-client), served on ``--metrics-port``.
+
+- ``rdsiam_refreshes_total{result,reason}``: token refreshes (result ok/error; reason why or what failed)
+- ``rdsiam_token_expiry_seconds{namespace,name}``: seconds until each resource's current token expires
+- ``rdsiam_sts_requests_total{action,result}`` and ``rdsiam_sts_request_seconds{action}``
+- ``rdsiam_kubernetes_write_errors_total{status}``, ``rdsiam_kubernetes_writes_total``
+- ``rdsiam_resources``: resources known to this replica; ``rdsiam_leader``: 1 while this replica acts
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from rdsiam.operator.policy import parse_time
+from rdsiam.operator.reconcile import CREDENTIAL_LABEL, EXPIRES_ANN
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+REFRESHES = Counter("rdsiam_refreshes", "Token refreshes by result and reason.", ["result", "reason"],
+                    registry=REGISTRY)
+STS_REQUESTS = Counter("rdsiam_sts_requests", "AWS STS calls by action and result.", ["action", "result"],
+                       registry=REGISTRY)
+STS_SECONDS = Histogram("rdsiam_sts_request_seconds", "AWS STS call latency.", ["action"], registry=REGISTRY,
+                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+KUBE_WRITE_ERRORS = Counter("rdsiam_kubernetes_write_errors", "Failed Kubernetes writes by HTTP status.",
+                            ["status"], registry=REGISTRY)
+
+
+class _Expiry:
+    """Collected on scrape from the scheduler's state: no per-resource bookkeeping on the hot path."""
+
+    def __init__(self) -> None:
+        self.scheduler: Any = None
+        self.kube: Any = None
+
+    def collect(self) -> Any:
+        now = datetime.datetime.now(datetime.UTC)
+        family = GaugeMetricFamily("rdsiam_token_expiry_seconds",
+                                   "Seconds until the resource's current token expires.",
+                                   labels=["namespace", "name"])
+        secrets = self.scheduler.reconciler.secrets if self.scheduler else {}
+        for secret in list(secrets.values()):
+            meta = secret["metadata"]
+            owner = (meta.get("labels") or {}).get(CREDENTIAL_LABEL)
+            when = parse_time((meta.get("annotations") or {}).get(EXPIRES_ANN))
+            if owner and when:
+                family.add_metric([meta["namespace"], owner], (when - now).total_seconds())
+        yield family
+        resources = GaugeMetricFamily("rdsiam_resources", "RdsIamCredential resources known.")
+        resources.add_metric([], len(self.scheduler.bodies) if self.scheduler else 0)
+        yield resources
+        leader = GaugeMetricFamily("rdsiam_leader", "1 while this replica refreshes tokens.")
+        leader.add_metric([], 1 if self.scheduler and self.scheduler.active.is_set() else 0)
+        yield leader
+        writes = GaugeMetricFamily("rdsiam_kubernetes_writes", "Mutating Kubernetes API calls made.")
+        writes.add_metric([], self.kube.writes if self.kube else 0)
+        yield writes
+
+
+EXPIRY = _Expiry()
+REGISTRY.register(EXPIRY)  # type: ignore[arg-type]
+
+
+def instrument(reconciler: Any, identities: Any, scheduler: Any, kube: Any) -> None:
+    """Hook the metrics into the operator's objects (callbacks, not polling)."""
+    EXPIRY.scheduler, EXPIRY.kube = scheduler, kube
+
+    def refreshed(body: dict[str, Any], reason: str, expires: datetime.datetime) -> None:
+        REFRESHES.labels("ok", reason).inc()
+
+    def failed(body: dict[str, Any], reason: str) -> None:
+        REFRESHES.labels("error", reason).inc()
+        if reason == "KubernetesError":
+            KUBE_WRITE_ERRORS.labels("error").inc()
+
+    def sts_call(action: str, seconds: float, error: str | None) -> None:
+        STS_REQUESTS.labels(action, "error" if error else "ok").inc()
+        STS_SECONDS.labels(action).observe(seconds)
+
+    reconciler.on_refresh = refreshed
+    reconciler.on_failure = failed
+    identities.on_sts_call = sts_call
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:
+    start_http_server(port, addr=addr, registry=REGISTRY)

@@ -1,0 +1,34 @@
+"""Condition reasons: CamelCase constants shared by status conditions, Events and metrics."""
+
+from __future__ import annotations
+
+TOKEN_ISSUED = "TokenIssued"
+INVALID_SPEC = "InvalidSpec"
+CREDENTIALS_UNAVAILABLE = "CredentialsUnavailable"
+ACCESS_DENIED = "AccessDenied"
+THROTTLED = "Throttled"
+SECRET_CONFLICT = "SecretConflict"
+KUBERNETES_ERROR = "KubernetesError"
+IDENTITY_NOT_ALLOWED = "IdentityNotAllowed"
+SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
+SERVICE_ACCOUNT_NOT_ANNOTATED = "ServiceAccountNotAnnotated"
+PENDING = "Pending"
+
+# Reasons of the `Connected` condition (spec.verify).
+CONNECTED = "Connected"
+LOGIN_REJECTED = "LoginRejected"
+TLS_REQUIRED = "TLSRequired"
+DNS_ERROR = "DNSError"
+CONNECT_TIMEOUT = "ConnectTimeout"
+CONNECTION_REFUSED = "ConnectionRefused"
+VERIFY_FAILED = "VerifyFailed"
+
+# Event reasons for successful work.
+ROTATED = "TokenRotated"
+
+FAILURE_REASONS = frozenset({
+    INVALID_SPEC, CREDENTIALS_UNAVAILABLE, ACCESS_DENIED, THROTTLED, SECRET_CONFLICT,
+    KUBERNETES_ERROR, IDENTITY_NOT_ALLOWED, SERVICE_ACCOUNT_NOT_FOUND, SERVICE_ACCOUNT_NOT_ANNOTATED,
+})
+# Failures that no retry can fix until the resource (or something it names) changes.
+PERMANENT_REASONS = frozenset({INVALID_SPEC, IDENTITY_NOT_ALLOWED})

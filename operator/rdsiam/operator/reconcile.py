@@ -1,0 +1,411 @@
+"""One reconciliation of one RdsIamCredential: decide, mint, write the Secret, report.
+
+I/O goes through the ``Kube`` and ``Identities`` objects passed in; decisions come from
+``policy``. Tokens never leave this module except inside the Secret body.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rdsiam.operator import policy, reasons
+from rdsiam.operator.aws import Identities, IdentityError, IdentityKey, sign_token
+from rdsiam.operator.kubeapi import ApiError, Kube
+from rdsiam.operator.spec import GROUP, KIND, VERSION, CredentialSpec, SpecError, parse_spec
+from rdsiam.operator.target import Target, TargetError, build_dsn, pgpass_line, resolve
+from rdsiam.operator.tenancy import TenancyPolicy
+
+logger = logging.getLogger("rdsiam.reconcile")
+UTC = datetime.UTC
+TOKEN_LIFETIME = datetime.timedelta(seconds=900)
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "rdsiam"
+CREDENTIAL_LABEL = "rdsiam.io/credential"
+FINGERPRINT_ANN = "rdsiam.io/spec-hash"
+ISSUED_ANN = "rdsiam.io/issued-at"
+EXPIRES_ANN = "rdsiam.io/expires-at"
+IDENTITY_ANN = "rdsiam.io/identity"  # the principal ARN that signed (never keys)
+REFRESH_ANN = "rdsiam.io/refresh-requested-at"  # set by `rdsiam renew` / users to force a rotation
+SECRET_KEYS = ("username", "password", "host", "port", "dbname", "dsn", "expires-at")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What the scheduler needs to know after a reconciliation."""
+
+    next_due: datetime.datetime | None  # None: do not come back until the resource changes
+    ok: bool
+    reason: str
+    refreshed: bool = False
+    retry_after: float | None = None  # seconds; for temporary failures (the scheduler adds backoff)
+
+
+@dataclasses.dataclass
+class Stats:
+    refreshes: int = 0
+    secret_writes: int = 0
+    status_writes: int = 0
+    events: int = 0
+    failures: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class Reconciler:
+    def __init__(
+        self, kube: Kube, identities: Identities, *, clock: Callable[[], datetime.datetime] | None = None,
+        tenancy: TenancyPolicy | None = None, secret_cache: dict[tuple[str, str], dict[str, Any]] | None = None,
+        instance: str | None = None, verifier: Callable[..., Awaitable[tuple[str, str, str]]] | None = None,
+        resolver: Callable[[str], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self.kube = kube
+        self.identities = identities
+        self.clock = clock or (lambda: datetime.datetime.now(UTC))
+        self.tenancy = tenancy or TenancyPolicy()
+        # (namespace, name) -> Secret metadata+data as last seen (kept current by the Secret watch).
+        self.secrets = secret_cache if secret_cache is not None else {}
+        self.instance = instance or os.environ.get("POD_NAME") or "rdsiam"
+        self.verifier = verifier
+        self.resolver = resolver
+        self.stats = Stats()
+        self.on_refresh: Callable[[dict[str, Any], str, datetime.datetime], None] | None = None
+        self.on_failure: Callable[[dict[str, Any], str], None] | None = None
+        self._warned: dict[str, tuple[str, str]] = {}
+
+    async def reconcile(self, body: dict[str, Any]) -> Outcome:
+        meta = body.get("metadata", {})
+        ns, name = meta["namespace"], meta["name"]
+        now = self.clock()
+        try:
+            spec = parse_spec(body.get("spec"))
+            target = resolve(
+                dsn=spec.dsn, host=spec.host, port=spec.port, database=spec.database, username=spec.username,
+                engine=spec.engine, region=spec.region, signing_host=spec.signing_host)
+        except (SpecError, TargetError) as exc:
+            return await self._fail(body, reasons.INVALID_SPEC, f"Invalid spec: {exc}. Fix the field and "
+                                    "re-apply; the operator will not retry this generation.", permanent=True)
+        secret_name = spec.target.name or name
+        if spec.resolve_cname and self.resolver is not None and not spec.signing_host:
+            endpoint = await self.resolver(target.host)
+            if endpoint:
+                target = dataclasses.replace(target, signing_host=endpoint)
+
+        key = IdentityKey(
+            namespace=ns if (spec.service_account_name or spec.assume_role_arn) else None,
+            service_account=spec.service_account_name, role_arn=spec.assume_role_arn,
+            external_id=spec.external_id, session_name=spec.session_name,
+            duration=spec.assume_role_duration_seconds)
+        refusal = await self._check_tenancy(ns, spec)
+        if refusal is not None:
+            return await self._fail(body, reasons.IDENTITY_NOT_ALLOWED,
+                                    f"Identity not allowed by rule {refusal.rule}: {refusal.message}.",
+                                    permanent=True)
+
+        try:
+            state, current = await self._secret_state(ns, secret_name, meta)
+        except ApiError as exc:
+            return await self._fail(body, reasons.KUBERNETES_ERROR, self._kube_message("read", ns, secret_name, exc),
+                                    retry_after=2.0)
+        if state.exists and not state.owned:
+            return await self._fail(
+                body, reasons.SECRET_CONFLICT,
+                f"Secret {ns}/{secret_name} already exists and is not owned by this RdsIamCredential"
+                f"{' (it belongs to ' + state.owner + ')' if state.owner else ''}; the operator never "
+                "overwrites or adopts a Secret it did not create. Delete that Secret or set spec.target.name "
+                "to a free name.", retry_after=60.0)
+
+        fp = policy.fingerprint(body.get("spec") or {}, secret_name)
+        requested = policy.parse_time((meta.get("annotations") or {}).get(REFRESH_ANN))
+        decision = policy.decide(
+            current=fp, secret=state, interval=spec.refresh_seconds, now=now, requested_at=requested,
+            jitter=policy.jitter_seconds(meta.get("uid", name), spec.refresh_seconds))
+        if not decision.refresh:
+            await self._sync_status_if_behind(body, spec, target, secret_name, state)
+            return Outcome(decision.due, True, reasons.TOKEN_ISSUED)
+
+        logger.debug("Refreshing %s/%s: %s (endpoint %s, user %s, identity %s)", ns, name, decision.reason,
+                     target.signing_endpoint, target.username, key.describe())
+        try:
+            creds = await self.identities.get(key)
+        except IdentityError as exc:
+            return await self._fail(body, exc.reason, exc.message, retry_after=exc.retry_after or 5.0)
+        token = sign_token(creds, target.signing_host, target.port, target.username, target.region)
+        issued = self.clock()
+        expires = issued + TOKEN_LIFETIME
+        if creds.expiry is not None and creds.expiry < expires:
+            expires = creds.expiry
+        logger.debug("Token issued for %s/%s (%d bytes, expires %s, signed by %s)", ns, name, len(token),
+                     policy.rfc3339(expires), creds.arn or "unknown principal")
+
+        secret = self._secret_body(body, spec, target, secret_name, token, issued, expires, fp, state, creds.arn)
+        del token
+        try:
+            written = await self._write_secret(ns, secret_name, secret, state, meta)
+        except ApiError as exc:
+            if exc.status == 409:
+                # Someone else wrote it between our read and write: re-read and decide again soon.
+                self.secrets.pop((ns, secret_name), None)
+            return await self._fail(body, reasons.KUBERNETES_ERROR,
+                                    self._kube_message("write", ns, secret_name, exc), retry_after=1.0)
+        except _Conflict as exc:
+            return await self._fail(body, reasons.SECRET_CONFLICT, str(exc), retry_after=60.0)
+        self.secrets[(ns, secret_name)] = _strip_data(written)
+        self.stats.refreshes += 1
+        self.stats.secret_writes += 1
+
+        connected: tuple[str, str, str] | None = None
+        if spec.verify and self.verifier is not None:
+            connected = await self.verifier(target, secret)
+        first = not state.exists
+        message = (f"Token for {target.username}@{target.signing_endpoint} ({target.region}) written to Secret "
+                   f"{secret_name}; expires {policy.rfc3339(expires)}"
+                   f"{' (credentials expire first)' if creds.expiry and creds.expiry < issued + TOKEN_LIFETIME else ''}.")
+        status: dict[str, Any] = {
+            "observedGeneration": meta.get("generation"),
+            "lastRefreshTime": policy.rfc3339(issued),
+            "expiresAt": policy.rfc3339(expires),
+            "secretName": secret_name,
+            "identity": creds.arn,
+            "endpoint": target.signing_endpoint,
+        }
+        conditions = policy.condition(
+            (body.get("status") or {}).get("conditions"), type_="Ready", status="True",
+            reason=reasons.TOKEN_ISSUED, message=message, generation=meta.get("generation"), now=issued)
+        if connected is not None:
+            c_status, c_reason, c_message = connected
+            conditions = policy.condition(conditions, type_="Connected", status=c_status, reason=c_reason,
+                                          message=c_message, generation=meta.get("generation"), now=issued)
+            if c_status != "True":
+                await self._event(body, "Warning", c_reason, c_message)
+        status["conditions"] = conditions
+        await self._patch_status(body, status)
+        self._warned.pop(f"{ns}/{name}", None)
+        await self._event(body, "Normal", reasons.TOKEN_ISSUED if first else reasons.ROTATED,
+                          f"{'Issued' if first else 'Rotated'} token ({decision.reason}); Secret {secret_name} "
+                          f"expires {policy.rfc3339(expires)}.")
+        if self.on_refresh is not None:
+            self.on_refresh(body, decision.reason, expires)
+        due = policy.decide(
+            current=fp, secret=_state_of(self.secrets[(ns, secret_name)], meta.get("uid")),
+            interval=spec.refresh_seconds, now=issued,
+            jitter=policy.jitter_seconds(meta.get("uid", name), spec.refresh_seconds)).due
+        return Outcome(due, True, reasons.TOKEN_ISSUED, refreshed=True)
+
+    # ---- pieces -------------------------------------------------------------------------------
+
+    async def _check_tenancy(self, ns: str, spec: CredentialSpec) -> Any:
+        namespace_obj = None
+        if self.tenancy.needs_namespace:
+            try:
+                namespace_obj = await self.kube.get_namespace(ns)
+            except ApiError:
+                namespace_obj = None
+        return self.tenancy.check(namespace=ns, role_arn=spec.assume_role_arn,
+                                  service_account=spec.service_account_name, namespace_obj=namespace_obj)
+
+    async def _secret_state(self, ns: str, name: str, meta: dict[str, Any]) -> tuple[policy.SecretState, Any]:
+        cached = self.secrets.get((ns, name))
+        if cached is None:
+            fetched = await self.kube.get_secret(ns, name)
+            if fetched is not None:
+                cached = _strip_data(fetched)
+                if _owned_by(cached, meta.get("uid")):
+                    self.secrets[(ns, name)] = cached
+        return _state_of(cached, meta.get("uid")), cached
+
+    def _secret_body(
+        self, body: dict[str, Any], spec: CredentialSpec, target: Target, secret_name: str, token: str,
+        issued: datetime.datetime, expires: datetime.datetime, fp: str, state: policy.SecretState,
+        identity: str | None,
+    ) -> dict[str, Any]:
+        meta = body["metadata"]
+        data = {
+            "username": target.username,
+            "password": token,
+            "host": target.host,
+            "port": str(target.port),
+            "dbname": target.database,
+            "dsn": build_dsn(target, token),
+            "expires-at": policy.rfc3339(expires),
+        }
+        if target.engine == "postgres":
+            data["pgpass"] = pgpass_line(target, token)
+        labels = {**spec.target.labels, MANAGED_BY: MANAGER, CREDENTIAL_LABEL: meta["name"]}
+        annotations = {**spec.target.annotations, FINGERPRINT_ANN: fp, ISSUED_ANN: policy.rfc3339(issued),
+                       EXPIRES_ANN: policy.rfc3339(expires)}
+        if identity:
+            annotations[IDENTITY_ANN] = identity
+        metadata: dict[str, Any] = {
+            "name": secret_name, "namespace": meta["namespace"], "labels": labels, "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        }
+        if state.resource_version:
+            metadata["resourceVersion"] = state.resource_version
+        return {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata,
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+
+    async def _write_secret(
+        self, ns: str, name: str, secret: dict[str, Any], state: policy.SecretState, meta: dict[str, Any],
+    ) -> dict[str, Any]:
+        if state.exists:
+            return await self.kube.replace_secret(ns, name, secret)
+        try:
+            return await self.kube.create_secret(ns, secret)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        # It appeared meanwhile: only ever replace it when it is ours.
+        existing = await self.kube.get_secret(ns, name)
+        if existing is None or not _owned_by(existing, meta.get("uid")):
+            owner = _owner_of(existing) if existing else None
+            raise _Conflict(
+                f"Secret {ns}/{name} already exists and is not owned by this RdsIamCredential"
+                f"{' (it belongs to ' + owner + ')' if owner else ''}; the operator never overwrites or adopts "
+                "a Secret it did not create. Delete that Secret or set spec.target.name to a free name.")
+        secret["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        return await self.kube.replace_secret(ns, name, secret)
+
+    async def _sync_status_if_behind(
+        self, body: dict[str, Any], spec: CredentialSpec, target: Target, secret_name: str,
+        state: policy.SecretState,
+    ) -> None:
+        """After a restart or a failed status write: make status match a still-fresh Secret."""
+        status = body.get("status") or {}
+        meta = body["metadata"]
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        if ready and ready.get("status") == "True" and status.get("observedGeneration") == meta.get("generation") \
+                and status.get("secretName") == secret_name:
+            return
+        assert state.expires_at is not None and state.issued_at is not None
+        message = (f"Token for {target.username}@{target.signing_endpoint} ({target.region}) in Secret "
+                   f"{secret_name}; expires {policy.rfc3339(state.expires_at)}.")
+        await self._patch_status(body, {
+            "observedGeneration": meta.get("generation"),
+            "lastRefreshTime": policy.rfc3339(state.issued_at),
+            "expiresAt": policy.rfc3339(state.expires_at),
+            "secretName": secret_name,
+            "endpoint": target.signing_endpoint,
+            "conditions": policy.condition(status.get("conditions"), type_="Ready", status="True",
+                                           reason=reasons.TOKEN_ISSUED, message=message,
+                                           generation=meta.get("generation"), now=self.clock()),
+        })
+
+    async def _fail(
+        self, body: dict[str, Any], reason: str, message: str, *, permanent: bool = False,
+        retry_after: float | None = None,
+    ) -> Outcome:
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
+        logger.warning("%s/%s: %s: %s", ns, name, reason, message)
+        if self.on_failure is not None:
+            self.on_failure(body, reason)
+        status = body.get("status") or {}
+        conditions = policy.condition(
+            status.get("conditions"), type_="Ready", status="False", reason=reason, message=message,
+            generation=meta.get("generation"), now=self.clock())
+        # Write status and a Warning Event when something changed; repeated identical failures under
+        # backoff only refresh nothing (no flood), the Event's message already says it all.
+        previous = self._warned.get(f"{ns}/{name}")
+        old_ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        changed = previous != (reason, message) or not old_ready or old_ready.get("reason") != reason \
+            or old_ready.get("message") != message or status.get("observedGeneration") != meta.get("generation")
+        if changed:
+            try:
+                await self._patch_status(body, {"observedGeneration": meta.get("generation"),
+                                                "conditions": conditions})
+            except ApiError as exc:
+                logger.warning("%s/%s: could not write status: %s", ns, name, exc.status)
+            await self._event(body, "Warning", reason, message)
+            self._warned[f"{ns}/{name}"] = (reason, message)
+        if permanent:
+            return Outcome(None, False, reason)
+        return Outcome(None, False, reason, retry_after=retry_after or 5.0)
+
+    async def _patch_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        result = await self.kube.patch_status(meta["namespace"], meta["name"], status)
+        self.stats.status_writes += 1
+        # Keep our view current so a later decision sees what we wrote.
+        body["status"] = result.get("status", status) if isinstance(result, dict) else status
+
+    async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = body["metadata"]
+        now = policy.rfc3339(self.clock())
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "reason": reason, "message": message[:1024], "type": type_,
+            "source": {"component": "rdsiam"}, "reportingComponent": "rdsiam.io/operator",
+            "reportingInstance": self.instance, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self.kube.post_event(meta["namespace"], event)
+            self.stats.events += 1
+        except ApiError as exc:  # Events are best effort; never fail a refresh over them
+            logger.debug("Event not posted for %s/%s: %s", meta["namespace"], meta["name"], exc.status)
+
+    @staticmethod
+    def _kube_message(what: str, ns: str, name: str, exc: ApiError) -> str:
+        hint = {403: "check the operator's RBAC for secrets (get, create, update)",
+                409: "someone else changed it at the same moment; retrying",
+                422: "the API server rejected the Secret; check spec.target labels and annotations"}.get(
+            exc.status, "the API server or network had a problem; retrying with backoff")
+        return f"Could not {what} Secret {ns}/{name}: {exc.status} {exc.reason}: {exc.message[:300]}. {hint}."
+
+
+class _Conflict(Exception):
+    pass
+
+
+def _strip_data(secret: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a Secret: metadata and which keys exist (never the token)."""
+    meta = secret.get("metadata", {})
+    return {
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion", "labels",
+                                              "annotations", "ownerReferences")},
+        "keys": sorted((secret.get("data") or {}).keys() if "data" in secret else secret.get("keys", [])),
+    }
+
+
+def _owned_by(secret: dict[str, Any] | None, uid: str | None) -> bool:
+    refs = (secret or {}).get("metadata", {}).get("ownerReferences") or []
+    return uid is not None and any(r.get("uid") == uid for r in refs)
+
+
+def _owner_of(secret: dict[str, Any]) -> str | None:
+    refs = secret.get("metadata", {}).get("ownerReferences") or []
+    ctrl = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+    return f"{ctrl.get('kind')}/{ctrl.get('name')}" if ctrl else None
+
+
+def _state_of(secret: dict[str, Any] | None, uid: str | None) -> policy.SecretState:
+    if secret is None:
+        return policy.SecretState()
+    meta = secret.get("metadata", {})
+    ann = meta.get("annotations") or {}
+    owned = _owned_by(secret, uid)
+    keys = set(secret.get("keys") or [])
+    return policy.SecretState(
+        exists=True, owned=owned, owner=None if owned else _owner_of(secret),
+        fingerprint=ann.get(FINGERPRINT_ANN), issued_at=policy.parse_time(ann.get(ISSUED_ANN)),
+        expires_at=policy.parse_time(ann.get(EXPIRES_ANN)), complete=set(SECRET_KEYS) <= keys,
+        resource_version=meta.get("resourceVersion"))
+
+
+def backoff(attempt: int, minimum: float, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter, never below ``minimum``."""
+    return max(minimum, min(cap, 2.0 ** attempt) * random.uniform(0.5, 1.0))

@@ -1,0 +1,218 @@
+"""One scheduler for all credentials: a priority queue of due times and a bounded worker pool.
+
+kopf's per-resource timers cost one asyncio task each and wake every resource on its own; here
+every resource is one heap entry, and a refresh happens only when ``policy.decide`` says it is due
+(interval, expiry margin, spec change, Secret gone). One resource at a time per key; a failing
+resource backs off on its own and never delays the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from rdsiam.operator import reconcile as rec
+from rdsiam.operator.kubeapi import ApiError
+
+logger = logging.getLogger("rdsiam.scheduler")
+UTC = datetime.UTC
+Key = tuple[str, str]
+
+
+def _trim(body: Any) -> dict[str, Any]:
+    """A plain-dict copy of what reconciliation needs (kopf bodies are live views)."""
+    meta = body.get("metadata", {})
+    return {
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion",
+                                              "annotations", "deletionTimestamp")},
+        "spec": _plain(body.get("spec") or {}),
+        "status": _plain(body.get("status") or {}),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Scheduler:
+    def __init__(
+        self, reconciler: rec.Reconciler, *, concurrency: int = 16,
+        clock: Callable[[], datetime.datetime] | None = None,
+    ) -> None:
+        self.reconciler = reconciler
+        self.clock = clock or reconciler.clock
+        self.concurrency = concurrency
+        self.bodies: dict[Key, dict[str, Any]] = {}
+        self._heap: list[tuple[float, int, Key]] = []
+        self._deadline: dict[Key, float] = {}
+        self._seq = itertools.count()
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._attempts: dict[Key, int] = {}
+        self._wake = asyncio.Event()
+        self.active = asyncio.Event()  # set while this replica leads (always, without HA)
+        self.ready = asyncio.Event()  # set once the Secret cache is primed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.outcomes: dict[Key, rec.Outcome] = {}
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def observe(self, body: Any) -> None:
+        """A watch event for a resource (kopf on.event). Schedules work only when it matters."""
+        trimmed = _trim(body)
+        meta = trimmed["metadata"]
+        key = (meta["namespace"], meta["name"])
+        old = self.bodies.get(key)
+        self.bodies[key] = trimmed
+        if meta.get("deletionTimestamp"):
+            return
+        if old is None or _changed(old, trimmed):
+            self._attempts.pop(key, None)
+            self.schedule(key, 0.0)
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        self.bodies.pop(key, None)
+        self._deadline.pop(key, None)
+        self._attempts.pop(key, None)
+        self.outcomes.pop(key, None)
+
+    def secret_event(self, kind: str, secret: dict[str, Any]) -> None:
+        """Keep the Secret cache current; a deleted or foreign-modified Secret is refreshed now."""
+        meta = secret.get("metadata", {})
+        skey = (meta.get("namespace"), meta.get("name"))
+        cache = self.reconciler.secrets
+        known = cache.get(skey)  # type: ignore[arg-type]
+        if kind == "DELETED":
+            cache.pop(skey, None)  # type: ignore[arg-type]
+        else:
+            cache[skey] = rec._strip_data(secret)  # type: ignore[index]
+        if known is not None and kind != "DELETED" and \
+                known["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
+            return
+        owner = (meta.get("labels") or {}).get(rec.CREDENTIAL_LABEL)
+        if owner and (meta.get("namespace"), owner) in self.bodies and known is not None:
+            self.schedule((meta["namespace"], owner), 0.0)
+
+    def schedule(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, delay)
+        current = self._deadline.get(key)
+        if current is not None and current <= deadline and key not in self._running:
+            return  # already due earlier
+        self._deadline[key] = deadline
+        heapq.heappush(self._heap, (deadline, next(self._seq), key))
+        self._wake.set()
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.concurrency)
+        await self.ready.wait()
+        while True:
+            await self.active.wait()
+            now = loop.time()
+            while self._heap and self._heap[0][0] <= now:
+                deadline, _, key = heapq.heappop(self._heap)
+                if self._deadline.get(key) != deadline:
+                    continue  # superseded
+                if key in self._running:
+                    self._dirty.add(key)
+                    continue
+                del self._deadline[key]
+                await slots.acquire()
+                self._running.add(key)
+                task = asyncio.create_task(self._one(key, slots), name=f"rdsiam {key[0]}/{key[1]}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                if not self.active.is_set():
+                    break
+            self._wake.clear()
+            timeout = (self._heap[0][0] - loop.time()) if self._heap else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _one(self, key: Key, slots: asyncio.Semaphore) -> None:
+        try:
+            body = self.bodies.get(key)
+            if body is None:
+                return
+            try:
+                outcome = await self.reconciler.reconcile(body)
+            except Exception as exc:  # a bug or an unexpected failure must not stop the others
+                logger.exception("Unexpected error reconciling %s/%s: %s", key[0], key[1], type(exc).__name__)
+                outcome = rec.Outcome(None, False, "InternalError", retry_after=10.0)
+            self.outcomes[key] = outcome
+            if key not in self.bodies:
+                return
+            if outcome.ok:
+                self._attempts.pop(key, None)
+                if outcome.next_due is not None:
+                    delay = (outcome.next_due - self.clock()).total_seconds()
+                    self.schedule(key, delay)
+            elif outcome.retry_after is not None:
+                attempt = self._attempts.get(key, 0)
+                self._attempts[key] = attempt + 1
+                self.schedule(key, rec.backoff(attempt, outcome.retry_after))
+        finally:
+            self._running.discard(key)
+            slots.release()
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.schedule(key, 0.0)
+
+    # ---- Secret cache: one LIST, then a WATCH of managed Secrets only -------------------------
+
+    async def watch_secrets(self, kube: Any) -> None:
+        selector = f"{rec.MANAGED_BY}={rec.MANAGER}"
+        attempt = 0
+        while True:
+            try:
+                listing = await kube.list_secrets(selector)
+                fresh = {}
+                for item in listing.get("items", []):
+                    m = item["metadata"]
+                    fresh[(m["namespace"], m["name"])] = rec._strip_data(item)
+                self.reconciler.secrets.clear()
+                self.reconciler.secrets.update(fresh)
+                self.ready.set()
+                version = listing.get("metadata", {}).get("resourceVersion", "0")
+                attempt = 0
+                while True:
+                    async for event in kube.watch_secrets(selector, version):
+                        kind, obj = event.get("type"), event.get("object", {})
+                        if kind == "ERROR":
+                            raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), "watch error")
+                        version = obj.get("metadata", {}).get("resourceVersion", version)
+                        if kind in ("ADDED", "MODIFIED", "DELETED"):
+                            self.secret_event(kind, obj)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.info("Secret watch restarting after %s", getattr(exc, "status", type(exc).__name__))
+                await asyncio.sleep(rec.backoff(attempt, 0.5, 30.0))
+                attempt += 1
+
+    async def drain(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    om, nm = old["metadata"], new["metadata"]
+    if om.get("generation") != nm.get("generation") or om.get("uid") != nm.get("uid"):
+        return True
+    oa, na = om.get("annotations") or {}, nm.get("annotations") or {}
+    return bool(oa.get(rec.REFRESH_ANN) != na.get(rec.REFRESH_ANN))

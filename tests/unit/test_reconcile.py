@@ -1,0 +1,190 @@
+"""Reconciler with fakes: which writes happen, what status says, that foreign Secrets are never touched."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from rdsiam.operator import reasons
+from rdsiam.operator.aws import Credentials, IdentityError, IdentityKey
+from rdsiam.operator.kubeapi import ApiError
+from rdsiam.operator.reconcile import Reconciler
+from rdsiam.operator.tenancy import TenancyPolicy
+
+HOST = "orders.cluster-abc123.us-east-1.rds.amazonaws.com"
+T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.rv = 0
+
+    async def get_secret(self, ns: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("get_secret")
+        return copy.deepcopy(self.secrets.get((ns, name)))
+
+    async def create_secret(self, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("create_secret")
+        if (ns, body["metadata"]["name"]) in self.secrets:
+            raise ApiError(409, "AlreadyExists", "exists")
+        return self._store(ns, body)
+
+    async def replace_secret(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("replace_secret")
+        return self._store(ns, body)
+
+    def _store(self, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.rv += 1
+        body = copy.deepcopy(body)
+        body["metadata"]["resourceVersion"] = str(self.rv)
+        self.secrets[(ns, body["metadata"]["name"])] = body
+        return copy.deepcopy(body)
+
+    async def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("patch_status")
+        self.statuses.append(status)
+        return {"status": status}
+
+    async def post_event(self, ns: str, body: dict[str, Any]) -> None:
+        self.calls.append("post_event")
+        self.events.append(body)
+
+    async def get_service_account(self, ns: str, name: str) -> dict[str, Any] | None:
+        return None
+
+    async def request_token(self, ns: str, name: str, audience: str, seconds: int) -> tuple[str, str | None]:
+        raise AssertionError("not used")
+
+    async def get_namespace(self, name: str) -> dict[str, Any] | None:
+        return {"metadata": {"name": name, "labels": {}}}
+
+
+class FakeIdentities:
+    def __init__(self, expiry: dt.datetime | None = None, error: IdentityError | None = None) -> None:
+        self.expiry, self.error, self.keys = expiry, error, []
+
+    async def get(self, key: IdentityKey) -> Credentials:
+        self.keys.append(key)
+        if self.error:
+            raise self.error
+        return Credentials("ASIAFAKE", "secret", "session", self.expiry, "arn:aws:sts::1:assumed-role/r/s")
+
+
+def resource(spec: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+    return {"metadata": {"name": "orders", "namespace": "shop", "uid": "uid-1", "generation": generation},
+            "spec": spec or {"host": HOST, "username": "app_user", "database": "orders"}, "status": {}}
+
+
+def reconciler(kube: FakeKube, ids: FakeIdentities, now: dt.datetime = T0, **kw: Any) -> Reconciler:
+    return Reconciler(kube, ids, clock=lambda: now, **kw)  # type: ignore[arg-type]
+
+
+async def test_first_issue_writes_secret_status_and_one_event() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    out = await reconciler(kube, ids).reconcile(resource())
+    assert out.ok and out.refreshed and out.next_due is not None
+    assert T0 + dt.timedelta(seconds=540) <= out.next_due <= T0 + dt.timedelta(seconds=600)  # interval - jitter
+    assert kube.calls == ["get_secret", "create_secret", "patch_status", "post_event"]
+    secret = kube.secrets[("shop", "orders")]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data["username"] == "app_user" and data["dbname"] == "orders" and data["port"] == "5432"
+    assert data["password"].startswith(f"{HOST}:5432/?Action=connect&DBUser=app_user&")
+    assert data["expires-at"] == "2026-01-01T12:15:00Z"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    ready = kube.statuses[-1]["conditions"][0]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "True", reasons.TOKEN_ISSUED)
+    assert kube.statuses[-1]["identity"] == "arn:aws:sts::1:assumed-role/r/s"
+    assert kube.events[0]["type"] == "Normal"
+
+
+async def test_expiry_is_capped_by_credentials() -> None:
+    kube = FakeKube()
+    await reconciler(kube, FakeIdentities(expiry=T0 + dt.timedelta(minutes=7))).reconcile(resource())
+    assert base64.b64decode(kube.secrets[("shop", "orders")]["data"]["expires-at"]) == b"2026-01-01T12:07:00Z"
+
+
+async def test_restart_with_fresh_secret_writes_nothing() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    body = resource()
+    await reconciler(kube, ids).reconcile(body)
+    kube.calls.clear()
+    later = T0 + dt.timedelta(minutes=3)
+    out = await reconciler(kube, ids, now=later).reconcile(body)  # a new process: empty cache
+    assert kube.calls == ["get_secret"] and not out.refreshed and out.ok
+
+
+async def test_spec_change_re_mints() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    rec = reconciler(kube, ids)
+    await rec.reconcile(resource())
+    out = await rec.reconcile(resource({"host": HOST, "username": "other"}, generation=2))
+    assert out.refreshed and kube.calls.count("replace_secret") == 1
+
+
+async def test_foreign_secret_is_never_touched() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    foreign = {"metadata": {"name": "orders", "namespace": "shop", "resourceVersion": "7"}, "data": {"x": "eQ=="}}
+    kube.secrets[("shop", "orders")] = copy.deepcopy(foreign)
+    out = await reconciler(kube, ids).reconcile(resource())
+    assert not out.ok and out.reason == reasons.SECRET_CONFLICT and out.retry_after
+    assert kube.secrets[("shop", "orders")] == foreign
+    assert "create_secret" not in kube.calls and "replace_secret" not in kube.calls
+    assert "shop/orders" in kube.statuses[-1]["conditions"][0]["message"]
+    assert kube.events[-1]["type"] == "Warning"
+
+
+async def test_invalid_spec_is_permanent_and_names_the_field() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    out = await reconciler(kube, ids).reconcile(resource({"host": "db.example.com", "username": "u"}))
+    assert not out.ok and out.next_due is None and out.retry_after is None
+    cond = kube.statuses[-1]["conditions"][0]
+    assert cond["reason"] == reasons.INVALID_SPEC and "spec.region" in cond["message"]
+    assert ids.keys == []
+
+
+async def test_identity_failure_backs_off_and_keeps_secret() -> None:
+    kube = FakeKube()
+    rec = reconciler(kube, FakeIdentities())
+    await rec.reconcile(resource())
+    before = copy.deepcopy(kube.secrets)
+    rec.identities = FakeIdentities(error=IdentityError(reasons.THROTTLED, "throttled", retry_after=5))  # type: ignore[assignment]
+    out = await rec.reconcile(resource({"host": HOST, "username": "app_user", "database": "x"}, generation=2))
+    assert not out.ok and out.reason == reasons.THROTTLED and out.retry_after == 5
+    assert kube.secrets == before
+    # The same failure again: no second Warning Event or status write (no flood).
+    n_events, n_status = len(kube.events), len(kube.statuses)
+    body = resource({"host": HOST, "username": "app_user", "database": "x"}, generation=2)
+    body["status"] = kube.statuses[-1]
+    await rec.reconcile(body)
+    assert (len(kube.events), len(kube.statuses)) == (n_events, n_status)
+
+
+async def test_tenancy_refusal() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    policy = TenancyPolicy(allowed_role_arns=("arn:aws:iam::*:role/{namespace}-*",))
+    spec = {"host": HOST, "username": "u", "assumeRoleArn": "arn:aws:iam::123456789012:role/billing-db"}
+    out = await reconciler(kube, ids, tenancy=policy).reconcile(resource(spec))
+    assert out.reason == reasons.IDENTITY_NOT_ALLOWED and out.next_due is None
+    assert "allowed-role-arns" in kube.statuses[-1]["conditions"][0]["message"]
+    ok = {**spec, "assumeRoleArn": "arn:aws:iam::123456789012:role/shop-db"}
+    assert (await reconciler(kube, ids, tenancy=policy).reconcile(resource(ok))).ok
+
+
+@pytest.mark.parametrize("status", [500, 403])
+async def test_kubernetes_errors_are_temporary(status: int) -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+
+    async def broken(ns: str, body: dict[str, Any]) -> dict[str, Any]:
+        raise ApiError(status, "Err", "boom")
+
+    kube.create_secret = broken  # type: ignore[method-assign]
+    out = await reconciler(kube, ids).reconcile(resource())
+    assert out.reason == reasons.KUBERNETES_ERROR and out.retry_after

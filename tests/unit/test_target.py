@@ -1,0 +1,108 @@
+"""Connection target: DSN parsing, inference, rebuild, and round trips through real parsers."""
+
+from __future__ import annotations
+
+import pytest
+
+from rdsiam.operator.target import TargetError, build_dsn, parse_dsn, pgpass_line, region_of, resolve
+
+HOST = "orders.cluster-abc123.us-east-1.rds.amazonaws.com"
+TOKEN = (f"{HOST}:5432/?Action=connect&DBUser=app%40x&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+         "&X-Amz-Credential=ASIA%2F20260101%2Fus-east-1%2Frds-db%2Faws4_request&X-Amz-Date=20260101T000000Z"
+         "&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Security-Token=IQo%2B%2Fabc%3D%3D"
+         "&X-Amz-Signature=" + "ab" * 32)
+
+
+@pytest.mark.parametrize(("host", "region"), [
+    ("mydb.abcdefghijkl.us-east-1.rds.amazonaws.com", "us-east-1"),
+    ("c.cluster-abc.eu-west-2.rds.amazonaws.com", "eu-west-2"),
+    ("c.cluster-ro-abc.ap-southeast-1.rds.amazonaws.com", "ap-southeast-1"),
+    ("c.cluster-custom-abc.ca-central-1.rds.amazonaws.com", "ca-central-1"),
+    ("p.proxy-abc.us-west-2.rds.amazonaws.com", "us-west-2"),
+    ("e.endpoint.proxy-abc.us-west-2.rds.amazonaws.com", "us-west-2"),
+    ("db.abc.cn-north-1.rds.amazonaws.com.cn", "cn-north-1"),
+    ("db.abc.us-gov-west-1.rds.amazonaws.com", "us-gov-west-1"),
+    ("DB.ABC.US-EAST-1.RDS.AMAZONAWS.COM", "us-east-1"),
+    ("db.example.com", None),
+    ("10.0.0.1", None),
+    ("rds.amazonaws.com", None),
+])
+def test_region_inference(host: str, region: str | None) -> None:
+    assert region_of(host) == region
+
+
+def test_dsn_password_is_dropped_and_explicit_fields_win() -> None:
+    t = resolve(dsn=f"postgresql://dsn_user:$TOKEN@{HOST}:5432/orders?sslmode=require",
+                username="app_user", database="other")
+    assert (t.username, t.database, t.host, t.port, t.region) == ("app_user", "other", HOST, 5432, "us-east-1")
+    assert t.options == (("sslmode", "require"),)
+    assert "$TOKEN" not in repr(t)
+    assert parse_dsn(f"postgresql://u:PLACEHOLDER@{HOST}/db").had_password
+
+
+def test_keyword_dsn_and_engine_inference() -> None:
+    t = resolve(dsn=f"host={HOST} port=3306 user='my user' password=secret dbname=shop sslmode=verify-full")
+    assert (t.engine, t.username, t.database, t.port) == ("mysql", "my user", "shop", 3306)
+    assert "secret" not in repr(t)
+    assert resolve(dsn=f"mysql://u@{HOST}/db").port == 3306
+    assert resolve(host=HOST, username="u").engine == "postgres"
+
+
+def test_cname_without_region_explains_signing_host() -> None:
+    with pytest.raises(TargetError) as err:
+        resolve(host="db.internal.example.com", username="u")
+    assert err.value.field == "spec.region"
+    assert "signingHost" in err.value.message and "CNAME" in err.value.message
+    t = resolve(host="db.internal.example.com", username="u", signing_host=HOST)
+    assert (t.host, t.signing_host, t.region) == ("db.internal.example.com", HOST, "us-east-1")
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"dsn": "http://x/y"}, "spec.dsn"),
+    ({"dsn": f"postgresql://u:p@{HOST}:99999/db"}, "spec.dsn"),
+    ({"host": "bad_host!", "username": "u"}, "spec.host"),
+    ({"host": "a" * 300, "username": "u"}, "spec.host"),
+    ({"host": HOST}, "spec.username"),
+    ({"dsn": f"postgresql://{HOST},{HOST}/db"}, "spec.dsn"),
+])
+def test_bad_targets_name_the_field_and_never_echo_passwords(kwargs: dict[str, str], field: str) -> None:
+    with pytest.raises(TargetError) as err:
+        resolve(**kwargs)
+    assert err.value.field == field
+    assert ":p@" not in str(err.value)
+
+
+USERS = ["app_user", "a@b", "c:d", "e%f", "g/h", "ü ser"]
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_dsn_round_trips_through_libpq(user: str) -> None:
+    conninfo = pytest.importorskip("psycopg.conninfo")
+    t = resolve(host=HOST, username=user, database="my/db", dsn=f"postgresql://x@{HOST}/d?sslmode=verify-full"
+                "&sslrootcert=/etc/ca%20bundle.pem")
+    parsed = conninfo.conninfo_to_dict(build_dsn(t, TOKEN))
+    assert parsed["password"] == TOKEN
+    assert parsed["user"] == user
+    assert parsed["dbname"] == "my/db"
+    assert parsed["sslmode"] == "verify-full" and parsed["sslrootcert"] == "/etc/ca bundle.pem"
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_dsn_round_trips_through_sqlalchemy_and_pymysql(user: str) -> None:
+    sa = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("pymysql")
+    for engine in ("postgres", "mysql"):
+        t = resolve(host=HOST, username=user, database="db", engine=engine)
+        url = sa.make_url(build_dsn(t, TOKEN))
+        assert url.password == TOKEN and url.username == user and url.database == "db"
+    # PyMySQL gets its connect() arguments from SQLAlchemy's pymysql dialect.
+    mysql = resolve(host=HOST, username=user, database="db", engine="mysql")
+    url = sa.make_url(build_dsn(mysql, TOKEN).replace("mysql://", "mysql+pymysql://", 1))
+    _, kwargs = url.get_dialect()().create_connect_args(url)
+    assert kwargs["password"] == TOKEN and kwargs["user"] == user and kwargs["database"] == "db"
+
+
+def test_pgpass_escapes_and_lists_dial_hosts() -> None:
+    t = resolve(host="db.internal", username="a:b", database="d", signing_host=HOST)
+    lines = pgpass_line(t, "to:k\\en", hosts=["127.0.0.1"]).splitlines()
+    assert lines == ["db.internal:5432:d:a\\:b:to\\:k\\\\en", "127.0.0.1:5432:d:a\\:b:to\\:k\\\\en"]
