@@ -73,7 +73,8 @@ def explain(kind: str, code: str, message: str, ctx: Context, *, stage: str = ""
         causes.append("IAM database authentication must be enabled on the instance or cluster")
         causes.append("the token may have expired (15 minutes) or its signing credentials expired first")
         numbered = " ".join(f"({i}) {c}." for i, c in enumerate(causes, 1))
-        return "LoginRejected", f"{where} rejected the IAM login for {ctx.user!r} ({message}). Likely causes: {numbered}"
+        return "LoginRejected", (f"{where} rejected the IAM login for {ctx.user!r} ({message}). "
+                                 f"Likely causes: {numbered}")
     if code == "3D000" or ("database" in low and "does not exist" in low):
         return "LoginRejected", (f"The login worked but database {ctx.database!r} does not exist on {where}: "
                                  "fix spec.database / the DSN's path.")

@@ -168,6 +168,28 @@ def _warn_once(path: str, message: str) -> None:
     warnings.warn(message, MountWarning, stacklevel=4)
 
 
+_DIR_FLAGS: Final = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_FILE_FLAGS: Final = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_CHUNK: Final = 65536
+
+
+def _read_at(dir_fd: int, name: str) -> bytes | None:
+    """The content of ``name`` in the open directory (``None`` for a directory)."""
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise _Gone() from None
+    try:
+        chunks = [os.read(fd, _CHUNK)]
+        while len(chunks[-1]) == _CHUNK:  # a short read of a regular file is its end
+            chunks.append(os.read(fd, _CHUNK))
+        return b"".join(chunks)
+    except IsADirectoryError:
+        return None
+    finally:
+        os.close(fd)
+
+
 class _Gone(Exception):
     """The generation directory vanished mid-read (kubelet swapped and cleaned up)."""
 
@@ -325,32 +347,30 @@ class MountedCredential:
         return snap
 
     def _read_dir(self, directory: str, generation: str, *, atomic: bool) -> Snapshot:
+        # Open the directory once and read the keys relative to it: no path walk per file.
         try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
+            dir_fd = os.open(directory, _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
             raise _Gone() from None
-        except NotADirectoryError:
-            raise _Gone() from None
-        present = {n for n in names if not n.startswith("..")}
-        missing = tuple(k for k in REQUIRED_KEYS if k not in present)
-        if missing:
-            raise _Missing(missing, tuple(sorted(present)))
-        values: dict[str, str] = {}
-        for name in sorted(present):
-            full = os.path.join(directory, name)
-            try:
-                with open(full, "rb") as f:
-                    raw = f.read()
-            except FileNotFoundError:
-                raise _Gone() from None
-            except IsADirectoryError:
-                continue  # nested `items[].path` directories are not ours
-            try:
-                values[name] = _strip(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise CredentialIncomplete(
-                    f"rdsiam: {self.path}/{name} is not UTF-8 text", self.path
-                ) from None
+        try:
+            names = os.listdir(dir_fd)
+            present = {n for n in names if not n.startswith("..")}
+            missing = tuple(k for k in REQUIRED_KEYS if k not in present)
+            if missing:
+                raise _Missing(missing, tuple(sorted(present)))
+            values: dict[str, str] = {}
+            for name in present:
+                raw = _read_at(dir_fd, name)
+                if raw is None:
+                    continue  # a nested directory (`items[].path` with a slash): not ours
+                try:
+                    values[name] = _strip(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise CredentialIncomplete(
+                        f"rdsiam: {self.path}/{name} is not UTF-8 text", self.path
+                    ) from None
+        finally:
+            os.close(dir_fd)
         try:
             port = int(values["port"])
         except ValueError:

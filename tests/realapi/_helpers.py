@@ -6,9 +6,7 @@ import base64
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,28 +59,3 @@ def jwt_claims(token: str) -> dict[str, Any]:
     """Payload of a JWT, unverified (the test verifies the signature separately)."""
     payload = token.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
-
-
-def watch_events(
-    cluster: RealCluster, path: str, timeout: float = 10.0
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Open a watch (``path`` including ``?watch=1&...``); yields (HTTP status, event) per line.
-
-    A non-200 answer yields one (status, Status object) and ends.
-    """
-    req = urllib.request.Request(
-        cluster.url + path, headers={"Authorization": f"Bearer {cluster.token}", "Accept": "application/json"}
-    )
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=cluster.ssl_context())
-    )
-    try:
-        resp = opener.open(req, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        with err:
-            yield err.code, json.loads(err.read())
-        return
-    with resp:
-        for line in resp:
-            if line.strip():
-                yield resp.status, json.loads(line)

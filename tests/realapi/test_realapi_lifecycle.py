@@ -19,11 +19,19 @@ from ._helpers import wait_for
 
 
 def _alive(pid: int) -> bool:
+    """True while any thread of the process runs (a zombie leader may still have live threads)."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+        tasks = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
         return False
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
 def _port_open(url: str) -> bool:
@@ -82,7 +90,7 @@ def test_a_killed_test_process_leaves_no_process_or_directory_behind() -> None:
         child.wait()
         wait_for(lambda: not any(_alive(pid) for pid in state["pids"]), 15, "the control plane to be ended")
         wait_for(lambda: not Path(state["dir"]).exists(), 10, "the temporary directory to be removed")
-        assert not _port_open(state["url"])
+        wait_for(lambda: not _port_open(state["url"]), 10, "the API server port to close")
     finally:
         if child.poll() is None:
             child.kill()

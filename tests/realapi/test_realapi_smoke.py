@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 from rdsiam.testing.realapi import RealCluster, bin_dir, helm_path
 
-from ._helpers import DATA, jwt_claims, kubectl, project_crd_files, wait_for, watch_events
+from ._helpers import DATA, jwt_claims, kubectl, project_crd_files, wait_for
 
 WIDGETS = "/apis/fixtures.rdsiam.io/v1/namespaces/{ns}/widgets"
 
@@ -49,7 +50,11 @@ def test_kubectl_server_side_applies_the_crd_and_objects(real_cluster: RealClust
     assert header.split()[:3] == ["NAME", "SIZE", "READY"]
     assert row.split()[:2] == ["small", "3"]
 
-    obj = json.loads(kubectl(real_cluster, "get", "wdg/small", "-n", namespace, "-o", "json").stdout)
+    obj = json.loads(
+        kubectl(
+            real_cluster, "get", "wdg/small", "-n", namespace, "-o", "json", "--show-managed-fields"
+        ).stdout
+    )
     assert obj["spec"] == {"size": 3, "maxSize": 10, "color": "green"}
     assert any(
         m["manager"] == "kubectl" and m["operation"] == "Apply" for m in obj["metadata"]["managedFields"]
@@ -180,7 +185,7 @@ def test_token_request_returns_a_signed_jwt_for_the_service_account(
     # The signature verifies against the issuer's published JWKS, as STS would check it.
     status, discovery = real_cluster.request("GET", "/.well-known/openid-configuration")
     assert status == 200 and discovery["issuer"] == real_cluster.url
-    status, jwks = real_cluster.request("GET", "/openid/v1/jwks")
+    status, jwks = real_cluster.request("GET", "/openid/v1/jwks", accept="application/jwk-set+json")
     assert status == 200
     (key,) = jwks["keys"]
     verified = jwt.decode(
@@ -318,20 +323,27 @@ def test_garbage_collector_deletes_a_secret_owned_by_a_custom_resource(
 def test_watch_streams_changes_and_an_expired_resource_version_is_410(
     real_cluster: RealCluster, namespace: str
 ) -> None:
-    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    path = WIDGETS.format(ns=namespace)
     status, listing = real_cluster.request("GET", path)
     rv = listing["metadata"]["resourceVersion"]
-    assert real_cluster.request("POST", path, {"metadata": {"name": "watched"}})[0] == 201
+    assert real_cluster.request("POST", path, widget("watched", size=1))[0] == 201
+    assert (
+        real_cluster.request(
+            "PATCH", f"{path}/watched", {"spec": {"size": 2}}, content_type="application/merge-patch+json"
+        )[0]
+        == 200
+    )
 
-    events = watch_events(real_cluster, f"{path}?watch=1&resourceVersion={rv}&timeoutSeconds=5")
-    code, event = next(e for e in events if e[1]["object"]["metadata"].get("name") == "watched")
-    assert (code, event["type"]) == (200, "ADDED")
+    events = real_cluster.watch(f"{path}?watch=1&resourceVersion={rv}&timeoutSeconds=5")
+    seen = [(code, e["type"], e["object"]["spec"]["size"]) for code, e in itertools.islice(events, 2)]
+    assert seen == [(200, "ADDED", 1), (200, "MODIFIED", 2)]
 
-    # A resourceVersion older than anything the server still has: 410 Gone (as an ERROR event
-    # on the stream for a watch served from the watch cache, or as the HTTP status).
-    code, event = next(iter(watch_events(real_cluster, f"{path}?watch=1&resourceVersion=1&timeoutSeconds=5")))
-    gone = event if code == 410 else event["object"]
-    assert gone["code"] == 410 and gone["reason"] in ("Expired", "Gone"), (code, event)
+    # The watch cache of the Widget kind began when its CRD was installed, long after
+    # resourceVersion 1: the server answers 410 Gone as an ERROR event (kopf then relists).
+    ((code, event),) = list(real_cluster.watch(f"{path}?watch=1&resourceVersion=1&timeoutSeconds=5"))
+    assert (code, event["type"]) == (200, "ERROR"), event
+    assert (event["object"]["code"], event["object"]["reason"]) == (410, "Expired")
+    assert event["object"]["message"].startswith("too old resource version: 1 (")
 
 
 @pytest.mark.slow

@@ -83,7 +83,8 @@ PRINTER_COLUMNS = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Secret", "type": "string", "jsonPath": ".status.secretName"},
-    {"name": "Expires", "type": "date", "jsonPath": ".status.expiresAt"},
+    # A string, not a date: kubectl prints future dates as "<invalid>".
+    {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -88,8 +88,8 @@ class Reconciler:
                 dsn=spec.dsn, host=spec.host, port=spec.port, database=spec.database, username=spec.username,
                 engine=spec.engine, region=spec.region, signing_host=spec.signing_host)
         except (SpecError, TargetError) as exc:
-            return await self._fail(body, reasons.INVALID_SPEC, f"Invalid spec: {exc}. Fix the field and "
-                                    "re-apply; the operator will not retry this generation.", permanent=True)
+            return await self._fail(body, reasons.INVALID_SPEC, f"Invalid spec: {str(exc).rstrip('.')}. Fix the "
+                                    "field and re-apply; the operator will not retry this generation.", permanent=True)
         secret_name = spec.target.name or name
         if spec.resolve_cname and self.resolver is not None and not spec.signing_host:
             endpoint = await self.resolver(target.host)
@@ -163,9 +163,9 @@ class Reconciler:
         if spec.verify and self.verifier is not None:
             connected = await self.verifier(target, secret)
         first = not state.exists
+        early = creds.expiry is not None and creds.expiry < issued + TOKEN_LIFETIME
         message = (f"Token for {target.username}@{target.signing_endpoint} ({target.region}) written to Secret "
-                   f"{secret_name}; expires {policy.rfc3339(expires)}"
-                   f"{' (credentials expire first)' if creds.expiry and creds.expiry < issued + TOKEN_LIFETIME else ''}.")
+                   f"{secret_name}; expires {policy.rfc3339(expires)}{' (credentials expire first)' if early else ''}.")
         status: dict[str, Any] = {
             "observedGeneration": meta.get("generation"),
             "lastRefreshTime": policy.rfc3339(issued),

@@ -1,21 +1,30 @@
-"""Fixtures that run the operator against the local stack, and the secret-leak guard."""
+"""Fixtures that run the operator against the local stack, and the secret-leak guard.
+
+``cluster`` is the API server the scenarios run against: the emulator (``kube``) by default; the
+real-API tier overrides it with a kube-apiserver built from Go modules, the e2e tier with a real
+cluster. Everything here talks to it through ``kubectl``, so scenarios run unchanged on each.
+"""
 
 from __future__ import annotations
 
-import base64
+import json
 import re
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.operator import OperatorProcess
 
-SIGNATURE = re.compile(r"X-Amz-Signature=[0-9a-f]{16,}|X-Amz-Security-Token=|X-Amz-Credential=")
+SIGNATURE = re.compile(r"X-Amz-(?:Signature|Credential|Security-Token)(?:=|%3D)", re.IGNORECASE)
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def find_leaks(haystacks: dict[str, str], tokens: list[str]) -> list[str]:
-    """Names of the haystacks holding a token, a piece of one, or a SigV4 signature."""
+    """Names of the haystacks holding a token, its signature, or SigV4 query parameters."""
     leaks = []
     for name, text in haystacks.items():
         if SIGNATURE.search(text):
@@ -28,28 +37,44 @@ def find_leaks(haystacks: dict[str, str], tokens: list[str]) -> list[str]:
     return leaks
 
 
-def collect_tokens(kube: Any) -> list[str]:
-    """Every password held by a managed Secret in the emulator (to search for elsewhere)."""
-    client = kube.client()
-    out = []
-    for secret in client.list("v1", "secrets", label_selector="app.kubernetes.io/managed-by=rdsiam")["items"]:
+def cluster_tokens_and_texts(kubectl: Kubectl) -> tuple[list[str], dict[str, str]]:
+    """Every managed Secret's password, and what users see (Events, status) to search them in."""
+    tokens = []
+    for secret in kubectl.list("secrets", selector="app.kubernetes.io/managed-by=rdsiam"):
         data = secret.get("data") or {}
         if "password" in data:
-            out.append(base64.b64decode(data["password"]).decode())
-    return out
+            import base64
 
-
-def public_texts(kube: Any) -> dict[str, str]:
-    """What users and log collectors see: Events and the resources' status."""
-    import json
-
-    client = kube.client()
-    events = client.list("v1", "events")["items"]
-    creds = client.list("rdsiam.io/v1alpha1", "rdsiamcredentials")["items"]
-    return {
+            tokens.append(base64.b64decode(data["password"]).decode())
+    events = kubectl.list("events")
+    creds = kubectl.list("rdsiamcredentials")
+    texts = {
         "events": json.dumps([{k: e.get(k) for k in ("reason", "message")} for e in events]),
         "status": json.dumps([c.get("status") for c in creds]),
     }
+    return tokens, texts
+
+
+@pytest.fixture(scope="session")
+def cluster(kube: Any) -> Any:
+    """The API server under test (has ``.kubeconfig``); the emulator unless a tier overrides it."""
+    kubectl = Kubectl(kube.kubeconfig)
+    if kubectl.get("crd", "rdsiamcredentials.rdsiam.io") is None:
+        kubectl.apply_crds(str(ROOT / "crds"))
+    return kube
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Any) -> Kubectl:
+    return Kubectl(cluster.kubeconfig)
+
+
+@pytest.fixture
+def ns(kubectl: Kubectl) -> str:
+    """A fresh namespace for one test."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kubectl.create_namespace(name)
+    return name
 
 
 @pytest.fixture(scope="session")
@@ -60,18 +85,21 @@ def operator_env(sts: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 @pytest.fixture
-def operator_factory(kube: Any, operator_env: dict[str, str], tmp_path: Any) -> Iterator[Callable[..., OperatorProcess]]:
-    """Start operators (``operator_factory(args=[...], env={...})``); all are stopped and leak-checked."""
+def operator_factory(
+    cluster: Any, kubectl: Kubectl, operator_env: dict[str, str], tmp_path: Path,
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start operators (``operator_factory(args=[...], env={...})``); all are stopped, then the whole
+    operator log (DEBUG), its metrics page, Events and status are searched for tokens."""
     started: list[OperatorProcess] = []
 
     def make(args: list[str] | None = None, env: dict[str, str] | None = None, start: bool = True) -> OperatorProcess:
-        proc = OperatorProcess(kube.kubeconfig, {**operator_env, **(env or {})}, args or [],
+        proc = OperatorProcess(cluster.kubeconfig, {**operator_env, **(env or {})}, args or [],
                                log_dir=str(tmp_path / f"op{len(started)}"))
         started.append(proc)
         return proc.start() if start else proc
 
     yield make
-    texts = {}
+    texts: dict[str, str] = {}
     for i, proc in enumerate(started):
         if proc.metrics_port and proc.proc is not None and proc.proc.poll() is None:
             try:
@@ -80,12 +108,13 @@ def operator_factory(kube: Any, operator_env: dict[str, str], tmp_path: Any) -> 
                 pass
         proc.stop()
         texts[f"log{i}"] = proc.log()
-    texts.update(public_texts(kube))
-    leaks = find_leaks(texts, collect_tokens(kube))
+    tokens, public = cluster_tokens_and_texts(kubectl)
+    texts.update(public)
+    leaks = find_leaks(texts, tokens)
     assert not leaks, f"secrets leaked into: {leaks}"
 
 
 @pytest.fixture
 def operator(operator_factory: Callable[..., OperatorProcess]) -> OperatorProcess:
-    """A running operator (``rdsiam run``) against ``kube``, with IRSA credentials from ``sts``."""
+    """A running operator (``rdsiam run``) against ``cluster``, with IRSA credentials from ``sts``."""
     return operator_factory()

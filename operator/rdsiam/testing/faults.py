@@ -262,12 +262,18 @@ class FaultProxy:
                 if match and self.identify is not None:
                     caller = self.identify(match.group(1))
                 caller = caller or "arn:aws:sts::000000000000:assumed-role/unknown/unknown"
-                message = f"User: {caller} is not authorized to perform: sts:AssumeRole on resource: {role_arn}"
+                message = (
+                    f"User: {caller} is not authorized to perform: sts:AssumeRole on resource: {role_arn}"
+                )
             else:
                 message = f"Not authorized to perform sts:{action}"
-            return web.Response(status=403, body=error_xml("AccessDenied", message, namespace=namespace), headers=xml)
+            return web.Response(
+                status=403, body=error_xml("AccessDenied", message, namespace=namespace), headers=xml
+            )
         if fault == "throttle":
-            return web.Response(status=400, body=error_xml("Throttling", "Rate exceeded", namespace=namespace), headers=xml)
+            return web.Response(
+                status=400, body=error_xml("Throttling", "Rate exceeded", namespace=namespace), headers=xml
+            )
         if fault == "fail":
             if status in _5XX:
                 kind, code, message = _5XX[status]
@@ -277,7 +283,11 @@ class FaultProxy:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         async with self._session.request(
-            request.method, self.target_url + request.path_qs, headers=headers, data=body, allow_redirects=False
+            request.method,
+            self.target_url + request.path_qs,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
         ) as upstream:
             payload = await upstream.read()
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}

@@ -37,6 +37,7 @@ class OperatorProcess:
         self.health_port = free_port()
         self.metrics_port = free_port() if metrics else None
         self._dir = Path(log_dir or tempfile.mkdtemp(prefix="rdsiam-operator-"))
+        self._dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self._dir / "operator.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0

@@ -14,11 +14,15 @@ This module also holds the few PostgreSQL wire-protocol helpers the package need
 message, simple query); it imports no driver, so ``rdsiam[testing]`` needs no psycopg.
 
 Known gaps: no TCP listener (use ``IamPostgres`` for TCP/TLS); one server per object; settings are
-tuned for tests and would lose data on a crash.
+tuned for tests and would lose data on a crash. Normal exits stop the server (``atexit``); on
+Linux the postmaster also gets SIGINT when the *thread* that started it ends (``PR_SET_PDEATHSIG``),
+so start it from a long-lived thread (pytest's main thread is), and a run killed by a signal
+still leaves its temporary directory behind.
 """
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
@@ -29,6 +33,7 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -103,7 +108,7 @@ def encode_error(fields: dict[str, str]) -> bytes:
 
 def parse_data_row(payload: bytes) -> tuple[str | None, ...]:
     (count,) = struct.unpack_from("!H", payload, 0)
-    offset, values = 2, []
+    offset, values = 2, list[str | None]()
     for _ in range(count):
         (length,) = struct.unpack_from("!i", payload, offset)
         offset += 4
@@ -196,6 +201,24 @@ def find_bindir() -> Path:
     )
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to send the postmaster SIGINT (fast shutdown) when the thread
+    that started it dies, so a test run killed by a signal leaves no server running. It runs after
+    the child's setuid (which would clear the setting). ``None`` where prctl is unavailable."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved in the parent, not the child
+    except (OSError, AttributeError):  # not Linux: atexit still covers normal exits
+        return None
+    sigint = int(signal.SIGINT)
+
+    def preexec() -> None:
+        prctl(1, sigint, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
 def _run_as() -> tuple[int, int] | None:
     if os.geteuid() != 0:
         return None
@@ -205,7 +228,9 @@ def _run_as() -> tuple[int, int] | None:
         except KeyError:
             continue
         return entry.pw_uid, entry.pw_gid
-    raise PostgresUnavailable("running as root, and there is no 'postgres' or 'nobody' user to run PostgreSQL as")
+    raise PostgresUnavailable(
+        "running as root, and there is no 'postgres' or 'nobody' user to run PostgreSQL as"
+    )
 
 
 class PostgresServer:
@@ -266,6 +291,7 @@ class PostgresServer:
         except BaseException:
             self.stop()
             raise
+        atexit.register(self.stop)  # no orphaned postmaster if the test run ends without teardown
         self.start_seconds = time.perf_counter() - began
         return self
 
@@ -297,7 +323,7 @@ class PostgresServer:
         with open(self._log, "ab") as log:
             self._proc = subprocess.Popen(  # type: ignore[call-overload]
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=self.directory,
-                start_new_session=True, **user_kwargs,
+                start_new_session=True, preexec_fn=_parent_death_signal(), **user_kwargs,
             )  # fmt: skip
         deadline = time.monotonic() + 30
         while True:
@@ -309,7 +335,9 @@ class PostgresServer:
                 return
             except (OSError, ConnectionError, PostgresError) as exc:  # not up yet ("starting up": 57P03)
                 if time.monotonic() > deadline:
-                    raise PostgresUnavailable(f"postgres did not accept connections: {exc}; {self.log_tail()}")
+                    raise PostgresUnavailable(
+                        f"postgres did not accept connections: {exc}; {self.log_tail()}"
+                    ) from exc
                 time.sleep(0.02)
 
     def log_tail(self, size: int = 2000) -> str:
@@ -318,6 +346,7 @@ class PostgresServer:
         return self._log.read_bytes()[-size:].decode(errors="replace")
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         proc, self._proc = self._proc, None
         if proc is not None:
             if proc.poll() is None:
@@ -342,7 +371,9 @@ class PostgresServer:
 
     # -- SQL ---------------------------------------------------------------------------------------
 
-    def execute(self, sql: str, *, database: str = "postgres", user: str = SUPERUSER) -> list[tuple[str | None, ...]]:
+    def execute(
+        self, sql: str, *, database: str = "postgres", user: str = SUPERUSER
+    ) -> list[tuple[str | None, ...]]:
         """Run SQL as ``user`` (default: the superuser); returns the rows of the last result set.
 
         Several statements separated by ``;`` run in one implicit transaction (simple query
@@ -358,9 +389,7 @@ class PostgresServer:
         """Create the ``rds_iam`` role RDS has on every instance (once)."""
         if self._iam_role_ready:
             return
-        self.execute(
-            "DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
-        )
+        self.execute("DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
         self._iam_role_ready = True
 
     def create_user(

@@ -68,11 +68,16 @@ from rdsiam.testing.postgres import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,
     SSL_REQUEST,
+    SUPERUSER,
+    PostgresError,
     PostgresServer,
     encode_error,
     encode_message,
+    encode_query,
+    encode_startup,
+    parse_data_row,
+    parse_error_fields,
     quote_literal,
-    simple_query,
 )
 
 __all__ = ["IamPostgres", "LoginAttempt", "LoginReason"]
@@ -178,6 +183,7 @@ class IamPostgres:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
+        self._admin: _AdminConnection | None = None  # superuser session for role lookups (loop thread)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -210,6 +216,9 @@ class IamPostgres:
         self._loop.run_forever()
 
     async def _shutdown(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
@@ -267,9 +276,15 @@ class IamPostgres:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )  # fmt: skip
@@ -302,7 +317,11 @@ class IamPostgres:
             )
             .sign(ca_key, hashes.SHA256())
         )
-        ca_path, cert_path, key_path = self._dir / "ca.pem", self._dir / "server.crt", self._dir / "server.key"
+        ca_path, cert_path, key_path = (
+            self._dir / "ca.pem",
+            self._dir / "server.crt",
+            self._dir / "server.key",
+        )
         ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(
@@ -355,7 +374,7 @@ class IamPostgres:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         backend_writer: asyncio.StreamWriter | None = None
         try:
             relay = None
@@ -373,7 +392,7 @@ class IamPostgres:
             for w in (backend_writer, writer):
                 if w is not None:
                     await _close(w)
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _authenticate(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -406,7 +425,8 @@ class IamPostgres:
                 writer.write(
                     _fatal(
                         "0A000",
-                        f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports 3.0 to 3.0",
+                        f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+                        "server supports 3.0 to 3.0",
                         "ProcessStartupPacket",
                     )
                 )
@@ -426,34 +446,40 @@ class IamPostgres:
         def log(accepted: bool, reason: str, method: str | None, **extra: object) -> None:
             self.login_log.append(
                 LoginAttempt(
-                    user=user, database=database, accepted=accepted, reason=reason, tls=tls,
+                    user=user, database=database, accepted=accepted, reason=str(reason), tls=tls,
                     method=method, at=self.now(), **extra,  # type: ignore[arg-type]
                 )
             )  # fmt: skip
 
         if not user:
             log(False, LoginReason.NO_USER, None)
-            writer.write(_fatal("28000", "no PostgreSQL user name specified in startup packet", "ProcessStartupPacket"))
+            writer.write(
+                _fatal("28000", "no PostgreSQL user name specified in startup packet", "ProcessStartupPacket")
+            )
             await writer.drain()
             return None
         try:
             role = await self._role_info(user)
         except Exception as exc:  # backend down: RDS would not answer either
             log(False, LoginReason.BACKEND_UNAVAILABLE, None, detail=type(exc).__name__)
-            writer.write(_fatal("57P03", "the database system is not accepting connections", "ProcessStartupPacket"))
+            writer.write(
+                _fatal("57P03", "the database system is not accepting connections", "ProcessStartupPacket")
+            )
             await writer.drain()
             return None
 
         encryption = "no encryption" if self.backend.major_version >= 15 else "SSL off"
         if not tls and (role.iam or self.force_ssl):
+            who = f'host "{host}", user "{user}", database "{database}", {encryption}'
             if role.iam:
-                message = f'pg_hba.conf rejects connection for host "{host}", user "{user}", database "{database}", '
-                detail = "IAM authentication requires TLS (hostnossl ... reject)"
+                message, detail = (
+                    f"pg_hba.conf rejects connection for {who}",
+                    "IAM requires TLS (hostnossl reject)",
+                )
             else:
-                message = f'no pg_hba.conf entry for host "{host}", user "{user}", database "{database}", '
-                detail = "rds.force_ssl is on"
+                message, detail = f"no pg_hba.conf entry for {who}", "rds.force_ssl is on"
             log(False, LoginReason.NO_TLS, None, detail=detail)
-            writer.write(_fatal("28000", message + encryption, "ClientAuthentication"))
+            writer.write(_fatal("28000", message, "ClientAuthentication"))
             await writer.drain()
             return None
 
@@ -476,11 +502,17 @@ class IamPostgres:
                 principal_arn=verdict.principal_arn, detail=verdict.detail,
             )  # fmt: skip
             if not verdict.ok:
-                writer.write(_fatal("28000", f'PAM authentication failed for user "{user}"', "auth_failed", "326"))
+                writer.write(
+                    _fatal("28000", f'PAM authentication failed for user "{user}"', "auth_failed", "326")
+                )
                 await writer.drain()
                 return None
         else:
-            ok, detail = await self._password_auth(reader, writer, user, role)
+            try:
+                ok, detail = await self._password_auth(reader, writer, user, role)
+            except _ClientGone:
+                log(False, LoginReason.CLIENT_CLOSED, "password")
+                raise
             if not ok:
                 reason = LoginReason.NOT_IAM_USER if role.exists else LoginReason.UNKNOWN_USER
                 log(False, reason, "password", detail=detail)
@@ -494,7 +526,9 @@ class IamPostgres:
         try:
             backend_reader, backend_writer = await asyncio.open_unix_connection(self.backend.socket_path)
         except OSError:
-            writer.write(_fatal("57P03", "the database system is not accepting connections", "ProcessStartupPacket"))
+            writer.write(
+                _fatal("57P03", "the database system is not accepting connections", "ProcessStartupPacket")
+            )
             await writer.drain()
             return None
         backend_writer.write(startup)
@@ -512,7 +546,9 @@ class IamPostgres:
             f"SELECT a.rolname = 'rds_iam' OR EXISTS ({sql}), a.rolpassword "
             f"FROM pg_authid a WHERE a.rolname = {quote_literal(user)}"
         )
-        rows = await asyncio.to_thread(simple_query, self.backend.socket_path, query, timeout=10)
+        if self._admin is None:
+            self._admin = _AdminConnection(self.backend.socket_path)
+        rows = await self._admin.query(query)
         if not rows:
             return _RoleInfo(exists=False, iam=False, password=None)
         return _RoleInfo(exists=True, iam=rows[0][0] == "t", password=rows[0][1])
@@ -605,6 +641,61 @@ class IamPostgres:
             await asyncio.gather(*pumps, return_exceptions=True)
 
 
+class _AdminConnection:
+    """One superuser session to the backend, reused for every role lookup (queries serialised)."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def _read(self) -> tuple[bytes, bytes]:
+        assert self._reader is not None
+        header = await self._reader.readexactly(5)
+        (length,) = struct.unpack("!I", header[1:])
+        return header[:1], await self._reader.readexactly(length - 4)
+
+    async def _until_ready(self) -> list[tuple[str | None, ...]]:
+        rows: list[tuple[str | None, ...]] = []
+        error: dict[str, str] | None = None
+        while True:
+            kind, payload = await self._read()
+            if kind == b"T":
+                rows = []
+            elif kind == b"D":
+                rows.append(parse_data_row(payload))
+            elif kind == b"E":
+                error = error or parse_error_fields(payload)
+            elif kind == b"Z":
+                if error is not None:
+                    raise PostgresError(error.get("C", "XX000"), error.get("M", "error"))
+                return rows
+
+    async def query(self, sql: str) -> list[tuple[str | None, ...]]:
+        async with self._lock:
+            for attempt in (1, 2):  # reconnect once if the session died (backend restart)
+                try:
+                    if self._writer is None:
+                        self._reader, self._writer = await asyncio.open_unix_connection(self.socket_path)
+                        self._writer.write(encode_startup({"user": SUPERUSER, "database": "postgres"}))
+                        await self._until_ready()
+                    self._writer.write(encode_query(sql))
+                    return await self._until_ready()
+                except (OSError, asyncio.IncompleteReadError):
+                    await self.close()
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.write(encode_message(b"X"))
+            await _close(writer)
+
+
 def _parse_scram(stored: str | None) -> tuple[int, str, bytes, bytes] | None:
     """``SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`` -> (iterations, salt b64, keys)."""
     if not stored or not stored.startswith("SCRAM-SHA-256$"):
@@ -647,7 +738,8 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
+    # Also swallows CancelledError: a handler cancelled by stop() while closing must still end
+    # normally, or asyncio's stream callback logs the cancellation as an error.
+    with contextlib.suppress(Exception, asyncio.CancelledError):
         writer.close()
         await asyncio.wait_for(writer.wait_closed(), 2)
-

@@ -45,7 +45,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -627,18 +627,39 @@ class RealCluster:
         return name
 
     def wait_crd_established(self, name: str, timeout: float = 30.0) -> None:
+        """Wait until the CRD is Established and its kind can be watched.
+
+        Right after ``Established`` the kind's watch cache is still initializing and a
+        watch gets ``429 storage is (re)initializing``; an operator started at that moment
+        would begin with a retry. This waits until a watch of the storage version opens.
+        """
         deadline = time.monotonic() + timeout
         while True:
             status, body = self.request(
                 "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
             )
             if status == 200:
-                conditions = body.get("status", {}).get("conditions", [])
+                conditions = (body.get("status") or {}).get("conditions") or []
                 if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
-                    return
+                    break
             if time.monotonic() > deadline:
                 raise RealClusterError(f"CRD {name} not Established within {timeout:.0f} s")
             time.sleep(0.05)
+        spec = body["spec"]
+        version = next(v["name"] for v in spec["versions"] if v.get("storage"))
+        path = f"/apis/{spec['group']}/{version}/{spec['names']['plural']}?watch=1&timeoutSeconds=1"
+        while True:
+            try:
+                with self._open("GET", path, None, "", None, "application/json", 5.0) as resp:
+                    status = int(resp.status)  # headers arrive as soon as the watch is established
+            except urllib.error.HTTPError as err:
+                with err:
+                    status = err.code
+            if status == 200:
+                return
+            if time.monotonic() > deadline:
+                raise RealClusterError(f"CRD {name}: watch not served within {timeout:.0f} s (HTTP {status})")
+            time.sleep(0.1)
 
     # ----------------------------------------------------------------- HTTP
 
@@ -648,6 +669,25 @@ class RealCluster:
             raise RealClusterError("RealCluster is not started")
         return self._ssl
 
+    def _open(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        content_type: str,
+        token: str | None,
+        accept: str,
+        timeout: float,
+    ) -> Any:
+        data = None
+        headers = {"Authorization": f"Bearer {token or self.token}", "Accept": accept}
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        https = urllib.request.HTTPSHandler(context=self.ssl_context())
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}), https).open(req, timeout=timeout)
+
     def request(
         self,
         method: str,
@@ -656,6 +696,7 @@ class RealCluster:
         *,
         content_type: str = "application/json",
         token: str | None = None,
+        accept: str = "application/json, */*",
         timeout: float = 10.0,
     ) -> tuple[int, Any]:
         """One API call as the admin (or ``token``); returns (HTTP status, decoded JSON or text).
@@ -663,20 +704,32 @@ class RealCluster:
         HTTP error statuses are returned, not raised; connection errors raise OSError.
         ``content_type`` selects the patch flavour for PATCH (merge, strategic, json, apply).
         """
-        data = None
-        headers = {"Authorization": f"Bearer {token or self.token}", "Accept": "application/json"}
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            headers["Content-Type"] = content_type
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        https = urllib.request.HTTPSHandler(context=self.ssl_context())
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), https)
         try:
-            with opener.open(req, timeout=timeout) as resp:
-                return resp.status, _decode(resp.read())
+            with self._open(method, path, body, content_type, token, accept, timeout) as resp:
+                return int(resp.status), _decode(resp.read())
         except urllib.error.HTTPError as err:
             with err:
                 return err.code, _decode(err.read())
+
+    def watch(
+        self, path: str, *, token: str | None = None, timeout: float = 30.0
+    ) -> Generator[tuple[int, dict[str, Any]], None, None]:
+        """Stream a watch (``path`` carries ``?watch=1&...``): yields (HTTP status, event) per event.
+
+        A refused watch yields one (status, Status object) and ends. A 410 for an expired
+        resourceVersion arrives as an ``ERROR`` event whose object is a Status with code 410.
+        ``timeout`` is the socket read timeout; put ``timeoutSeconds`` in ``path`` to end it.
+        """
+        try:
+            resp = self._open("GET", path, None, "", token, "application/json", timeout)
+        except urllib.error.HTTPError as err:
+            with err:
+                yield err.code, _decode(err.read())
+            return
+        with resp:
+            for line in resp:
+                if line.strip():
+                    yield int(resp.status), json.loads(line)
 
     def client(self) -> Any:
         """The project's JSON client (``rdsiam.testing.kube.client.KubeClient``) for this cluster."""

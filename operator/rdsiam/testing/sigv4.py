@@ -344,11 +344,15 @@ def verify_token(
         )
     if parsed.port != port:
         return refuse(
-            Reason.WRONG_PORT, f"token is signed for port {parsed.port}, this endpoint listens on {port}", **known
+            Reason.WRONG_PORT,
+            f"token is signed for port {parsed.port}, this endpoint listens on {port}",
+            **known,
         )
     if scope_region != region:
         return refuse(
-            Reason.WRONG_REGION, f"token is signed for region {scope_region!r}, endpoint is in {region!r}", **known
+            Reason.WRONG_REGION,
+            f"token is signed for region {scope_region!r}, endpoint is in {region!r}",
+            **known,
         )
     if not 0 < expires <= MAX_EXPIRES:
         return refuse(
@@ -369,13 +373,17 @@ def verify_token(
 
     issued = lookup(access_key_id)
     if issued is None:
-        return refuse(Reason.UNKNOWN_ACCESS_KEY, f"no credential was issued with access key {access_key_id}", **known)
+        return refuse(
+            Reason.UNKNOWN_ACCESS_KEY, f"no credential was issued with access key {access_key_id}", **known
+        )
     known["principal_arn"] = issued.arn
     canonical = canonical_request(p, canonical_host(host, port))
     expected = _signature(issued.secret_access_key, amz_date, region, SERVICE, canonical)
     if not hmac.compare_digest(expected, p["X-Amz-Signature"]):
         return refuse(
-            Reason.BAD_SIGNATURE, "signature does not match the secret key issued for this access key", **known
+            Reason.BAD_SIGNATURE,
+            "signature does not match the secret key issued for this access key",
+            **known,
         )
     sent_session_token = p.get("X-Amz-Security-Token")
     if issued.session_token is not None:
@@ -387,11 +395,15 @@ def verify_token(
             )
         if not hmac.compare_digest(issued.session_token.encode(), sent_session_token.encode()):
             return refuse(
-                Reason.SESSION_TOKEN_MISMATCH, "X-Amz-Security-Token is not the one issued with this key", **known
+                Reason.SESSION_TOKEN_MISMATCH,
+                "X-Amz-Security-Token is not the one issued with this key",
+                **known,
             )
     elif sent_session_token is not None:
         return refuse(
-            Reason.UNEXPECTED_SESSION_TOKEN, "long-term access key, but the token carries a session token", **known
+            Reason.UNEXPECTED_SESSION_TOKEN,
+            "long-term access key, but the token carries a session token",
+            **known,
         )
     if issued.expiration is not None:
         credential_expiry = _as_utc(issued.expiration)

@@ -108,7 +108,9 @@ class _Layer:
             self.owner._count(action)
         duration = self.owner._duration_override
         if duration is not None and action in self.owner._duration_actions and body:
-            form = [(k, v) for k, v in parse_qsl(body.decode(), keep_blank_values=True) if k != "DurationSeconds"]
+            form = [
+                (k, v) for k, v in parse_qsl(body.decode(), keep_blank_values=True) if k != "DurationSeconds"
+            ]
             form.append(("DurationSeconds", str(duration)))
             body = urlencode(form).encode()
         environ["wsgi.input"] = io.BytesIO(body)
@@ -155,21 +157,27 @@ class StsServer:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> StsServer:
-        from moto.moto_server.threaded_moto_server import MotoRequestHandler, ThreadedMotoServer
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
         from werkzeug.serving import make_server
 
-        class _QuietHandler(MotoRequestHandler):  # type: ignore[misc]
+        class _QuietHandler(MotoRequestHandler):
             def log_request(self, *args: Any, **kwargs: Any) -> None:  # no access log on stderr
                 pass
 
         began = time.perf_counter()
         owner = self
 
-        class _Server(ThreadedMotoServer):  # type: ignore[misc]
+        class _Server(ThreadedMotoServer):
             def _server_entry(self) -> None:  # moto's own entry point, with our WSGI layer in front
                 app = _Layer(DomainDispatcherApplication(create_backend_app), owner)
-                self._server = make_server(self._ip_address, self._port, app, True, request_handler=_QuietHandler)
+                self._server = make_server(
+                    self._ip_address, self._port, app, True, request_handler=_QuietHandler
+                )
                 self._server_ready_event.set()
                 self._server.serve_forever()
 
@@ -212,7 +220,7 @@ class StsServer:
 
     @property
     def account_id(self) -> str:
-        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.core.models import DEFAULT_ACCOUNT_ID
 
         return str(DEFAULT_ACCOUNT_ID)
 
@@ -228,7 +236,7 @@ class StsServer:
                 region_name=self.region,
             )
             client = session.client(
-                service,  # type: ignore[call-overload]
+                service,
                 endpoint_url=self.url,
                 config=Config(user_agent_extra=_ADMIN_MARKER, retries={"max_attempts": 1}),
             )
@@ -254,7 +262,9 @@ class StsServer:
                 "Statement": [
                     {
                         "Effect": "Allow",
-                        "Principal": {"Federated": f"arn:aws:iam::{self.account_id}:oidc-provider/{provider}"},
+                        "Principal": {
+                            "Federated": f"arn:aws:iam::{self.account_id}:oidc-provider/{provider}"
+                        },
                         "Action": "sts:AssumeRoleWithWebIdentity",
                         "Condition": {"StringEquals": {f"{provider}:aud": "sts.amazonaws.com"}},
                     },
@@ -323,8 +333,8 @@ class StsServer:
         this server. Other credential sources that botocore's default chain would try first are
         neutralised: the static key variables are set empty (botocore ignores empty values), and
         the profile is ``default`` in a config file written to ``directory`` that holds only the
-        region (an empty ``AWS_PROFILE`` would make botocore fail with ProfileNotFound). Apply with ``{**os.environ, **env}`` for a subprocess, or
-        ``monkeypatch.setenv`` for in-process boto3.
+        region (an empty ``AWS_PROFILE`` would make botocore fail with ProfileNotFound). Apply
+        with ``{**os.environ, **env}`` for a subprocess, or ``monkeypatch.setenv`` in-process.
         """
         directory = Path(directory)
         token_file = directory / "eks.amazonaws.com" / "serviceaccount" / "token"
@@ -445,7 +455,11 @@ def _lookup_moto(access_key_id: str) -> Issued | None:
             role = backend.get_assumed_role_from_access_key(access_key_id)
             if role is not None:
                 return Issued(
-                    role.access_key_id, role.secret_access_key, role.session_token, role.arn, _aware(role.expiration)
+                    role.access_key_id,
+                    role.secret_access_key,
+                    role.session_token,
+                    role.arn,
+                    _aware(role.expiration),
                 )
     for account_id in list(iam_backends.keys()):
         for partition in list(iam_backends[account_id].keys()):

@@ -14,18 +14,21 @@ real server because of types may run here), no ``optionalOldSelf``, no ``url()``
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import celpy
 from celpy import celtypes
+from celpy.adapter import json_to_cel
 
 from rdsiam.testing.kube.errors import OMIT, FieldError
 
 __all__ = ["CompiledRule", "compile_rules", "evaluate_rules"]
 
 _ENV = celpy.Environment()
+_CACHE_SIZE = 4096
 
 
 def _s(value: Any) -> str:
@@ -68,7 +71,7 @@ def _replace(value: Any, old: Any, new: Any, limit: Any = None) -> celtypes.Stri
 
 def _substring(value: Any, start: Any, end: Any = None) -> celtypes.StringType:
     text = _s(value)
-    return celtypes.StringType(text[int(start):] if end is None else text[int(start):int(end)])
+    return celtypes.StringType(text[int(start) :] if end is None else text[int(start) : int(end)])
 
 
 def _is_sorted(value: Any) -> celtypes.BoolType:
@@ -77,8 +80,15 @@ def _is_sorted(value: Any) -> celtypes.BoolType:
 
 
 FUNCTIONS: dict[str, Any] = {
-    "lowerAscii": _lower, "upperAscii": _upper, "trim": _trim, "split": _split, "join": _join,
-    "indexOf": _index_of, "lastIndexOf": _last_index_of, "replace": _replace, "substring": _substring,
+    "lowerAscii": _lower,
+    "upperAscii": _upper,
+    "trim": _trim,
+    "split": _split,
+    "join": _join,
+    "indexOf": _index_of,
+    "lastIndexOf": _last_index_of,
+    "replace": _replace,
+    "substring": _substring,
     "isSorted": _is_sorted,
 }
 
@@ -96,6 +106,7 @@ class CompiledRule:
     message_program: Any = None
     error: str = ""
     uses_old_self: bool = False
+    cache: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     def error_string(self) -> str:
         return self.message.strip() if self.message else self.rule.strip()
@@ -109,9 +120,11 @@ def compile_rules(raw_rules: list[dict[str, Any]]) -> list[CompiledRule]:
     compiled: list[CompiledRule] = []
     for raw in raw_rules:
         rule = CompiledRule(
-            rule=raw.get("rule", ""), message=raw.get("message", "") or "",
+            rule=raw.get("rule", ""),
+            message=raw.get("message", "") or "",
             message_expression=raw.get("messageExpression", "") or "",
-            field_path=raw.get("fieldPath", "") or "", reason=raw.get("reason", "") or "",
+            field_path=raw.get("fieldPath", "") or "",
+            reason=raw.get("reason", "") or "",
         )
         rule.uses_old_self = bool(re.search(r"\boldSelf\b", rule.rule))
         try:
@@ -144,42 +157,66 @@ def _child_path(path: str, field_path: str) -> str:
     return f"{path}{suffix}" if path else suffix.lstrip(".")
 
 
+def _outcome(rule: CompiledRule, activation: dict[str, Any]) -> tuple[str, str]:
+    """("ok", ""), ("error", description) or ("fail", detail message) of one rule."""
+    try:
+        result = rule.program.evaluate(activation)
+    except Exception as exc:  # celpy raises CELEvalError and Python errors alike
+        return "error", f"{_describe(exc)} evaluating rule: {rule.error_string()}"
+    if isinstance(result, Exception):
+        return "error", f"{_describe(result)} evaluating rule: {rule.error_string()}"
+    if result is True or (isinstance(result, celtypes.BoolType) and bool(result)):
+        return "ok", ""
+    detail = ""
+    if rule.message_program is not None:
+        try:
+            text = rule.message_program.evaluate(activation)
+            if isinstance(text, str) and text.strip() and "\n" not in text.strip():
+                detail = text.strip()
+        except Exception:  # a failing messageExpression falls back to the message, like k8s
+            detail = ""
+    return "fail", detail or rule.default_message()
+
+
 def evaluate_rules(
-    rules: list[CompiledRule], value: Any, old: Any, path: str, schema_type: str, has_old: bool,
+    rules: list[CompiledRule],
+    value: Any,
+    old: Any,
+    path: str,
+    schema_type: str,
+    has_old: bool,
 ) -> list[FieldError]:
-    """Evaluate the rules of one schema node against ``value`` (and ``old`` on updates)."""
+    """Evaluate the rules of one schema node against ``value`` (and ``old`` on updates).
+
+    celpy interprets a rule in about 0.2-0.5 ms, so outcomes are memoised per rule by the
+    JSON of (self, oldSelf): operators writing thousands of similar objects stay fast.
+    """
     errors: list[FieldError] = []
     shown = OMIT if schema_type in ("object", "array") else value
-    activation: dict[str, Any] = {"self": celpy.json_to_cel(value)}
-    if has_old:
-        activation["oldSelf"] = celpy.json_to_cel(old)
+    key = json.dumps([value, old if has_old else None, has_old], sort_keys=True, default=str)
+    activation: dict[str, Any] | None = None
     for rule in rules:
         if rule.error:
             errors.append(FieldError.invalid(path, schema_type, f"rule compile error: {rule.error}"))
             continue
         if rule.uses_old_self and not has_old:
             continue  # transition rules run only when there is an old value to compare with
-        try:
-            result = rule.program.evaluate(activation)
-        except Exception as exc:
-            errors.append(FieldError.invalid(path, schema_type, f"{_describe(exc)} evaluating rule: "
-                                                                f"{rule.error_string()}"))
+        outcome = rule.cache.get(key)
+        if outcome is None:
+            if activation is None:
+                activation = {"self": json_to_cel(value)}
+                if has_old:
+                    activation["oldSelf"] = json_to_cel(old)
+            outcome = _outcome(rule, activation)
+            if len(rule.cache) >= _CACHE_SIZE:
+                rule.cache.pop(next(iter(rule.cache)))
+            rule.cache[key] = outcome
+        kind, detail = outcome
+        if kind == "ok":
             continue
-        if isinstance(result, Exception):
-            errors.append(FieldError.invalid(path, schema_type, f"{_describe(result)} evaluating rule: "
-                                                                f"{rule.error_string()}"))
+        if kind == "error":
+            errors.append(FieldError.invalid(path, schema_type, detail))
             continue
-        if result is True or (isinstance(result, celtypes.BoolType) and bool(result)):
-            continue
-        detail = ""
-        if rule.message_program is not None:
-            try:
-                text = rule.message_program.evaluate(activation)
-                if isinstance(text, str) and text.strip() and "\n" not in text.strip():
-                    detail = text.strip()
-            except Exception:  # a failing messageExpression falls back to the message, like k8s
-                detail = ""
-        detail = detail or rule.default_message()
         where = _child_path(path, rule.field_path)
         if rule.reason == "FieldValueForbidden":
             errors.append(FieldError.forbidden(where, detail))

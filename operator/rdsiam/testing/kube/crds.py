@@ -11,7 +11,13 @@ from rdsiam.testing.kube.meta import now_rfc3339
 from rdsiam.testing.kube.resources import ResourceType
 from rdsiam.testing.kube.schema import Schema
 
-__all__ = ["CLEANUP_FINALIZER", "crd_defaults", "crd_established_status", "crd_resource_types", "validate_crd"]
+__all__ = [
+    "CLEANUP_FINALIZER",
+    "crd_defaults",
+    "crd_established_status",
+    "crd_resource_types",
+    "validate_crd",
+]
 
 CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
 
@@ -47,15 +53,16 @@ def validate_crd(crd: dict[str, Any]) -> list[FieldError]:
         errors.append(FieldError.invalid("metadata.name", name, 'must be spec.names.plural+"."+spec.group'))
     versions = spec.get("versions") or []
     if not versions:
-        errors.append(FieldError.invalid("spec.versions", versions, "must have exactly one version marked as "
-                                                                    "storage version"))
+        errors.append(
+            FieldError.invalid("spec.versions", versions, "must have exactly one version marked as storage version")
+        )
     elif sum(1 for v in versions if v.get("storage")) != 1:
-        errors.append(FieldError.invalid("spec.versions", versions, "must have exactly one version marked as "
-                                                                    "storage version"))
+        errors.append(
+            FieldError.invalid("spec.versions", versions, "must have exactly one version marked as storage version")
+        )
     for i, version in enumerate(versions):
         if not ((version.get("schema") or {}).get("openAPIV3Schema")):
-            errors.append(FieldError.required(f"spec.versions[{i}].schema.openAPIV3Schema",
-                                              "schemas are required"))
+            errors.append(FieldError.required(f"spec.versions[{i}].schema.openAPIV3Schema", "schemas are required"))
     return errors
 
 
@@ -72,19 +79,31 @@ def crd_resource_types(crd: dict[str, Any]) -> list[ResourceType]:
         if not version.get("served", True):
             continue
         raw_schema = (version.get("schema") or {}).get("openAPIV3Schema") or {
-            "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
         subresources = sorted((version.get("subresources") or spec.get("subresources") or {}).keys() & {"status"})
         columns = version.get("additionalPrinterColumns") or spec.get("additionalPrinterColumns") or []
         selectable = [f["jsonPath"].lstrip(".") for f in version.get("selectableFields") or []]
-        types.append(ResourceType(
-            group=group, version=version["name"], plural=names["plural"], kind=names["kind"],
-            singular=names.get("singular") or names["kind"].lower(),
-            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-            verbs=["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
-            shortnames=list(names.get("shortNames") or []), categories=list(names.get("categories") or []),
-            subresources=subresources, crd=crd, schema=Schema(raw_schema, root=True),
-            printer_columns=list(columns), selectable_fields=selectable, storage_version=storage_hash,
-        ))
+        types.append(
+            ResourceType(
+                group=group,
+                version=version["name"],
+                plural=names["plural"],
+                kind=names["kind"],
+                singular=names.get("singular") or names["kind"].lower(),
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                verbs=["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
+                shortnames=list(names.get("shortNames") or []),
+                categories=list(names.get("categories") or []),
+                subresources=subresources,
+                crd=crd,
+                schema=Schema(raw_schema, root=True),
+                printer_columns=list(columns),
+                selectable_fields=selectable,
+                storage_version=storage_hash,
+            )
+        )
     return types
 
 
@@ -97,7 +116,13 @@ def crd_established_status(crd: dict[str, Any]) -> dict[str, Any]:
     def condition(kind: str, reason: str, message: str) -> dict[str, Any]:
         old = previous.get(kind)
         since = old["lastTransitionTime"] if old and old.get("status") == "True" else now
-        return {"type": kind, "status": "True", "lastTransitionTime": since, "reason": reason, "message": message}
+        return {
+            "type": kind,
+            "status": "True",
+            "lastTransitionTime": since,
+            "reason": reason,
+            "message": message,
+        }
 
     storage = [v["name"] for v in spec["versions"] if v.get("storage")]
     stored = list((crd.get("status") or {}).get("storedVersions") or [])

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "OMIT",
     "ApiError",
+    "GoLiteral",
     "FieldError",
     "aggregate",
     "already_exists",
@@ -57,8 +58,14 @@ _TYPE_TEXT = {
 _VALUELESS = {"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong", "InternalError"}
 
 
+class GoLiteral(str):
+    """A bad value printed verbatim (e.g. ``0x0``, Go's ``%#v`` of an unsigned zero)."""
+
+
 def go_value(value: Any) -> str:
     """Render a JSON value the way Go's ``%v``/``%q``/``%#v`` render it in field errors."""
+    if isinstance(value, GoLiteral):
+        return str(value)
     if value is None:
         return '"null"'
     if isinstance(value, bool):
@@ -216,7 +223,9 @@ def already_exists(group: str, resource: str, name: str) -> ApiError:
 def conflict(group: str, resource: str, name: str, why: str) -> ApiError:
     qualified = f"{resource}.{group}" if group else resource
     return ApiError(
-        409, "Conflict", f'Operation cannot be fulfilled on {qualified} "{name}": {why}',
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {qualified} "{name}": {why}',
         _details(group, resource, name),
     )
 
@@ -250,7 +259,9 @@ def expired(message: str) -> ApiError:
 def method_not_supported(group: str, resource: str, action: str) -> ApiError:
     qualified = f"{resource}.{group}" if group else resource
     return ApiError(
-        405, "MethodNotAllowed", f'{action} is not supported on resources of kind "{qualified}"',
+        405,
+        "MethodNotAllowed",
+        f'{action} is not supported on resources of kind "{qualified}"',
         {"group": group, "kind": resource},
     )
 
@@ -270,14 +281,17 @@ _GENERIC = {
     422: ("Invalid", "the server rejected our request due to an error in our request"),
     429: ("TooManyRequests", "the server has received too many requests and has asked us to try again later"),
     503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
-    504: ("Timeout", "the server was unable to return a response in the time allotted, "
-                     "but may still be processing the request"),
+    504: (
+        "Timeout",
+        "the server was unable to return a response in the time allotted, but may still be processing the request",
+    ),
 }
 
 
 def generic(code: int, message: str | None = None, reason: str | None = None) -> ApiError:
     """``NewGenericServerResponse``-like error for a bare status code (used by fault injection)."""
     default_reason, default_message = _GENERIC.get(
-        code, ("InternalError" if code >= 500 else "Unknown", "an error on the server has prevented the request"),
+        code,
+        ("InternalError" if code >= 500 else "Unknown", "an error on the server has prevented the request"),
     )
     return ApiError(code, reason or default_reason, message or default_message, {})

@@ -77,14 +77,18 @@ def normalize_builtin(group: str, plural: str, obj: dict[str, Any], old: dict[st
         data = obj.get("data") or {}
         for key, value in data.items():
             if not isinstance(value, str):
-                raise bad_request(f"Secret in version \"v1\" cannot be handled as a Secret: "
-                                  f"json: cannot unmarshal {type(value).__name__} into Go struct field "
-                                  f"Secret.data of type []uint8")
+                raise bad_request(
+                    f'Secret in version "v1" cannot be handled as a Secret: '
+                    f"json: cannot unmarshal {type(value).__name__} into Go struct field "
+                    f"Secret.data of type []uint8"
+                )
             try:
                 base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
-                raise bad_request("Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data "
-                                  f"at input byte 0 (key {key!r})") from None
+                raise bad_request(
+                    'Secret in version "v1" cannot be handled as a Secret: illegal base64 data '
+                    f"at input byte 0 (key {key!r})"
+                ) from None
         string_data = obj.pop("stringData", None) or {}
         if string_data:
             data = dict(data)
@@ -106,7 +110,9 @@ def normalize_builtin(group: str, plural: str, obj: dict[str, Any], old: dict[st
     elif group == "" and plural == "configmaps":
         for key, value in (obj.get("data") or {}).items():
             if not isinstance(value, str):
-                raise bad_request("ConfigMap in version \"v1\" cannot be handled as a ConfigMap: json: cannot "
-                                  f"unmarshal {type(value).__name__} into Go struct field ConfigMap.data of "
-                                  f"type string (key {key!r})")
+                raise bad_request(
+                    'ConfigMap in version "v1" cannot be handled as a ConfigMap: json: cannot '
+                    f"unmarshal {type(value).__name__} into Go struct field ConfigMap.data of "
+                    f"type string (key {key!r})"
+                )
     return errors

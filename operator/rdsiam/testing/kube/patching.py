@@ -70,8 +70,11 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
             else:
                 result[key] = merged
         elif isinstance(value, list):
-            result[key] = [_strip_directives(item) for item in value
-                           if not (isinstance(item, dict) and item.get("$patch") == "delete")]
+            result[key] = [
+                _strip_directives(item)
+                for item in value
+                if not (isinstance(item, dict) and item.get("$patch") == "delete")
+            ]
         else:
             result[key] = copy.deepcopy(value)
     return result
@@ -120,8 +123,7 @@ def _parent(doc: Any, path: str, op: str) -> tuple[Any, str]:
         elif isinstance(node, list):
             node = node[_index(node, token, path, allow_end=False)]
         else:
-            raise PatchError(f"{op} operation does not apply: doc is missing path: {json.dumps(path)}: "
-                             "missing value")
+            raise PatchError(f"{op} operation does not apply: doc is missing path: {json.dumps(path)}: missing value")
     return node, tokens[-1]
 
 

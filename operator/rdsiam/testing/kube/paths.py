@@ -50,8 +50,12 @@ def parse_resource_path(path: str) -> ResourcePath | None:
 
 
 def resource_url(
-    group: str, version: str, plural: str,
-    namespace: str | None = None, name: str | None = None, subresource: str | None = None,
+    group: str,
+    version: str,
+    plural: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
 ) -> str:
     """Build the path of a collection, an object or a subresource."""
     base = f"/apis/{group}/{version}" if group else f"/api/{version}"

@@ -7,6 +7,9 @@ kmock). CustomResourceDefinitions add and remove resources at runtime.
 
 from __future__ import annotations
 
+import copy
+import functools
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,10 +26,17 @@ StorageKey = tuple[str, str]
 
 # Built-in resources whose objects carry metadata.generation (spec-bearing workloads & CRDs).
 _GENERATION_RESOURCES = {
-    ("apps", "deployments"), ("apps", "statefulsets"), ("apps", "daemonsets"), ("apps", "replicasets"),
-    ("batch", "jobs"), ("batch", "cronjobs"), ("", "replicationcontrollers"),
-    ("apiextensions.k8s.io", "customresourcedefinitions"), ("networking.k8s.io", "ingresses"),
-    ("policy", "poddisruptionbudgets"), ("autoscaling", "horizontalpodautoscalers"),
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+    ("apps", "replicasets"),
+    ("batch", "jobs"),
+    ("batch", "cronjobs"),
+    ("", "replicationcontrollers"),
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("networking.k8s.io", "ingresses"),
+    ("policy", "poddisruptionbudgets"),
+    ("autoscaling", "horizontalpodautoscalers"),
 }
 
 # Subresources this emulator implements (others are answered 404/405).
@@ -109,6 +119,36 @@ class ResourceType:
         return entries
 
 
+@functools.cache
+def _builtins() -> tuple[ResourceType, ...]:
+    """Built-in resources from kmock's bundled discovery dump (loaded once per process)."""
+    bundled = kmock.ResourcesArray()
+    with warnings.catch_warnings():
+        # kmock 0.8 reads its bundled file with the deprecated importlib.resources.read_binary().
+        warnings.simplefilter("ignore", DeprecationWarning)
+        bundled.load_bundled()
+    types = []
+    for ref in bundled:
+        info = bundled[ref]
+        if ref.group is None or ref.version is None or ref.plural is None or info.kind is None:
+            continue
+        types.append(
+            ResourceType(
+                group=ref.group,
+                version=ref.version,
+                plural=ref.plural,
+                kind=info.kind,
+                singular=info.singular or ref.plural,
+                namespaced=bool(info.namespaced),
+                verbs=sorted(info.verbs),
+                shortnames=sorted(info.shortnames),
+                categories=sorted(info.categories),
+                subresources=sorted(set(info.subresources) & _SUPPORTED_SUBRESOURCES),
+            )
+        )
+    return tuple(types)
+
+
 class Registry:
     """All served resources, indexed for O(1) lookups by URL and by kind."""
 
@@ -121,19 +161,8 @@ class Registry:
     @classmethod
     def with_builtins(cls) -> Registry:
         registry = cls()
-        bundled = kmock.ResourcesArray()
-        bundled.load_bundled()
-        for ref in bundled:
-            info = bundled[ref]
-            if ref.group is None or ref.version is None or ref.plural is None or info.kind is None:
-                continue
-            registry.add(ResourceType(
-                group=ref.group, version=ref.version, plural=ref.plural, kind=info.kind,
-                singular=info.singular or ref.plural, namespaced=bool(info.namespaced),
-                verbs=sorted(info.verbs), shortnames=sorted(info.shortnames),
-                categories=sorted(info.categories),
-                subresources=sorted(set(info.subresources) & _SUPPORTED_SUBRESOURCES),
-            ))
+        for rtype in _builtins():
+            registry.add(copy.copy(rtype))
         return registry
 
     def add(self, rtype: ResourceType) -> None:

@@ -29,8 +29,10 @@ from rdsiam.testing.kube.errors import FieldError, go_number
 __all__ = ["MISSING", "Schema"]
 
 MISSING: Any = object()
-_BLOCKING = ("some validation rules were not checked because the object was invalid; "
-             "correct the existing errors to complete validation")
+_BLOCKING = (
+    "some validation rules were not checked because the object was invalid; "
+    "correct the existing errors to complete validation"
+)
 _ROOT_KEEP = {"apiVersion", "kind", "metadata"}
 
 
@@ -53,7 +55,8 @@ def _json_type(value: Any) -> str:
 def _is_type(value: Any, expected: str) -> bool:
     if expected == "integer":
         return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
+            isinstance(value, float) and value.is_integer()
+        )
     if expected == "number":
         return isinstance(value, int | float) and not isinstance(value, bool)
     if expected == "string":
@@ -84,8 +87,13 @@ def _check_format(fmt: str, value: str) -> bool:
         elif fmt == "cidr":
             ipaddress.ip_network(value, strict=False)
         elif fmt == "hostname":
-            return bool(re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
-                                     r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*", value))
+            return bool(
+                re.fullmatch(
+                    r"(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+                    r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*",
+                    value,
+                )
+            )
         elif fmt == "email":
             return bool(re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value))
     except (ValueError, TypeError):
@@ -110,8 +118,7 @@ class Schema:
         self.embedded = bool(raw.get("x-kubernetes-embedded-resource"))
         self.properties = {k: Schema(v) for k, v in (raw.get("properties") or {}).items()}
         additional = raw.get("additionalProperties")
-        self.additional: Schema | bool | None = (
-            Schema(additional) if isinstance(additional, dict) else additional)
+        self.additional: Schema | bool | None = Schema(additional) if isinstance(additional, dict) else additional
         self.items = Schema(raw["items"]) if isinstance(raw.get("items"), dict) else None
         self.all_of = [Schema(s) for s in raw.get("allOf") or []]
         self.any_of = [Schema(s) for s in raw.get("anyOf") or []]
@@ -119,9 +126,12 @@ class Schema:
         self.not_ = Schema(raw["not"]) if isinstance(raw.get("not"), dict) else None
         self.pattern = re.compile(raw["pattern"]) if raw.get("pattern") else None
         self.rules: list[CompiledRule] = compile_rules(raw.get("x-kubernetes-validations") or [])
-        self.has_rules = bool(self.rules) or any(
-            s.has_rules for s in [*self.properties.values(), self.items,
-                                  self.additional if isinstance(self.additional, Schema) else None] if s)
+        children: list[Schema] = [*self.properties.values()]
+        if self.items is not None:
+            children.append(self.items)
+        if isinstance(self.additional, Schema):
+            children.append(self.additional)
+        self.has_rules: bool = bool(self.rules) or any(child.has_rules for child in children)
 
     # ------------------------------------------------------------------ mutation
 
@@ -131,8 +141,9 @@ class Schema:
         return self._walk(value, path, pruned), pruned
 
     def _walk(self, value: Any, path: str, pruned: list[str]) -> Any:
-        if isinstance(value, dict) and (self.type == "object" or self.properties or self.additional
-                                        or self.root or self.preserve_unknown):
+        if isinstance(value, dict) and (
+            self.type == "object" or self.properties or self.additional or self.root or self.preserve_unknown
+        ):
             result: dict[str, Any] = {}
             for key, item in value.items():
                 if self.root and key in _ROOT_KEEP or self.embedded and key in _ROOT_KEEP:
@@ -181,19 +192,22 @@ class Schema:
         errors: list[FieldError] = []
         if value is None:
             if not self.nullable and self.type and not self.root:
-                errors.append(FieldError.type_invalid(path, "null", f"{name} in body must be of type "
-                                                                    f"{self.type}: \"null\""))
+                errors.append(
+                    FieldError.type_invalid(path, "null", f'{name} in body must be of type {self.type}: "null"')
+                )
             return errors
         if self.int_or_string:
             if not (isinstance(value, str) or _is_type(value, "integer")):
                 actual = _json_type(value)
-                errors.append(FieldError.type_invalid(
-                    path, actual, f'{name} in body must be of type integer,string: "{actual}"'))
+                errors.append(
+                    FieldError.type_invalid(path, actual, f'{name} in body must be of type integer,string: "{actual}"')
+                )
                 return errors
         elif self.type and not _is_type(value, self.type):
             actual = _json_type(value)
-            errors.append(FieldError.type_invalid(
-                path, actual, f'{name} in body must be of type {self.type}: "{actual}"'))
+            errors.append(
+                FieldError.type_invalid(path, actual, f'{name} in body must be of type {self.type}: "{actual}"')
+            )
             return errors
 
         raw = self.raw
@@ -216,14 +230,16 @@ class Schema:
         if "maxLength" in raw and len(value) > raw["maxLength"]:
             errors.append(FieldError.too_long(path, value, raw["maxLength"]))
         if "minLength" in raw and len(value) < raw["minLength"]:
-            errors.append(FieldError.invalid(
-                path, value, f"{name} in body should be at least {raw['minLength']} chars long"))
+            errors.append(
+                FieldError.invalid(path, value, f"{name} in body should be at least {raw['minLength']} chars long")
+            )
         if self.pattern is not None and not self.pattern.search(value):
             errors.append(FieldError.invalid(path, value, f"{name} in body should match '{raw['pattern']}'"))
         fmt = raw.get("format")
         if fmt and not _check_format(fmt, value):
-            errors.append(FieldError.type_invalid(path, value, f'{name} in body must be of type {fmt}: '
-                                                               f'{json.dumps(value)}'))
+            errors.append(
+                FieldError.type_invalid(path, value, f"{name} in body must be of type {fmt}: {json.dumps(value)}")
+            )
         return errors
 
     def _validate_number(self, value: float, path: str, name: str) -> list[FieldError]:
@@ -231,22 +247,31 @@ class Schema:
         if "maximum" in raw:
             limit = raw["maximum"]
             if raw.get("exclusiveMaximum") and value >= limit:
-                errors.append(FieldError.invalid(path, value, f"{name} in body should be less than "
-                                                              f"{go_number(limit)}"))
+                errors.append(FieldError.invalid(path, value, f"{name} in body should be less than {go_number(limit)}"))
             elif value > limit:
-                errors.append(FieldError.invalid(path, value, f"{name} in body should be less than or equal to "
-                                                              f"{go_number(limit)}"))
+                errors.append(
+                    FieldError.invalid(
+                        path, value, f"{name} in body should be less than or equal to {go_number(limit)}"
+                    )
+                )
         if "minimum" in raw:
             limit = raw["minimum"]
             if raw.get("exclusiveMinimum") and value <= limit:
-                errors.append(FieldError.invalid(path, value, f"{name} in body should be greater than "
-                                                              f"{go_number(limit)}"))
+                errors.append(
+                    FieldError.invalid(path, value, f"{name} in body should be greater than {go_number(limit)}")
+                )
             elif value < limit:
-                errors.append(FieldError.invalid(path, value, f"{name} in body should be greater than or equal "
-                                                              f"to {go_number(limit)}"))
+                errors.append(
+                    FieldError.invalid(
+                        path, value, f"{name} in body should be greater than or equal to {go_number(limit)}"
+                    )
+                )
         if raw.get("multipleOf") and (value / raw["multipleOf"]) % 1:
-            errors.append(FieldError.invalid(path, value, f"{name} in body should be a multiple of "
-                                                          f"{go_number(raw['multipleOf'])}"))
+            errors.append(
+                FieldError.invalid(
+                    path, value, f"{name} in body should be a multiple of {go_number(raw['multipleOf'])}"
+                )
+            )
         return errors
 
     def _validate_list(self, value: list[Any], path: str, name: str, old: Any) -> list[FieldError]:
@@ -254,8 +279,9 @@ class Schema:
         if "maxItems" in raw and len(value) > raw["maxItems"]:
             errors.append(FieldError.too_many(path, len(value), raw["maxItems"]))
         if "minItems" in raw and len(value) < raw["minItems"]:
-            errors.append(FieldError.invalid(path, len(value), f"{name} in body should have at least "
-                                                               f"{raw['minItems']} items"))
+            errors.append(
+                FieldError.invalid(path, len(value), f"{name} in body should have at least {raw['minItems']} items")
+            )
         if raw.get("uniqueItems") or raw.get("x-kubernetes-list-type") == "set":
             seen: list[Any] = []
             for i, item in enumerate(value):
@@ -277,8 +303,11 @@ class Schema:
         if "maxProperties" in raw and len(value) > raw["maxProperties"]:
             errors.append(FieldError.too_many(path, len(value), raw["maxProperties"]))
         if "minProperties" in raw and len(value) < raw["minProperties"]:
-            errors.append(FieldError.invalid(path, len(value), f"{name} in body should have at least "
-                                                               f"{raw['minProperties']} properties"))
+            errors.append(
+                FieldError.invalid(
+                    path, len(value), f"{name} in body should have at least {raw['minProperties']} properties"
+                )
+            )
         for key, item in value.items():
             if self.root and key in _ROOT_KEEP:
                 continue
@@ -294,13 +323,13 @@ class Schema:
         for sub in self.all_of:
             errors.extend(sub._validate(value, path, MISSING))
         if self.any_of and all(sub._validate(value, path, MISSING) for sub in self.any_of):
-            errors.append(FieldError.invalid(path, value, f"{name} in body must validate at least one schema "
-                                                          "(anyOf)"))
+            errors.append(FieldError.invalid(path, value, f"{name} in body must validate at least one schema (anyOf)"))
         if self.one_of:
             passing = sum(1 for sub in self.one_of if not sub._validate(value, path, MISSING))
             if passing != 1:
-                errors.append(FieldError.invalid(path, value, f"{name} in body must validate one and only one "
-                                                              "schema (oneOf)"))
+                errors.append(
+                    FieldError.invalid(path, value, f"{name} in body must validate one and only one schema (oneOf)")
+                )
         if self.not_ is not None and not self.not_._validate(value, path, MISSING):
             errors.append(FieldError.invalid(path, value, f"{name} in body must not validate the schema (not)"))
         return errors

@@ -171,8 +171,10 @@ class Selector:
     """Namespace + label selector + field selector, as one predicate over objects."""
 
     def __init__(
-        self, namespace: str | None = None,
-        labels: LabelSelector | None = None, fields: FieldSelector | None = None,
+        self,
+        namespace: str | None = None,
+        labels: LabelSelector | None = None,
+        fields: FieldSelector | None = None,
     ) -> None:
         self.namespace = namespace
         self.labels = labels

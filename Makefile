@@ -1,0 +1,36 @@
+# The few targets a newcomer needs. `make demo` and `make test` set everything up first.
+PY := .venv/bin/python
+
+.PHONY: setup demo test unit integration realapi-build lint bench crd clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@$(PY) -m rdsiam.testing.demo
+
+test: setup
+	@scripts/test.sh
+
+unit: setup
+	@$(PY) -m pytest tests/unit -q
+
+integration: setup
+	@$(PY) -m pytest tests/integration -q
+
+realapi-build:
+	@scripts/build-realapi.sh
+
+lint: setup
+	@.venv/bin/ruff check operator tests benchmarks
+	@.venv/bin/mypy
+	@.venv/bin/lint-imports
+
+bench: setup
+	@$(PY) benchmarks/run.py
+
+crd: setup
+	@.venv/bin/rdsiam crd > crds/rdsiam.io_rdsiamcredentials.yaml
+
+clean:
+	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,3 @@
+CREATE USER app_user IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS';
+ALTER USER app_user REQUIRE SSL;
+GRANT SELECT, INSERT, UPDATE, DELETE ON catalog.* TO app_user;

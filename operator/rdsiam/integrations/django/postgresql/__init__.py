@@ -1,0 +1,1 @@
+"""Django PostgreSQL backend reading the token from the rdsiam mount (see ``rdsiam.integrations.django``)."""

@@ -1,0 +1,62 @@
+"""pytest fixtures of the AWS side of the local stack (gathered by ``rdsiam.testing.fixtures``).
+
+- ``sts`` (session): :class:`rdsiam.testing.sts.StsServer`, moto STS/IAM on loopback.
+- ``postgres`` (session): :class:`rdsiam.testing.postgres.PostgresServer`, a real PostgreSQL.
+- ``rds`` (session): :class:`rdsiam.testing.rds.IamPostgres` in front of ``postgres``, checking
+  tokens against the credentials ``sts`` issued. It is shared by the session: change its settings
+  with ``monkeypatch.setattr(rds, "clock_offset", 901)`` so they are restored after the test.
+- ``sts_faults`` (function): a :class:`rdsiam.testing.faults.FaultProxy` in front of ``sts``
+  (one per session, ``sts_fault_proxy``), cleared before and after each test. Point
+  ``AWS_ENDPOINT_URL_STS`` at ``sts_faults.url``.
+
+A missing PostgreSQL installation makes ``postgres``/``rds`` fail with a message naming
+``scripts/setup.sh``; it is not turned into a skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from rdsiam.testing.faults import FaultProxy
+from rdsiam.testing.postgres import PostgresServer
+from rdsiam.testing.rds import IamPostgres
+from rdsiam.testing.sts import StsServer
+
+__all__ = ["postgres", "rds", "sts", "sts_fault_proxy", "sts_faults"]
+
+
+@pytest.fixture(scope="session")
+def sts() -> Iterator[StsServer]:
+    with StsServer(region="us-east-1") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rds(postgres: PostgresServer, sts: StsServer) -> Iterator[IamPostgres]:
+    with IamPostgres(postgres, sts.lookup, region=sts.region) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sts_fault_proxy(sts: StsServer) -> Iterator[FaultProxy]:
+    def identify(access_key_id: str) -> str | None:
+        issued = sts.lookup(access_key_id)
+        return issued.arn if issued is not None else None
+
+    with FaultProxy(sts.url, identify=identify) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def sts_faults(sts_fault_proxy: FaultProxy) -> Iterator[FaultProxy]:
+    sts_fault_proxy.clear()
+    yield sts_fault_proxy
+    sts_fault_proxy.clear()

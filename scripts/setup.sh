@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything the demo and the tests need on a fresh Debian machine (idempotent, fast when done):
+# PostgreSQL and MariaDB servers (Debian packages), kubectl if missing, and a virtualenv in .venv with
+# rdsiam (editable) and its test dependency group.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+pg_bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if ! command -v initdb >/dev/null 2>&1 && [ -z "$pg_bindir" ]; then missing+=(postgresql); fi
+if ! command -v psql >/dev/null 2>&1; then missing+=(postgresql-client); fi
+if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then missing+=(mariadb-server); fi
+if ! command -v kubectl >/dev/null 2>&1; then missing+=(kubernetes-client); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.rdsiam-setup
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing Python dependencies into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -U "pip>=25.1"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e . --group test
+  touch "$stamp"
+fi
+echo "setup: ready"

@@ -1,0 +1,151 @@
+"""``rdsiam check DIR [--connect]`` against mounts written like kubelet and the IAM-checking PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import boto3
+import pytest
+
+from rdsiam._check import main
+from rdsiam.testing.kubelet import AtomicWriter, PlainWriter, secret_payload
+from rdsiam.testing.postgres import PostgresServer
+from rdsiam.testing.rds import IamPostgres
+from rdsiam.testing.sts import StsServer
+
+USER, NOT_IAM, DB = "rdsiam_check_app", "rdsiam_check_pw", "rdsiam_check_db"
+
+
+@pytest.fixture(scope="module")
+def mint(sts: StsServer, rds: IamPostgres, postgres: PostgresServer) -> Callable[[str], str]:
+    postgres.create_user(USER, database=DB)
+    postgres.create_user(NOT_IAM, rds_iam=False, database=DB, password="not-the-token")
+    creds = boto3.client(
+        "sts",
+        endpoint_url=sts.url,
+        region_name=rds.region,
+        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ).assume_role(RoleArn=sts.create_role("rdsiam-check-tests"), RoleSessionName="check")["Credentials"]
+    signer = boto3.client(
+        "rds",
+        region_name=rds.region,
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+
+    def mint(user: str) -> str:
+        token: str = signer.generate_db_auth_token(
+            DBHostname=rds.endpoint, Port=rds.port, DBUsername=user, Region=rds.region
+        )
+        return token
+
+    return mint
+
+
+def _payload(rds: IamPostgres, user: str, token: str, *, expires_in: float = 900) -> dict[str, bytes]:
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_in)
+    return secret_payload(
+        username=user,
+        password=token,
+        host=rds.endpoint,
+        port=rds.port,
+        dbname=DB,
+        dsn=rds.dsn(user, DB, token),
+        expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+def _run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+def _connect_args(rds: IamPostgres) -> list[str]:
+    return ["--connect", "--sslmode", "verify-full", "--sslrootcert", rds.ca_file, "--hostaddr", rds.hostaddr]
+
+
+def _assert_no_secret(output: str, token: str) -> None:
+    assert token not in output
+    assert token.split("X-Amz-Signature=")[1] not in output
+    assert "X-Amz-Signature=" not in output
+
+
+def test_good_mount_connects(tmp_path: Path, rds: IamPostgres, mint: Callable[[str], str]) -> None:
+    token = mint(USER)
+    AtomicWriter(tmp_path).write(_payload(rds, USER, token))
+    code, out = _run(str(tmp_path), *_connect_args(rds))
+    assert code == 0, out
+    assert "follows rotations" in out
+    assert f"for user {USER!r} at {rds.endpoint}:{rds.port}, region {rds.region}" in out
+    assert "temporary (STS session) credentials" in out
+    assert "expires:    " in out and "(in 14m" in out
+    assert f"OK: logged in as {USER} on PostgreSQL" in out and "(TLS, psycopg)" in out
+    assert out.rstrip().endswith("OK")
+    _assert_no_secret(out, token)
+
+
+def test_connect_with_psql_when_psycopg_is_missing(
+    tmp_path: Path, rds: IamPostgres, mint: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = mint(USER)
+    AtomicWriter(tmp_path).write(_payload(rds, USER, token))
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ImportError
+    code, out = _run(str(tmp_path), *_connect_args(rds))
+    assert code == 0, out
+    assert f"OK: logged in as {USER} on PostgreSQL" in out and "(psql)" in out
+    _assert_no_secret(out, token)
+
+
+def test_rejected_login_is_explained(tmp_path: Path, rds: IamPostgres, mint: Callable[[str], str]) -> None:
+    token = mint(NOT_IAM)  # a valid token, but for a user without rds_iam
+    AtomicWriter(tmp_path).write(_payload(rds, NOT_IAM, token))
+    code, out = _run(str(tmp_path), *_connect_args(rds))
+    assert code == 1
+    assert "PROBLEM:    login failed:" in out and "password authentication failed" in out
+    assert f'GRANT rds_iam TO "{NOT_IAM}"' in out
+    _assert_no_secret(out, token)
+
+
+def test_token_for_another_user(tmp_path: Path, rds: IamPostgres, mint: Callable[[str], str]) -> None:
+    token = mint(NOT_IAM)
+    AtomicWriter(tmp_path).write(_payload(rds, USER, token))
+    code, out = _run(str(tmp_path), *_connect_args(rds))
+    assert code == 1
+    assert f"the token is for user {NOT_IAM!r} but the username key says {USER!r}" in out
+    assert "PAM authentication failed" in out
+    assert f"likely cause 1: the token is signed for user {NOT_IAM!r}, not {USER!r}" in out
+    _assert_no_secret(out, token)
+
+
+def test_expired_and_subpath_mounts(tmp_path: Path, rds: IamPostgres, mint: Callable[[str], str]) -> None:
+    token = mint(USER)
+    PlainWriter(tmp_path).write(_payload(rds, USER, token, expires_in=-300))
+    code, out = _run(str(tmp_path))
+    assert code == 1
+    assert "no ..data symlink: this is a subPath mount or copied files" in out
+    assert "expired 5m00s ago" in out
+    assert "2 problem(s) found" in out
+    _assert_no_secret(out, token)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    code, out = _run(str(tmp_path / "nope"))
+    assert code == 1 and "no credential directory at" in out
+
+
+def test_dsn_disagreeing_with_password(tmp_path: Path, rds: IamPostgres, mint: Callable[[str], str]) -> None:
+    token = mint(USER)
+    payload = _payload(rds, USER, token)
+    payload["dsn"] = rds.dsn(USER, DB, "stale").encode()
+    AtomicWriter(tmp_path).write(payload)
+    code, out = _run(str(tmp_path))
+    assert code == 1 and "the dsn's password is not the password key" in out
+    assert f"dsn:        postgresql://{USER}:***@{rds.endpoint}:{rds.port}/{DB}?sslmode=verify-full" in out
+    _assert_no_secret(out, token)

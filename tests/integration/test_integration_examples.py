@@ -1,0 +1,114 @@
+"""Every app example in examples/apps runs against the local stack and logs in with the mount."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from rdsiam.testing.kubelet import AtomicWriter, secret_payload
+from rdsiam.testing.postgres import PostgresServer
+from rdsiam.testing.rds import IamPostgres
+from rdsiam.testing.sts import StsServer
+
+APPS = Path(__file__).resolve().parents[2] / "examples" / "apps"
+USER, DB = "rdsiam_example_app", "rdsiam_example_db"
+POSTGRES_APPS = [
+    "plain_app.py",
+    "psycopg_app.py",
+    "psycopg2_app.py",
+    "sqlalchemy_app.py",
+    "sqlalchemy_async_app.py",
+    "asyncpg_app.py",
+    "django_app.py",
+]
+
+
+@pytest.fixture(scope="module")
+def mount(
+    sts: StsServer, rds: IamPostgres, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    postgres.create_user(USER, database=DB)
+    creds = boto3.client(
+        "sts",
+        endpoint_url=sts.url,
+        region_name=rds.region,
+        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ).assume_role(RoleArn=sts.create_role("rdsiam-examples"), RoleSessionName="examples")["Credentials"]
+    token = boto3.client(
+        "rds",
+        region_name=rds.region,
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    ).generate_db_auth_token(DBHostname=rds.endpoint, Port=rds.port, DBUsername=USER, Region=rds.region)
+    path = tmp_path_factory.mktemp("examples") / "orders-db"
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)
+    AtomicWriter(path).write(
+        secret_payload(
+            username=USER,
+            password=token,
+            host=rds.endpoint,
+            port=rds.port,
+            dbname=DB,
+            dsn=rds.dsn(USER, DB, token),
+            expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+    )
+    return path
+
+
+def run_example(name: str, env: dict[str, str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(APPS / name)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("name", POSTGRES_APPS)
+def test_postgres_example(name: str, mount: Path, rds: IamPostgres) -> None:
+    start = len(rds.login_log)
+    env = {
+        "RDSIAM_MOUNT": str(mount),
+        # libpq environment: dial loopback, verify the certificate for the RDS endpoint name
+        "PGHOSTADDR": rds.hostaddr,
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": rds.ca_file,
+        # asyncpg has no hostaddr: dial 127.0.0.1, which the test certificate also names
+        "RDS_CA_BUNDLE": rds.ca_file,
+        "DB_CONNECT_HOST": rds.hostaddr,
+    }
+    out = run_example(name, env)
+    assert out.strip().splitlines()[-1] == USER
+    logins = [a for a in rds.login_log[start:] if a.user == USER]
+    assert logins and all(a.accepted and a.method == "iam" and a.tls for a in logins)
+
+
+def test_deployment_mounts_the_secret_as_a_volume() -> None:
+    doc = yaml.safe_load((APPS / "deployment.yaml").read_text())
+    pod = doc["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for container in pod["containers"]:
+        for mount in container["volumeMounts"]:
+            assert "subPath" not in mount and "subPathExpr" not in mount
+            assert "secret" in volumes[mount["name"]]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env["RDSIAM_MOUNT"] == container["volumeMounts"][0]["mountPath"]
+        assert not any("valueFrom" in e for e in container.get("env", []))  # no Secret in env vars
+
+
+def test_every_example_is_tested() -> None:
+    scripts = {p.name for p in APPS.glob("*.py")}
+    assert scripts == {*POSTGRES_APPS, "pymysql_app.py"}  # pymysql_app.py: test_integration_pymysql.py
