@@ -20,7 +20,7 @@
 #   RDSIAM_REALAPI_GO_P          parallelism passed to `go build -p` (default 2)
 #   GOMODCACHE / GOCACHE / GOPROXY are honoured as usual.
 #
-# Cold build on a 2-core VM: see docs in tests/realapi/README.md (measured numbers).
+# Measured cold build time and disk use: tests/realapi/README.md.
 set -euo pipefail
 
 K8S_VERSION="${RDSIAM_REALAPI_K8S_VERSION:-v1.36.3}"
@@ -106,7 +106,7 @@ build_kube() {
     } > "$dir/go.mod"
     local n; n="$(grep -c '=> k8s.io/' "$dir/go.mod")"
     [ "$n" -gt 10 ] || { log "expected staging replaces in $gomod, found $n"; return 1; }
-    log "kubernetes $K8S_VERSION: $n staging modules pinned to $staging_version; building (slow: ~15-25 min cold on 2 cores)"
+    log "kubernetes $K8S_VERSION: $n staging modules pinned to $staging_version; building (slow: ~7-10 min cold on 2 cores)"
     minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
     local ld="$LD_BASE"
     local pkg

@@ -7,19 +7,23 @@ Exit status: 0 all good, 1 a problem was found, 2 bad usage.
 
     $ rdsiam check /var/run/secrets/rdsiam/orders-db --connect --sslrootcert /etc/rds-ca.pem
 
-The likely causes of a failed login come from :func:`diagnose`, which runs every function
-in :data:`DIAGNOSERS`; append to that list to teach it new cases.
+PostgreSQL logins use the operator's own probe (:mod:`rdsiam._pgwire`, standard library only, so
+no driver is needed in the image) and a refusal is explained by :mod:`rdsiam._diagnose` exactly as
+``spec.verify`` explains it in the ``Connected`` condition, preceded by what the token itself shows.
+sslmode, sslrootcert and hostaddr default to the mounted DSN's. MySQL logins (PyMySQL) are explained
+by :func:`diagnose`, which runs every function in :data:`DIAGNOSERS`; append to that list to teach
+it new cases.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import datetime as dt
 import os
 import re
-import shutil
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from rdsiam import _diagnose, _pgwire
 from rdsiam._mounted import DATA_LINK, CredentialError, MountedCredential, MountWarning, Snapshot
 
 __all__ = ["DIAGNOSERS", "TokenInfo", "diagnose", "main", "parse_token", "redact"]
@@ -320,50 +325,63 @@ def _check_dsn(snap: Snapshot, report: _Report) -> None:
         )
 
 
-def _connect_postgres(snap: Snapshot, args: argparse.Namespace) -> tuple[bool, str]:
-    params = {
-        "host": snap.host,
-        "port": str(snap.port),
-        "user": snap.username,
-        "dbname": snap.dbname,
-        "sslmode": args.sslmode,
-        "connect_timeout": str(max(1, int(args.timeout))),
-    }
-    if args.sslrootcert:
-        params["sslrootcert"] = args.sslrootcert
-    if args.hostaddr:
-        params["hostaddr"] = args.hostaddr
+def _dsn_options(snap: Snapshot) -> dict[str, str]:
+    """Query options of the mounted DSN (sslmode, sslrootcert, hostaddr, ...), never the password."""
     try:
-        import psycopg
-    except ImportError:
-        psql = shutil.which("psql")
-        if psql is None:
-            return False, "neither psycopg nor psql is installed"
-        conninfo = " ".join(f"{k}='{v}'" for k, v in params.items())
-        env = {**os.environ, "PGPASSWORD": snap.password}  # never on the command line
-        proc = subprocess.run(
-            [
-                psql,
-                conninfo,
-                "-XAtc",
-                "select current_user || ' on PostgreSQL ' || current_setting('server_version')",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=args.timeout + 5,
-        )
-        if proc.returncode != 0:
-            return False, proc.stderr.strip() or f"psql exited {proc.returncode}"
-        return True, f"logged in as {proc.stdout.strip()} (psql)"
+        query = urlsplit(snap.dsn).query
+    except ValueError:
+        return {}
+    return {k: v[0] for k, v in parse_qs(query).items() if k not in ("password", "passwd")}
+
+
+def _token_evidence(snap: Snapshot) -> list[str]:
+    """What the token itself shows, for a login the server refused on the IAM path."""
+    token = parse_token(snap.password)
+    if token is None:
+        return [f"the password ({len(snap.password)} bytes) is not an RDS IAM token"]
+    causes = []
+    if token.db_user and token.db_user != snap.username:
+        causes.append(f"the token is signed for user {token.db_user!r}, not {snap.username!r}")
+    if token.port is not None and token.port != snap.port:
+        causes.append(f"the token is signed for port {token.port}, but the mount connects to port {snap.port}")
+    if token.expires_at is not None and token.expires_at < dt.datetime.now(dt.UTC):
+        causes.append("the token expired (15 minutes after signing): the Secret is not being refreshed")
+    return causes
+
+
+def _probe(snap: Snapshot, *, sslmode: str, sslrootcert: str | None, hostaddr: str | None,
+           timeout: float) -> _pgwire.ProbeResult:
+    coro = _pgwire.probe(snap.host, snap.port, snap.username, snap.password, snap.dbname, sslmode=sslmode,
+                         sslrootcert=sslrootcert, hostaddr=hostaddr, timeout=timeout,
+                         application_name="rdsiam-check")
     try:
-        with psycopg.connect(**params, password=snap.password) as conn:
-            row = conn.execute("select current_user, current_setting('server_version')").fetchone()
-            tls = "TLS" if conn.pgconn.ssl_in_use else "no TLS"
-    except psycopg.Error as exc:
-        return False, str(exc).strip()
-    assert row is not None
-    return True, f"logged in as {row[0]} on PostgreSQL {row[1]} ({tls}, psycopg)"
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from async code: own loop, own thread
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _connect_postgres(snap: Snapshot, args: argparse.Namespace) -> tuple[bool, str, list[str]]:
+    """Log in like the operator's spec.verify (stdlib wire probe) and diagnose a refusal the same way."""
+    options = _dsn_options(snap)
+    sslmode = args.sslmode or options.get("sslmode") or "prefer"  # libpq's default without one
+    sslrootcert = args.sslrootcert or options.get("sslrootcert")
+    hostaddr = args.hostaddr or options.get("hostaddr")
+    result = _probe(snap, sslmode=sslmode, sslrootcert=sslrootcert, hostaddr=hostaddr, timeout=args.timeout)
+    if result.ok:
+        version = f" on PostgreSQL {result.server_version}" if result.server_version else ""
+        return True, (f"logged in as {snap.username}{version} ({'TLS' if result.tls else 'no TLS'}, "
+                      f"login and SELECT 1 in {result.elapsed_ms:.0f} ms)"), []
+    token = parse_token(snap.password)
+    ctx = _diagnose.Context(
+        user=snap.username, host=snap.host, port=snap.port, database=snap.dbname,
+        region=token.region if token else "", signing_host=token.host if token else "", sslmode=sslmode,
+        hostaddr=hostaddr or "", auth=result.auth)
+    diagnosis = _diagnose.diagnose(result.kind, result.code, result.message, ctx, stage=result.stage)
+    causes = _token_evidence(snap) if result.auth == "cleartext" else []
+    causes += [c for c in diagnosis.causes if c not in causes]
+    return False, f"{diagnosis.reason}: {diagnosis.summary}", causes
 
 
 def _connect_mysql(snap: Snapshot, args: argparse.Namespace) -> tuple[bool, str]:
@@ -402,9 +420,10 @@ def _parser() -> argparse.ArgumentParser:
         "directory", help="where the Secret is mounted, e.g. /var/run/secrets/rdsiam/orders-db"
     )
     parser.add_argument("--connect", action="store_true", help="also log in to the database with the token")
-    parser.add_argument("--sslmode", default="require", help="libpq sslmode for --connect (default: require)")
-    parser.add_argument("--sslrootcert", help="CA bundle to verify the server (the RDS CA bundle)")
-    parser.add_argument("--hostaddr", help="dial this address instead of resolving the host (tunnels, tests)")
+    parser.add_argument("--sslmode", default=None,
+                        help="libpq sslmode for --connect (default: the DSN's, else prefer, like libpq)")
+    parser.add_argument("--sslrootcert", help="CA bundle to verify the server (default: the DSN's sslrootcert)")
+    parser.add_argument("--hostaddr", help="dial this address instead of resolving the host (default: the DSN's)")
     parser.add_argument("--timeout", type=float, default=10.0, help="connect timeout in seconds (default 10)")
     return parser
 
@@ -437,8 +456,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     _check_dsn(snap, report)
     _check_modes(path, snap, report)
     if args.connect:
+        causes: list[str] | None = None  # PostgreSQL: the operator's diagnosis (rdsiam._diagnose)
         try:
-            ok, message = (_connect_mysql if engine == "MySQL" else _connect_postgres)(snap, args)
+            if engine == "MySQL":
+                ok, message = _connect_mysql(snap, args)
+            else:
+                ok, message, causes = _connect_postgres(snap, args)
         except Exception as exc:  # a driver failing in an unexpected way is still a finding
             ok, message = False, f"{type(exc).__name__}: {exc}"
         message = redact(message, snap.password)
@@ -446,7 +469,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             report.line("connect", f"OK: {message}")
         else:
             report.problem(f"login failed: {message}")
-            for i, cause in enumerate(diagnose(message, snap), 1):
+            causes = diagnose(message, snap) if causes is None else [redact(c, snap.password) for c in causes]
+            for i, cause in enumerate(causes, 1):
                 print(f"  likely cause {i}: {cause}", file=report.out)
     if report.problems:
         print(f"{len(report.problems)} problem(s) found", file=report.out)

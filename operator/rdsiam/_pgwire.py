@@ -1,8 +1,20 @@
 """A minimal PostgreSQL login probe over the wire protocol (standard library only).
 
-Used by the operator's ``spec.verify`` and by ``rdsiam check --connect``: TLS like libpq's
-``sslmode``, cleartext password (what RDS IAM asks for), then ``SELECT 1``. It reports the
-server's own error fields; it never includes the password in anything it returns or raises.
+Used by the operator's ``spec.verify`` and by ``rdsiam check --connect``: resolve and dial like
+libpq (``hostaddr`` skips DNS), negotiate TLS like libpq's ``sslmode``, send the token only when the
+server asks for a cleartext password over TLS (what RDS IAM authentication asks for), then run
+``SELECT 1``. It reports where it stopped (``stage``), what kind of failure it was (``kind``) and the
+server's own error fields; :func:`rdsiam._diagnose.explain` turns that into likely causes.
+
+It never includes the password in anything it returns or raises, never sends it in cleartext over
+an unencrypted connection, and never feeds it to another authentication method (MD5, SCRAM): a
+server that asks for one of those has told us what we need to know (the user is not an IAM user).
+
+libpq behaviours kept: ``sslmode=require`` with an ``sslrootcert`` verifies the CA (as libpq does
+when a root certificate file exists); only ``verify-full`` checks the host name, against ``host``
+(never ``hostaddr``); every address of a name is tried in turn. Differences: ``allow`` behaves
+like ``prefer``; ``verify-ca``/``verify-full`` without ``sslrootcert`` use the system trust store
+(libpq would read ``~/.postgresql/root.crt``); one deadline covers the whole probe.
 """
 
 from __future__ import annotations
@@ -13,106 +25,222 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+PROTOCOL_3_0 = 196608
+_T = TypeVar("_T")
+
+# Authentication request codes (AuthenticationXXX messages).
+_AUTH_OK, _AUTH_CLEARTEXT, _AUTH_MD5, _AUTH_SASL = 0, 3, 5, 10
+_AUTH_NAMES = {2: "Kerberos V5", 5: "MD5 password", 6: "SCM credentials", 7: "GSSAPI", 9: "SSPI",
+               10: "SASL"}
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeResult:
     ok: bool
-    stage: str  # dns | connect | tls | auth | query | done
-    kind: str  # "" on success; dns | timeout | refused | network | tls | no-tls | server
+    stage: str  # dns | connect | tls | startup | auth | query | done
+    kind: str  # "" on success; dns | timeout | refused | network | tls | no-tls | password | server | protocol
     code: str = ""  # SQLSTATE of a server error
     message: str = ""  # the server's (or the socket's) message, never the password
     tls: bool = False
     elapsed_ms: float = 0.0
+    server_version: str = ""  # from ParameterStatus, once logged in
+    auth: str = ""  # the authentication method the server asked for: cleartext, MD5 password, SASL (...)
+    address: str = ""  # the address dialled (ip:port)
+
+
+class _Stop(Exception):
+    """Ends the probe with a result (internal)."""
+
+    def __init__(self, stage: str, kind: str, message: str, code: str = "") -> None:  # stage "": unchanged
+        super().__init__(message)
+        self.stage, self.kind, self.message, self.code = stage, kind, message, code
+
+
+def tls_context(sslmode: str, sslrootcert: str | None) -> ssl.SSLContext:
+    """The client TLS context libpq would use for ``sslmode``/``sslrootcert`` (see the module notes)."""
+    verify = sslmode in ("verify-ca", "verify-full") or (sslmode == "require" and bool(sslrootcert))
+    if not verify:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # require/prefer without a root certificate: encrypted, not authenticated
+        return ctx
+    cafile = sslrootcert if sslrootcert and sslrootcert != "system" else None
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.check_hostname = sslmode == "verify-full"  # as libpq: only verify-full checks the name
+    return ctx
 
 
 async def probe(
     host: str, port: int, user: str, password: str, database: str, *, sslmode: str = "require",
     sslrootcert: str | None = None, hostaddr: str | None = None, timeout: float = 5.0,
+    application_name: str = "rdsiam-verify",
 ) -> ProbeResult:
+    """Log in once and run ``SELECT 1``; never raises for network or server trouble."""
+    loop = asyncio.get_running_loop()
     start = time.perf_counter()
-    tls_used = False
+    deadline = loop.time() + timeout
+    state = {"stage": "dns", "tls": False, "server_version": "", "auth": "", "address": ""}
 
-    def result(ok: bool, stage: str, kind: str, code: str = "", message: str = "") -> ProbeResult:
-        return ProbeResult(ok, stage, kind, code, message.replace(password, "<token>") if password else message,
-                           tls_used, (time.perf_counter() - start) * 1000)
+    def remaining() -> float:
+        return max(0.0, deadline - loop.time())
 
-    dial = hostaddr or host
+    async def within(awaitable: Awaitable[_T]) -> _T:
+        return await asyncio.wait_for(awaitable, remaining())
+
+    def result(ok: bool, kind: str = "", message: str = "", code: str = "") -> ProbeResult:
+        if password:
+            message = message.replace(password, "<token>")
+        return ProbeResult(ok, str(state["stage"]), kind, code, message, bool(state["tls"]),
+                           (time.perf_counter() - start) * 1000, str(state["server_version"]), str(state["auth"]),
+                           str(state["address"]))
+
+    async def dial() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Resolve (unless ``hostaddr``) and connect to the first address that answers, as libpq does."""
+        target = hostaddr or host
+        state["stage"] = "dns"
+        try:
+            infos = await within(loop.getaddrinfo(target, port, type=socket.SOCK_STREAM,
+                                                flags=socket.AI_NUMERICHOST if hostaddr else 0))
+        except socket.gaierror as exc:
+            what = "hostaddr is not a numeric IP address" if hostaddr else "cannot resolve"
+            raise _Stop("dns", "dns", f"{what} {target!r}: {exc.strerror}") from None
+        except TimeoutError:
+            raise _Stop("dns", "dns", f"looking up {target!r} timed out after {timeout:g} s") from None
+        state["stage"] = "connect"
+        failures: list[tuple[str, str]] = []
+        for family, type_, proto, _, sockaddr in infos:
+            ip, port_ = str(sockaddr[0]), int(sockaddr[1])
+            address = f"[{ip}]:{port_}" if family == socket.AF_INET6 else f"{ip}:{port_}"
+            state["address"] = address
+            sock = socket.socket(family, type_, proto)
+            sock.setblocking(False)
+            try:
+                await within(loop.sock_connect(sock, sockaddr))
+                return await asyncio.open_connection(sock=sock)
+            except TimeoutError:
+                sock.close()
+                raise _Stop("connect", "timeout", f"connecting to {address} timed out after {timeout:g} s") from None
+            except ConnectionRefusedError:
+                sock.close()
+                failures.append(("refused", f"{address} refused the connection"))
+            except OSError as exc:
+                sock.close()
+                failures.append(("network", f"{address}: {exc.strerror or exc}"))
+        if not failures:
+            raise _Stop("dns", "dns", f"{target!r} resolved to no address")
+        kinds = {k for k, _ in failures}
+        kind = "refused" if kinds == {"refused"} else "network"
+        raise _Stop("connect", kind, "; ".join(m for _, m in failures))
+
+    writer: asyncio.StreamWriter | None = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(dial, port), timeout)
-    except socket.gaierror as exc:
-        return result(False, "dns", "dns", message=f"cannot resolve {dial!r}: {exc.strerror}")
-    except TimeoutError:
-        return result(False, "connect", "timeout", message=f"no answer from {dial}:{port} within {timeout:g} s")
-    except ConnectionRefusedError:
-        return result(False, "connect", "refused", message=f"{dial}:{port} refused the connection")
-    except OSError as exc:
-        return result(False, "connect", "network", message=f"{dial}:{port}: {exc.strerror or exc}")
-    try:
+        reader, writer = await dial()
+        state["stage"] = "tls"
         if sslmode != "disable":
             writer.write(SSL_REQUEST)
             await writer.drain()
-            answer = await asyncio.wait_for(reader.readexactly(1), timeout)
+            answer = await within(reader.readexactly(1))
             if answer == b"S":
-                ctx = ssl.create_default_context(cafile=sslrootcert) if sslrootcert else ssl.create_default_context()
-                ctx.check_hostname = sslmode == "verify-full"  # as libpq: only verify-full checks the name
-                if sslmode not in ("verify-full", "verify-ca"):
-                    ctx.verify_mode = ssl.CERT_NONE  # require/prefer: encrypted, not authenticated
                 try:
-                    await asyncio.wait_for(writer.start_tls(ctx, server_hostname=host), timeout)
+                    ctx = tls_context(sslmode, sslrootcert)
+                except OSError as exc:
+                    raise _Stop("tls", "tls", f"cannot read sslrootcert {sslrootcert!r}: "
+                                f"{exc.strerror or exc}") from None
+                try:
+                    await within(writer.start_tls(ctx, server_hostname=host))
+                except ssl.SSLCertVerificationError as exc:
+                    raise _Stop("tls", "tls", f"certificate verify failed: {exc.verify_message or exc.reason}") \
+                        from None
                 except ssl.SSLError as exc:
-                    return result(False, "tls", "tls", message=f"TLS handshake failed: {exc.reason or exc}")
-                tls_used = True
-            elif sslmode in ("require", "verify-ca", "verify-full"):
-                return result(False, "tls", "no-tls", message="server does not support TLS")
+                    raise _Stop("tls", "tls", f"TLS handshake failed: {exc.reason or exc}") from None
+                state["tls"] = True
+            elif answer == b"N":
+                if sslmode in ("require", "verify-ca", "verify-full"):
+                    raise _Stop("tls", "no-tls", f"the server does not support TLS (sslmode={sslmode})")
+            else:
+                raise _Stop("tls", "protocol", "unexpected answer to the TLS request: not a PostgreSQL server?")
+        state["stage"] = "startup"
         params = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in (
-            ("user", user), ("database", database), ("application_name", "rdsiam-verify")))
-        body = struct.pack("!i", 196608) + params + b"\0"
+            ("user", user), ("database", database), ("application_name", application_name)))
+        body = struct.pack("!i", PROTOCOL_3_0) + params + b"\0"
         writer.write(struct.pack("!i", len(body) + 4) + body)
         await writer.drain()
-        stage = "auth"
+        queried = False
         while True:
-            kind, payload = await asyncio.wait_for(_read(reader), timeout)
+            kind, payload = await within(_read(reader))
             if kind == b"E":
                 fields = _fields(payload)
-                return result(False, stage, "server", fields.get("C", ""), fields.get("M", ""))
+                return result(False, "server", fields.get("M", ""), fields.get("C", ""))
             if kind == b"R":
                 (code,) = struct.unpack("!i", payload[:4])
-                if code == 3:  # cleartext password: what RDS IAM auth asks for
+                if code == _AUTH_OK:
+                    state["stage"] = "auth"  # logged in; the server may still refuse (database missing, ...)
+                    continue
+                state["stage"] = "auth"
+                if code == _AUTH_CLEARTEXT:
+                    state["auth"] = "cleartext"
+                    if not state["tls"]:
+                        raise _Stop("auth", "no-tls", "the server asked for the password in cleartext over an "
+                                    "unencrypted connection; the token was not sent")
                     pw = password.encode() + b"\0"
                     writer.write(b"p" + struct.pack("!i", len(pw) + 4) + pw)
                     await writer.drain()
-                elif code == 0:
                     continue
-                else:
-                    return result(False, "auth", "server", "", f"server asked for authentication method {code}, "
-                                  "not the cleartext password IAM authentication uses")
+                method = _AUTH_NAMES.get(code, f"method {code}")
+                if code == _AUTH_SASL:
+                    mechanisms = [m.decode(errors="replace") for m in payload[4:].split(b"\0") if m]
+                    method = f"SASL ({', '.join(mechanisms)})" if mechanisms else method
+                state["auth"] = method
+                raise _Stop("auth", "password", f"it asked for {method} authentication, not for an IAM token "
+                            "(the token was not sent; a driver sending it as a password gets \"password "
+                            "authentication failed\")")
+            elif kind == b"S":
+                name, _, value = payload.partition(b"\0")
+                if name == b"server_version":
+                    state["server_version"] = value.rstrip(b"\0").decode(errors="replace")
             elif kind == b"Z":
-                if stage == "query":
+                if queried:
                     writer.write(b"X" + struct.pack("!i", 4))
                     await writer.drain()
-                    return result(True, "done", "")
-                stage = "query"
+                    state["stage"] = "done"
+                    return result(True)
+                queried = True
+                state["stage"] = "query"
                 q = b"SELECT 1\0"
                 writer.write(b"Q" + struct.pack("!i", len(q) + 4) + q)
                 await writer.drain()
+            # K (BackendKeyData), N (notice), T/D/C (the query's rows) need no action.
+    except _Stop as stop:
+        state["stage"] = stop.stage or state["stage"]
+        return result(False, stop.kind, stop.message, stop.code)
     except TimeoutError:
-        return result(False, "auth", "timeout", message=f"no answer within {timeout:g} s")
-    except (asyncio.IncompleteReadError, ConnectionError) as exc:
-        return result(False, "auth", "network", message=f"connection closed: {type(exc).__name__}")
+        where = f"{state['address'] or f'{hostaddr or host}:{port}'}"
+        if state["stage"] == "tls":
+            what = f"connected to {where}, but no answer to the TLS request within {timeout:g} s"
+        else:
+            what = f"connected to {where}, but the server did not answer within {timeout:g} s ({state['stage']})"
+        return result(False, "timeout", what)
+    except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as exc:
+        return result(False, "network", f"the server closed the connection during {state['stage']} "
+                      f"({type(exc).__name__})")
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (OSError, ssl.SSLError):
-            pass
+        if writer is not None:
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            except (OSError, ssl.SSLError, TimeoutError):
+                pass
 
 
 async def _read(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     header = await reader.readexactly(5)
     (length,) = struct.unpack("!i", header[1:])
+    if not 4 <= length <= 1 << 20:
+        raise _Stop("", "protocol", "malformed message from the server: not a PostgreSQL server?")
     return header[:1], await reader.readexactly(length - 4)
 
 

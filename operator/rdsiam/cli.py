@@ -26,6 +26,8 @@ def _run(args: argparse.Namespace) -> int:
         debug=args.log_level == "debug", verbose=args.log_level in ("debug", "info"),
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL)
     logging.getLogger().setLevel(args.log_level.upper())
+    if args.log_level != "debug":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # botocore at DEBUG logs STS responses, credentials included: never let it.
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -35,15 +37,17 @@ def _run(args: argparse.Namespace) -> int:
     handlers.CONFIG.lease_namespace = args.lease_namespace
     handlers.CONFIG.lease_name = args.lease_name
     handlers.CONFIG.verify_timeout = args.verify_timeout
+    handlers.CONFIG.rotation_events = args.rotation_events
     handlers.CONFIG.tenancy = TenancyPolicy(
         allow_operator_identity=not args.no_operator_identity,
         require_service_account=args.require_service_account,
         allowed_role_arns=tuple(p.strip() for p in args.allowed_role_arns.split(",") if p.strip()) or ("*",),
         namespace_policy=args.namespace_policy)
-    namespaces = args.namespace or []
-    asyncio.run(kopf.operator(
-        standalone=True, clusterwide=not namespaces, namespaces=namespaces,
-        liveness_endpoint=args.liveness or None))
+    for warning in handlers.CONFIG.tenancy.warnings():
+        logging.getLogger("rdsiam.tenancy").warning(warning)
+    handlers.CONFIG.namespaces = tuple(args.namespace or ())
+    # kopf runs the process; the operator's own informers watch (see rdsiam.operator.handlers).
+    asyncio.run(kopf.operator(standalone=True, clusterwide=True, liveness_endpoint=args.liveness or None))
     return 0
 
 
@@ -99,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--namespace-policy", action="store_true",
                      help="honour the rdsiam.io/allowed-role-arns annotation on namespaces")
     run.add_argument("--verify-timeout", type=float, default=5.0, help="seconds for spec.verify logins")
+    run.add_argument("--rotation-events", action="store_true",
+                     help="post a Normal Event for every routine rotation too (default: first issue, changes, "
+                     "recoveries and failures only)")
     run.set_defaults(func=_run)
 
     token = sub.add_parser("token", help="print an RDS IAM auth token from the local AWS credentials")

@@ -86,20 +86,21 @@ def test_good_mount_connects(tmp_path: Path, rds: IamPostgres, mint: Callable[[s
     assert f"for user {USER!r} at {rds.endpoint}:{rds.port}, region {rds.region}" in out
     assert "temporary (STS session) credentials" in out
     assert "expires:    " in out and "(in 14m" in out
-    assert f"OK: logged in as {USER} on PostgreSQL" in out and "(TLS, psycopg)" in out
+    assert f"OK: logged in as {USER} on PostgreSQL" in out and "(TLS, login and SELECT 1 in" in out
     assert out.rstrip().endswith("OK")
     _assert_no_secret(out, token)
 
 
-def test_connect_with_psql_when_psycopg_is_missing(
+def test_connect_needs_no_driver(
     tmp_path: Path, rds: IamPostgres, mint: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token = mint(USER)
     AtomicWriter(tmp_path).write(_payload(rds, USER, token))
     monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ImportError
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no psql either: the stdlib wire probe logs in
     code, out = _run(str(tmp_path), *_connect_args(rds))
     assert code == 0, out
-    assert f"OK: logged in as {USER} on PostgreSQL" in out and "(psql)" in out
+    assert f"OK: logged in as {USER} on PostgreSQL" in out and "(TLS, login and SELECT 1 in" in out
     _assert_no_secret(out, token)
 
 

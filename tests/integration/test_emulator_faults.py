@@ -52,9 +52,7 @@ def test_injected_statuses_come_with_status_bodies(
 def test_a_410_on_a_watch_arrives_as_an_error_event(emu: KubeEmulator, client: KubeClient) -> None:
     emu.inject(SECRETS, status=410, watch=True)
     events = list(client.watch(SECRETS, resource_version="1", timeout_seconds=1))
-    assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in events] == [
-        ("ERROR", 410, "Expired")
-    ]
+    assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in events] == [("ERROR", 410, "Expired")]
 
 
 def test_latency_is_added_to_matching_requests(emu: KubeEmulator, client: KubeClient) -> None:
@@ -68,9 +66,7 @@ def test_latency_is_added_to_matching_requests(emu: KubeEmulator, client: KubeCl
     assert time.monotonic() - began < 0.3
 
 
-def test_the_request_log_records_rbac_attributes_and_can_be_cleared(
-    emu: KubeEmulator, client: KubeClient
-) -> None:
+def test_the_request_log_records_rbac_attributes_and_can_be_cleared(emu: KubeEmulator, client: KubeClient) -> None:
     emu.requests.clear()
     client.create(SECRETS, {"metadata": {"generateName": "log-"}})
     client.list(SECRETS, labelSelector="a=b")
@@ -90,11 +86,7 @@ def test_the_request_log_records_rbac_attributes_and_can_be_cleared(
 
 def test_kmock_reactions_take_precedence_when_a_test_adds_them(emu: KubeEmulator, client: KubeClient) -> None:
     seen: list[object] = []
-    (
-        emu.handler["get", "/api/v1/namespaces/default/secrets/special"]
-        >> seen
-        << {"metadata": {"name": "canned"}}
-    )
+    (emu.handler["get", "/api/v1/namespaces/default/secrets/special"] >> seen << {"metadata": {"name": "canned"}})
     assert client.get(f"{SECRETS}/special") == {"metadata": {"name": "canned"}}
     assert len(seen) == 1
     with pytest.raises(KubeApiError):  # everything else is still served by the emulator

@@ -61,9 +61,7 @@ def operator(emu: KubeEmulator) -> Iterator[dict[str, list[str]]]:
 
     def run() -> None:
         asyncio.run(
-            kopf.operator(
-                registry=registry, settings=settings, clusterwide=True, stop_flag=stop, ready_flag=ready
-            )
+            kopf.operator(registry=registry, settings=settings, clusterwide=True, stop_flag=stop, ready_flag=ready)
         )
 
     thread = threading.Thread(target=run, name="kopf", daemon=True)
@@ -75,7 +73,6 @@ def operator(emu: KubeEmulator) -> Iterator[dict[str, list[str]]]:
     assert not thread.is_alive()
 
 
-@pytest.mark.slow
 def test_kopf_handles_a_resource_once_and_its_patches_succeed(
     emu: KubeEmulator, operator: dict[str, list[str]]
 ) -> None:
@@ -95,9 +92,7 @@ def test_kopf_handles_a_resource_once_and_its_patches_succeed(
     assert "kopf.zalando.org/last-handled-configuration" in handled["metadata"]["annotations"]
 
     events = eventually(
-        lambda: client.list("/api/v1/namespaces/default/events", fieldSelector="involvedObject.name=orders")[
-            "items"
-        ]
+        lambda: client.list("/api/v1/namespaces/default/events", fieldSelector="involvedObject.name=orders")["items"]
     )
     eventually(lambda: len(client.list("/api/v1/namespaces/default/events")["items"]) >= 2)
     assert events[0]["involvedObject"]["uid"] == handled["metadata"]["uid"]

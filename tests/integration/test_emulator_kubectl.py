@@ -76,9 +76,7 @@ def test_apply_get_describe_patch_delete_custom_resources(emu: KubeEmulator, crd
     status = {
         "status": {
             "secretName": "orders-db",
-            "conditions": [
-                {"type": "Ready", "status": "False", "reason": "AssumeRoleFailed", "message": "denied"}
-            ],
+            "conditions": [{"type": "Ready", "status": "False", "reason": "AssumeRoleFailed", "message": "denied"}],
         }
     }
     kubectl(emu, "patch", "dbc", "orders", "--subresource=status", "--type=merge", "-p", json.dumps(status))
@@ -116,9 +114,7 @@ def test_invalid_custom_resources_are_explained(emu: KubeEmulator, crd_applied: 
     bad = CRED.replace("port: 5432", "port: 70000")
     message = kubectl(emu, "apply", "-f", "-", stdin=bad, check=False)
     assert 'The DbCredential "orders" is invalid' in message
-    assert (
-        "spec.port: Invalid value: 70000: spec.port in body should be less than or equal to 65535" in message
-    )
+    assert "spec.port: Invalid value: 70000: spec.port in body should be less than or equal to 65535" in message
     unknown = CRED.replace("port: 5432", "port: 5432\n  bogus: 1")
     assert 'unknown field "spec.bogus"' in kubectl(emu, "apply", "-f", "-", stdin=unknown, check=False)
     kubectl(emu, "apply", "--validate=false", "-f", "-", stdin=unknown)

@@ -59,18 +59,12 @@ def owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
 def test_finalizers_keep_a_deleted_object_until_removed(client: KubeClient, ns: str) -> None:
     client.create(cms(ns), {"metadata": {"name": "a", "finalizers": ["example.com/hold"]}})
     pending = client.delete(cms(ns, "a"))
-    assert pending["metadata"]["deletionTimestamp"] and pending["metadata"]["finalizers"] == [
-        "example.com/hold"
-    ]
-    assert (
-        client.get(cms(ns, "a"))["metadata"]["deletionTimestamp"] == pending["metadata"]["deletionTimestamp"]
-    )
+    assert pending["metadata"]["deletionTimestamp"] and pending["metadata"]["finalizers"] == ["example.com/hold"]
+    assert client.get(cms(ns, "a"))["metadata"]["deletionTimestamp"] == pending["metadata"]["deletionTimestamp"]
 
     with pytest.raises(KubeApiError) as exc:  # no new finalizers once deleting
         client.patch(cms(ns, "a"), {"metadata": {"finalizers": ["example.com/hold", "example.com/more"]}})
-    assert exc.value.code == 422 and "no new finalizers can be added if the object is being deleted" in str(
-        exc.value
-    )
+    assert exc.value.code == 422 and "no new finalizers can be added if the object is being deleted" in str(exc.value)
 
     client.patch(cms(ns, "a"), {"metadata": {"finalizers": None}})
     assert not client.exists(cms(ns, "a"))
@@ -148,8 +142,7 @@ def test_namespace_deletion_removes_content_then_the_namespace(client: KubeClien
         client.create(cms(ns), {"metadata": {"name": "late"}})
     assert (exc.value.code, exc.value.reason) == (403, "Forbidden")
     assert exc.value.message == (
-        f'configmaps "late" is forbidden: unable to create new content in namespace {ns} '
-        "because it is being terminated"
+        f'configmaps "late" is forbidden: unable to create new content in namespace {ns} because it is being terminated'
     )
 
     assert client.exists(f"/api/v1/namespaces/{ns}")  # the held object keeps it

@@ -34,9 +34,7 @@ def client(emu: KubeEmulator) -> Iterator[KubeClient]:
 TOKEN = "/api/v1/namespaces/default/serviceaccounts/{}/token"
 
 
-def test_token_request_returns_a_jwt_verifiable_with_the_published_keys(
-    emu: KubeEmulator, client: KubeClient
-) -> None:
+def test_token_request_returns_a_jwt_verifiable_with_the_published_keys(emu: KubeEmulator, client: KubeClient) -> None:
     request = {
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenRequest",
@@ -45,9 +43,7 @@ def test_token_request_returns_a_jwt_verifiable_with_the_published_keys(
     before = int(time.time())
     answer = client.create(TOKEN.format("orders-app"), request)
     assert (answer["kind"], answer["apiVersion"]) == ("TokenRequest", "authentication.k8s.io/v1")
-    assert (
-        answer["spec"]["audiences"] == ["sts.amazonaws.com"] and answer["spec"]["expirationSeconds"] == 3600
-    )
+    assert answer["spec"]["audiences"] == ["sts.amazonaws.com"] and answer["spec"]["expirationSeconds"] == 3600
     token = answer["status"]["token"]
 
     discovery = client.get("/.well-known/openid-configuration")
@@ -80,7 +76,7 @@ def test_token_request_rejects_short_expirations(client: KubeClient) -> None:
         client.create(TOKEN.format("orders-app"), {"spec": {"audiences": ["x"], "expirationSeconds": 60}})
     assert exc.value.code == 422
     assert exc.value.message == (
-        'TokenRequest.authentication.k8s.io "orders-app" is invalid: '
+        'TokenRequest.authentication.k8s.io "" is invalid: '  # sic: the real server names no object
         "spec.expirationSeconds: Invalid value: 60: may not specify a duration less than "
         "10 minutes"
     )

@@ -82,16 +82,12 @@ def test_watch_resumes_from_a_resource_version(client: KubeClient, ns: str) -> N
     first = client.create(cms(ns), {"metadata": {"name": "a"}})
     client.create(cms(ns), {"metadata": {"name": "b"}})
     client.patch(cms(ns, "a"), {"data": {"x": "1"}})
-    events = list(
-        client.watch(cms(ns), resource_version=first["metadata"]["resourceVersion"], timeout_seconds=1)
-    )
+    events = list(client.watch(cms(ns), resource_version=first["metadata"]["resourceVersion"], timeout_seconds=1))
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
         ("ADDED", "b"),
         ("MODIFIED", "a"),
     ]
-    assert int(events[-1]["object"]["metadata"]["resourceVersion"]) > int(
-        first["metadata"]["resourceVersion"]
-    )
+    assert int(events[-1]["object"]["metadata"]["resourceVersion"]) > int(first["metadata"]["resourceVersion"])
 
 
 def test_compaction_makes_old_resource_versions_gone(emu: KubeEmulator, client: KubeClient, ns: str) -> None:
@@ -140,8 +136,8 @@ def test_send_initial_events_ends_with_an_annotated_bookmark(client: KubeClient,
 
 
 def test_objects_entering_and_leaving_a_selector_are_added_and_deleted(client: KubeClient, ns: str) -> None:
-    client.create(cms(ns), {"metadata": {"name": "a", "labels": {"app": "x"}}})
-    stream = Stream(client, cms(ns), label_selector="app=y", timeout_seconds=10)
+    rv = client.create(cms(ns), {"metadata": {"name": "a", "labels": {"app": "x"}}})["metadata"]["resourceVersion"]
+    stream = Stream(client, cms(ns), label_selector="app=y", resource_version=rv, timeout_seconds=10)
     client.patch(cms(ns, "a"), {"metadata": {"labels": {"app": "y"}}})  # enters the selector
     client.patch(cms(ns, "a"), {"data": {"k": "v"}})  # stays in it
     client.patch(cms(ns, "a"), {"metadata": {"labels": {"app": "z"}}})  # leaves it

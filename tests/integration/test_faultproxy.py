@@ -16,9 +16,7 @@ from rdsiam.testing.sts import StsServer
 
 
 @pytest.fixture
-def irsa_via_proxy(
-    sts: StsServer, sts_faults: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
+def irsa_via_proxy(sts: StsServer, sts_faults: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     role = sts.create_role("test-faults-irsa")
     for name, value in sts.irsa_env(role, tmp_path).items():
         monkeypatch.setenv(name, value)
@@ -83,9 +81,7 @@ def test_deny_matches_role_arns(sts: StsServer, sts_faults: FaultProxy, irsa_via
     with pytest.raises(ClientError) as info:
         client.assume_role(RoleArn=blocked, RoleSessionName="no")
     error = info.value.response["Error"]
-    assert (
-        error["Code"] == "AccessDenied" and info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
-    )
+    assert error["Code"] == "AccessDenied" and info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     assert re.fullmatch(
         r"User: arn:aws:sts::123456789012:assumed-role/test-faults-irsa/\S+ is not authorized to perform: "
         r"sts:AssumeRole on resource: arn:aws:iam::123456789012:role/test-faults-blocked",
@@ -98,9 +94,7 @@ def test_deny_web_identity(sts_faults: FaultProxy, irsa_via_proxy: str) -> None:
     with pytest.raises(ClientError) as info:
         resolve()
     assert info.value.response["Error"]["Code"] == "AccessDenied"
-    assert (
-        info.value.response["Error"]["Message"] == "Not authorized to perform sts:AssumeRoleWithWebIdentity"
-    )
+    assert info.value.response["Error"]["Message"] == "Not authorized to perform sts:AssumeRoleWithWebIdentity"
 
 
 def test_delay_makes_clients_time_out(sts: StsServer, sts_faults: FaultProxy) -> None:

@@ -31,9 +31,7 @@ POSTGRES_APPS = [
 
 
 @pytest.fixture(scope="module")
-def mount(
-    sts: StsServer, rds: IamPostgres, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def mount(sts: StsServer, rds: IamPostgres, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     postgres.create_user(USER, database=DB)
     creds = boto3.client(
         "sts",

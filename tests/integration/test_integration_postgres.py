@@ -69,9 +69,7 @@ def mint(sts: StsServer, rds: IamPostgres, postgres: PostgresServer) -> Callable
         aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
         aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
     )
-    creds = client.assume_role(RoleArn=sts.create_role("rdsiam-lib-tests"), RoleSessionName="lib")[
-        "Credentials"
-    ]
+    creds = client.assume_role(RoleArn=sts.create_role("rdsiam-lib-tests"), RoleSessionName="lib")["Credentials"]
     signer = boto3.client(
         "rds",
         region_name=rds.region,
@@ -132,9 +130,7 @@ def test_psycopg_pool_callable_kwargs(mount: Mount, libpq: dict[str, str]) -> No
 
     from rdsiam.integrations import psycopg as rp
 
-    with ConnectionPool(
-        kwargs=rp.connect_kwargs(mount.path, **libpq), min_size=1, max_size=2, open=True
-    ) as pool:
+    with ConnectionPool(kwargs=rp.connect_kwargs(mount.path, **libpq), min_size=1, max_size=2, open=True) as pool:
         pool.wait()  # the pool's first connection exists: the next one is made on demand
         with pool.connection() as first:
             assert first.execute("select current_user").fetchone() == (ALICE,)
@@ -164,9 +160,7 @@ async def test_psycopg_async_pool(mount: Mount, libpq: dict[str, str]) -> None:
 
     from rdsiam.integrations import psycopg as rp
 
-    pool = AsyncConnectionPool(
-        kwargs=rp.connect_kwargs(mount.path, **libpq), min_size=1, max_size=2, open=False
-    )
+    pool = AsyncConnectionPool(kwargs=rp.connect_kwargs(mount.path, **libpq), min_size=1, max_size=2, open=False)
     async with pool:
         await pool.wait()
         async with pool.connection() as first:
@@ -219,16 +213,12 @@ def test_sqlalchemy_engine(mount: Mount, libpq: dict[str, str]) -> None:
         engine.dispose()
 
 
-def test_sqlalchemy_attach_to_an_existing_engine(
-    mount: Mount, libpq: dict[str, str], rds: IamPostgres
-) -> None:
+def test_sqlalchemy_attach_to_an_existing_engine(mount: Mount, libpq: dict[str, str], rds: IamPostgres) -> None:
     import sqlalchemy
 
     from rdsiam.integrations import sqlalchemy as rsa
 
-    url = sqlalchemy.URL.create(
-        "postgresql+psycopg2", username=ALICE, host=rds.endpoint, port=rds.port, database=DB
-    )
+    url = sqlalchemy.URL.create("postgresql+psycopg2", username=ALICE, host=rds.endpoint, port=rds.port, database=DB)
     engine = sqlalchemy.create_engine(url, connect_args=libpq)
     rsa.attach(engine, mount.path)
     try:

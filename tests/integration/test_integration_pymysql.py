@@ -44,9 +44,7 @@ class Mount:
             self.db.set_password(USER, password)
         if mount:
             self.writer.write(
-                secret_payload(
-                    username=USER, password=password, host=self.db.host, port=self.db.port, dbname=DB
-                )
+                secret_payload(username=USER, password=password, host=self.db.host, port=self.db.port, dbname=DB)
             )
             self.password = password
         return password
@@ -114,9 +112,7 @@ def test_retry_when_the_server_is_ahead_of_the_mount(mount: Mount, monkeypatch: 
                 return real(**kwargs)
             finally:
                 mount.writer.write(
-                    secret_payload(
-                        username=USER, password=fresh, host=mount.db.host, port=mount.db.port, dbname=DB
-                    )
+                    secret_payload(username=USER, password=fresh, host=mount.db.host, port=mount.db.port, dbname=DB)
                 )
         return real(**kwargs)
 

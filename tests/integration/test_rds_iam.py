@@ -140,9 +140,7 @@ def test_bad_tokens_get_the_opaque_pam_failure(
     assert not leaked
 
 
-def test_expired_token(
-    rds: IamPostgres, rds_client: Any, users: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_expired_token(rds: IamPostgres, rds_client: Any, users: None, monkeypatch: pytest.MonkeyPatch) -> None:
     token = mint(rds_client, rds)
     monkeypatch.setattr(rds, "clock_offset", 901)
     assert refused(rds, IAM_USER, IAM_DB, token).endswith(PAM_FAILED)
@@ -189,17 +187,14 @@ def test_force_ssl_refuses_plaintext_password_users(
 ) -> None:
     message = refused(rds, PLAIN_USER, "postgres", "correct horse", sslmode="disable")
     assert message.endswith(
-        f'FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "{PLAIN_USER}", '
-        'database "postgres", no encryption'
+        f'FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "{PLAIN_USER}", database "postgres", no encryption'
     )
     monkeypatch.setattr(rds, "force_ssl", False)
     with psycopg.connect(rds.dsn(PLAIN_USER, "postgres", "correct horse", sslmode="disable")) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (PLAIN_USER,)
 
 
-def test_users_outside_rds_iam_get_password_authentication(
-    rds: IamPostgres, rds_client: Any, users: None
-) -> None:
+def test_users_outside_rds_iam_get_password_authentication(rds: IamPostgres, rds_client: Any, users: None) -> None:
     """Without rds_iam, RDS uses password auth: a token fails as a password; unknown users look the same."""
     outside = refused(rds, PLAIN_USER, "postgres", mint(rds_client, rds, user=PLAIN_USER))
     assert rds.last_login is not None and rds.last_login.reason == LoginReason.NOT_IAM_USER
@@ -223,9 +218,7 @@ def test_failures_are_indistinguishable_on_the_wire(rds: IamPostgres, rds_client
     assert bad_signature["R"] == "auth_failed"
     plaintext = _raw_login(rds, IAM_USER, IAM_DB, token, tls=False)
     assert plaintext["C"] == "28000" and plaintext["M"].startswith("pg_hba.conf rejects connection")
-    password_users = {
-        _raw_login(rds, user, "postgres", token).get("auth") for user in (PLAIN_USER, "nobody_here")
-    }
+    password_users = {_raw_login(rds, user, "postgres", token).get("auth") for user in (PLAIN_USER, "nobody_here")}
     assert password_users == {"10"}  # both asked for SASL (SCRAM-SHA-256): indistinguishable
 
 

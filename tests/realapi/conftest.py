@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rdsiam.testing.realapi import RealCluster
+from rdsiam.testing.kubectl import Kubectl
+from rdsiam.testing.realapi import RealCluster, kubectl_path
 
 from ._helpers import DATA, HERE, project_crd_files
 
@@ -47,3 +48,18 @@ def namespace(real_cluster: RealCluster, request: pytest.FixtureRequest) -> Iter
     assert status == 201, body
     yield name
     real_cluster.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+# ---- the operator-core scenarios (tests/scenarios) against the real API server ----------------
+# Session fixtures that depend on `cluster` are redefined here, so they are not shared with the
+# emulator tier's instances within one pytest session.
+
+@pytest.fixture(scope="session")
+def cluster(real_cluster: RealCluster) -> RealCluster:
+    return real_cluster
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: RealCluster) -> Kubectl:
+    binary = kubectl_path()
+    return Kubectl(cluster.kubeconfig, str(binary) if binary else None)

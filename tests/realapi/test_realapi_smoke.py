@@ -37,12 +37,8 @@ def test_unauthenticated_and_wrong_token_are_refused(real_cluster: RealCluster) 
 
 def test_kubectl_server_side_applies_the_crd_and_objects(real_cluster: RealCluster, namespace: str) -> None:
     out = kubectl(real_cluster, "apply", "--server-side", "-f", str(DATA / "widgets-crd.yaml")).stdout
-    assert (
-        "customresourcedefinition.apiextensions.k8s.io/widgets.fixtures.rdsiam.io serverside-applied" in out
-    )
-    out = kubectl(
-        real_cluster, "apply", "--server-side", "-n", namespace, "-f", str(DATA / "widget.yaml")
-    ).stdout
+    assert "customresourcedefinition.apiextensions.k8s.io/widgets.fixtures.rdsiam.io serverside-applied" in out
+    out = kubectl(real_cluster, "apply", "--server-side", "-n", namespace, "-f", str(DATA / "widget.yaml")).stdout
     assert "widget.fixtures.rdsiam.io/small serverside-applied" in out
 
     table = kubectl(real_cluster, "get", "widgets", "-n", namespace).stdout
@@ -51,14 +47,10 @@ def test_kubectl_server_side_applies_the_crd_and_objects(real_cluster: RealClust
     assert row.split()[:2] == ["small", "3"]
 
     obj = json.loads(
-        kubectl(
-            real_cluster, "get", "wdg/small", "-n", namespace, "-o", "json", "--show-managed-fields"
-        ).stdout
+        kubectl(real_cluster, "get", "wdg/small", "-n", namespace, "-o", "json", "--show-managed-fields").stdout
     )
     assert obj["spec"] == {"size": 3, "maxSize": 10, "color": "green"}
-    assert any(
-        m["manager"] == "kubectl" and m["operation"] == "Apply" for m in obj["metadata"]["managedFields"]
-    )
+    assert any(m["manager"] == "kubectl" and m["operation"] == "Apply" for m in obj["metadata"]["managedFields"])
 
 
 def test_kubectl_apply_of_an_invalid_object_shows_the_validation_errors(
@@ -75,9 +67,7 @@ def test_kubectl_apply_of_an_invalid_object_shows_the_validation_errors(
         check=False,
     )
     assert proc.returncode != 0
-    assert (
-        "spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1" in proc.stderr
-    )
+    assert "spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1" in proc.stderr
     assert 'spec.color: Unsupported value: "purple"' in proc.stderr
 
 
@@ -156,9 +146,7 @@ def test_status_subresource_ignores_spec_and_main_resource_ignores_status(
     assert body["status"]["conditions"] == [{"type": "Ready", "status": "True"}]
 
 
-def test_token_request_returns_a_signed_jwt_for_the_service_account(
-    real_cluster: RealCluster, namespace: str
-) -> None:
+def test_token_request_returns_a_signed_jwt_for_the_service_account(real_cluster: RealCluster, namespace: str) -> None:
     import jwt  # pyjwt
 
     status, _ = real_cluster.request(
@@ -229,20 +217,14 @@ def test_rbac_is_enforced_for_service_account_tokens(real_cluster: RealCluster, 
     }
     assert real_cluster.request("POST", f"{rbac}/roles", role)[0] == 201
     assert real_cluster.request("POST", f"{rbac}/rolebindings", binding)[0] == 201
-    wait_for(
-        lambda: real_cluster.request("GET", secrets, token=token)[0] == 200, 10, "the RoleBinding to apply"
-    )
+    wait_for(lambda: real_cluster.request("GET", secrets, token=token)[0] == 200, 10, "the RoleBinding to apply")
     status, _ = real_cluster.request("DELETE", f"{secrets}/x", token=token)
     assert status == 403
 
 
-def test_new_namespaces_get_default_service_account_and_root_ca(
-    real_cluster: RealCluster, namespace: str
-) -> None:
+def test_new_namespaces_get_default_service_account_and_root_ca(real_cluster: RealCluster, namespace: str) -> None:
     wait_for(
-        lambda: (
-            real_cluster.request("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/default")[0] == 200
-        ),
+        lambda: real_cluster.request("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/default")[0] == 200,
         20,
         "the serviceaccount controller to create the default ServiceAccount",
     )
@@ -287,9 +269,7 @@ def _assert_collected(real_cluster: RealCluster, secret_path: str) -> None:
     )
 
 
-def test_garbage_collector_deletes_a_secret_owned_by_a_configmap(
-    real_cluster: RealCluster, namespace: str
-) -> None:
+def test_garbage_collector_deletes_a_secret_owned_by_a_configmap(real_cluster: RealCluster, namespace: str) -> None:
     status, owner = real_cluster.request(
         "POST", f"/api/v1/namespaces/{namespace}/configmaps", {"metadata": {"name": "owner"}}
     )
@@ -352,9 +332,7 @@ def test_deleting_a_namespace_deletes_its_content(real_cluster: RealCluster) -> 
     assert real_cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})[0] == 201
     assert real_cluster.request("POST", WIDGETS.format(ns=ns), widget("w", size=1))[0] == 201
     assert real_cluster.request("DELETE", f"/api/v1/namespaces/{ns}")[0] == 200
-    wait_for(
-        lambda: real_cluster.request("GET", f"/api/v1/namespaces/{ns}")[0] == 404, 60, "namespace deletion"
-    )
+    wait_for(lambda: real_cluster.request("GET", f"/api/v1/namespaces/{ns}")[0] == 404, 60, "namespace deletion")
 
 
 def test_helm_is_built_and_installs_a_chart(real_cluster: RealCluster, namespace: str) -> None:
@@ -397,7 +375,5 @@ def test_helm_is_built_and_installs_a_chart(real_cluster: RealCluster, namespace
         check=True,
     )
     assert [(r["name"], r["status"]) for r in json.loads(listing.stdout)] == [("probe", "deployed")]
-    subprocess.run(
-        [str(helm), "uninstall", "probe", "-n", namespace], env=env, check=True, capture_output=True
-    )
+    subprocess.run([str(helm), "uninstall", "probe", "-n", namespace], env=env, check=True, capture_output=True)
     assert real_cluster.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/probe-probe")[0] == 404

@@ -82,7 +82,8 @@ def test_json_patch_operations_and_failed_test_is_422() -> None:
     with pytest.raises(PatchError) as exc:
         json_patch(doc, [{"op": "test", "path": "/metadata/resourceVersion", "value": "4"}])
     assert exc.value.code == 422
-    assert exc.value.status()["message"] == "testing value /metadata/resourceVersion failed: test failed"
+    assert exc.value.status()["message"] == "the server rejected our request due to an error in our request"
+    assert exc.value.cause == "testing value /metadata/resourceVersion failed: test failed"
 
 
 def test_strategic_merge_patch_interprets_directives_and_replaces_lists() -> None:
@@ -111,7 +112,7 @@ def test_field_errors_and_invalid_status_are_worded_like_kube_apiserver() -> Non
         "spec.port: Invalid value: 70000: spec.port in body should be less than or equal to 65535, "
         "spec.host: Required value, "
         'spec.engine: Unsupported value: "oracle": supported values: "postgres", "mysql", '
-        "spec.target.name: Too long: may not be longer than 63, "
+        "spec.target.name: Too long: may not be more than 63 bytes, "
         "spec.target.labels: Too many: 4: must have at most 3 items]"
     )
     assert status["details"]["causes"][0] == {
@@ -142,9 +143,7 @@ def test_paths_parse_namespaces_and_subresources() -> None:
 
 def test_jsonpath_printer_column_expressions() -> None:
     obj = {
-        "status": {
-            "conditions": [{"type": "Synced", "status": "False"}, {"type": "Ready", "status": "True"}]
-        },
+        "status": {"conditions": [{"type": "Synced", "status": "False"}, {"type": "Ready", "status": "True"}]},
         "spec": {"ports": [1, 2]},
     }
     assert find(obj, '.status.conditions[?(@.type=="Ready")].status') == ["True"]

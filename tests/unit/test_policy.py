@@ -11,8 +11,14 @@ T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 
 
 def fresh(issued: dt.datetime = T0, lifetime: int = 900) -> SecretState:
-    return SecretState(exists=True, owned=True, fingerprint="fp", issued_at=issued,
-                       expires_at=issued + dt.timedelta(seconds=lifetime), complete=True)
+    return SecretState(
+        exists=True,
+        owned=True,
+        fingerprint="fp",
+        issued_at=issued,
+        expires_at=issued + dt.timedelta(seconds=lifetime),
+        complete=True,
+    )
 
 
 def test_missing_incomplete_changed() -> None:
@@ -39,8 +45,10 @@ def test_expiry_margin_wins_over_a_long_interval() -> None:
 
 def test_refresh_request_after_issue_only() -> None:
     later = T0 + dt.timedelta(seconds=30)
-    assert decide(current="fp", secret=fresh(), interval=600, now=later, requested_at=later).reason == \
-        policy.REFRESH_REQUESTED
+    assert (
+        decide(current="fp", secret=fresh(), interval=600, now=later, requested_at=later).reason
+        == policy.REFRESH_REQUESTED
+    )
     assert not decide(current="fp", secret=fresh(), interval=600, now=later, requested_at=T0 - dt.timedelta(1)).refresh
 
 
@@ -52,9 +60,11 @@ def test_jitter_is_deterministic_and_bounded() -> None:
 
 def test_condition_keeps_transition_time_while_unchanged() -> None:
     first = policy.condition(None, type_="Ready", status="True", reason="A", message="m", generation=1, now=T0)
-    later = policy.condition(first, type_="Ready", status="True", reason="A", message="n", generation=2,
-                             now=T0 + dt.timedelta(hours=1))
+    later = policy.condition(
+        first, type_="Ready", status="True", reason="A", message="n", generation=2, now=T0 + dt.timedelta(hours=1)
+    )
     assert later[0]["lastTransitionTime"] == first[0]["lastTransitionTime"] and later[0]["message"] == "n"
-    flipped = policy.condition(later, type_="Ready", status="False", reason="B", message="x", generation=2,
-                               now=T0 + dt.timedelta(hours=2))
+    flipped = policy.condition(
+        later, type_="Ready", status="False", reason="B", message="x", generation=2, now=T0 + dt.timedelta(hours=2)
+    )
     assert flipped[0]["lastTransitionTime"] == "2026-01-01T14:00:00Z"

@@ -79,8 +79,11 @@ class FakeIdentities:
 
 
 def resource(spec: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
-    return {"metadata": {"name": "orders", "namespace": "shop", "uid": "uid-1", "generation": generation},
-            "spec": spec or {"host": HOST, "username": "app_user", "database": "orders"}, "status": {}}
+    return {
+        "metadata": {"name": "orders", "namespace": "shop", "uid": "uid-1", "generation": generation},
+        "spec": spec or {"host": HOST, "username": "app_user", "database": "orders"},
+        "status": {},
+    }
 
 
 def reconciler(kube: FakeKube, ids: FakeIdentities, now: dt.datetime = T0, **kw: Any) -> Reconciler:

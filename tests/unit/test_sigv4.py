@@ -64,9 +64,7 @@ def verify(token: str, user: str = "app_user", now: datetime | None = None) -> V
 
 def replace_param(token: str, name: str, value: str) -> str:
     head, _, query = token.partition("?")
-    pairs = [
-        p if not p.startswith(name + "=") else f"{name}={quote(value, safe='')}" for p in query.split("&")
-    ]
+    pairs = [p if not p.startswith(name + "=") else f"{name}={quote(value, safe='')}" for p in query.split("&")]
     return head + "?" + "&".join(pairs)
 
 
@@ -144,9 +142,7 @@ def test_future_token_is_not_yet_valid() -> None:
 
 
 def test_token_dies_with_its_credentials() -> None:
-    soon = Cred(
-        SECRET, SESSION, datetime.now(UTC) + timedelta(seconds=120), "arn:aws:sts::1:assumed-role/r/s"
-    )
+    soon = Cred(SECRET, SESSION, datetime.now(UTC) + timedelta(seconds=120), "arn:aws:sts::1:assumed-role/r/s")
 
     def short_lookup(akid: str) -> Cred | None:
         return soon if akid == AKID else None
@@ -202,9 +198,7 @@ def test_nothing_secret_in_any_verdict_text() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    user=st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\0"), min_size=1, max_size=40)
-)
+@given(user=st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\0"), min_size=1, max_size=40))
 def test_any_user_name_round_trips(user: str) -> None:
     token = sign_token(host=HOST, port=PORT, user=user, region=REGION, access_key_id=AKID,
                        secret_access_key=SECRET, session_token=SESSION)  # fmt: skip

@@ -18,17 +18,20 @@ def test_defaults() -> None:
     assert spec.refresh_seconds == 600 and spec.target.name is None and not spec.verify
 
 
-@pytest.mark.parametrize(("raw", "field"), [
-    ({"host": "h", "username": "u", "refreshInterval": "30s"}, "spec.refreshInterval"),
-    ({"host": "h", "username": "u", "refreshInterval": "15m"}, "spec.refreshInterval"),
-    ({"host": "h", "username": "u", "refreshInterval": "ten"}, "spec.refreshInterval"),
-    ({"host": "h", "username": "u", "port": 0}, "spec.port"),
-    ({"host": "h", "username": "u", "target": {"name": "Bad_Name"}}, "spec.target.name"),
-    ({"host": "h", "username": "u", "target": {"labels": {"a": 1}}}, "spec.target.labels.a"),
-    ({"host": "h", "username": "u", "assumeRoleArn": "arn:aws:iam::1:role/x"}, "spec.assumeRoleArn"),
-    ({"host": "h", "username": "u", "externalId": "abc"}, "spec.externalId"),
-    ({"username": "u"}, "spec"),
-])
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"host": "h", "username": "u", "refreshInterval": "30s"}, "spec.refreshInterval"),
+        ({"host": "h", "username": "u", "refreshInterval": "15m"}, "spec.refreshInterval"),
+        ({"host": "h", "username": "u", "refreshInterval": "ten"}, "spec.refreshInterval"),
+        ({"host": "h", "username": "u", "port": 0}, "spec.port"),
+        ({"host": "h", "username": "u", "target": {"name": "Bad_Name"}}, "spec.target.name"),
+        ({"host": "h", "username": "u", "target": {"labels": {"a": 1}}}, "spec.target.labels.a"),
+        ({"host": "h", "username": "u", "assumeRoleArn": "arn:aws:iam::1:role/x"}, "spec.assumeRoleArn"),
+        ({"host": "h", "username": "u", "externalId": "abc"}, "spec.externalId"),
+        ({"username": "u"}, "spec"),
+    ],
+)
 def test_errors_name_the_field(raw: dict[str, object], field: str) -> None:
     with pytest.raises(SpecError) as err:
         parse_spec(raw)

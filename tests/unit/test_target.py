@@ -7,33 +7,39 @@ import pytest
 from rdsiam.operator.target import TargetError, build_dsn, parse_dsn, pgpass_line, region_of, resolve
 
 HOST = "orders.cluster-abc123.us-east-1.rds.amazonaws.com"
-TOKEN = (f"{HOST}:5432/?Action=connect&DBUser=app%40x&X-Amz-Algorithm=AWS4-HMAC-SHA256"
-         "&X-Amz-Credential=ASIA%2F20260101%2Fus-east-1%2Frds-db%2Faws4_request&X-Amz-Date=20260101T000000Z"
-         "&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Security-Token=IQo%2B%2Fabc%3D%3D"
-         "&X-Amz-Signature=" + "ab" * 32)
+TOKEN = (
+    f"{HOST}:5432/?Action=connect&DBUser=app%40x&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=ASIA%2F20260101%2Fus-east-1%2Frds-db%2Faws4_request&X-Amz-Date=20260101T000000Z"
+    "&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Security-Token=IQo%2B%2Fabc%3D%3D"
+    "&X-Amz-Signature=" + "ab" * 32
+)
 
 
-@pytest.mark.parametrize(("host", "region"), [
-    ("mydb.abcdefghijkl.us-east-1.rds.amazonaws.com", "us-east-1"),
-    ("c.cluster-abc.eu-west-2.rds.amazonaws.com", "eu-west-2"),
-    ("c.cluster-ro-abc.ap-southeast-1.rds.amazonaws.com", "ap-southeast-1"),
-    ("c.cluster-custom-abc.ca-central-1.rds.amazonaws.com", "ca-central-1"),
-    ("p.proxy-abc.us-west-2.rds.amazonaws.com", "us-west-2"),
-    ("e.endpoint.proxy-abc.us-west-2.rds.amazonaws.com", "us-west-2"),
-    ("db.abc.cn-north-1.rds.amazonaws.com.cn", "cn-north-1"),
-    ("db.abc.us-gov-west-1.rds.amazonaws.com", "us-gov-west-1"),
-    ("DB.ABC.US-EAST-1.RDS.AMAZONAWS.COM", "us-east-1"),
-    ("db.example.com", None),
-    ("10.0.0.1", None),
-    ("rds.amazonaws.com", None),
-])
+@pytest.mark.parametrize(
+    ("host", "region"),
+    [
+        ("mydb.abcdefghijkl.us-east-1.rds.amazonaws.com", "us-east-1"),
+        ("c.cluster-abc.eu-west-2.rds.amazonaws.com", "eu-west-2"),
+        ("c.cluster-ro-abc.ap-southeast-1.rds.amazonaws.com", "ap-southeast-1"),
+        ("c.cluster-custom-abc.ca-central-1.rds.amazonaws.com", "ca-central-1"),
+        ("p.proxy-abc.us-west-2.rds.amazonaws.com", "us-west-2"),
+        ("e.endpoint.proxy-abc.us-west-2.rds.amazonaws.com", "us-west-2"),
+        ("db.abc.cn-north-1.rds.amazonaws.com.cn", "cn-north-1"),
+        ("db.abc.us-gov-west-1.rds.amazonaws.com", "us-gov-west-1"),
+        ("DB.ABC.US-EAST-1.RDS.AMAZONAWS.COM", "us-east-1"),
+        ("db.example.com", None),
+        ("10.0.0.1", None),
+        ("rds.amazonaws.com", None),
+    ],
+)
 def test_region_inference(host: str, region: str | None) -> None:
     assert region_of(host) == region
 
 
 def test_dsn_password_is_dropped_and_explicit_fields_win() -> None:
-    t = resolve(dsn=f"postgresql://dsn_user:$TOKEN@{HOST}:5432/orders?sslmode=require",
-                username="app_user", database="other")
+    t = resolve(
+        dsn=f"postgresql://dsn_user:$TOKEN@{HOST}:5432/orders?sslmode=require", username="app_user", database="other"
+    )
     assert (t.username, t.database, t.host, t.port, t.region) == ("app_user", "other", HOST, 5432, "us-east-1")
     assert t.options == (("sslmode", "require"),)
     assert "$TOKEN" not in repr(t)
@@ -57,14 +63,17 @@ def test_cname_without_region_explains_signing_host() -> None:
     assert (t.host, t.signing_host, t.region) == ("db.internal.example.com", HOST, "us-east-1")
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"dsn": "http://x/y"}, "spec.dsn"),
-    ({"dsn": f"postgresql://u:p@{HOST}:99999/db"}, "spec.dsn"),
-    ({"host": "bad_host!", "username": "u"}, "spec.host"),
-    ({"host": "a" * 300, "username": "u"}, "spec.host"),
-    ({"host": HOST}, "spec.username"),
-    ({"dsn": f"postgresql://{HOST},{HOST}/db"}, "spec.dsn"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"dsn": "http://x/y"}, "spec.dsn"),
+        ({"dsn": f"postgresql://u:p@{HOST}:99999/db"}, "spec.dsn"),
+        ({"host": "bad_host!", "username": "u"}, "spec.host"),
+        ({"host": "a" * 300, "username": "u"}, "spec.host"),
+        ({"host": HOST}, "spec.username"),
+        ({"dsn": f"postgresql://{HOST},{HOST}/db"}, "spec.dsn"),
+    ],
+)
 def test_bad_targets_name_the_field_and_never_echo_passwords(kwargs: dict[str, str], field: str) -> None:
     with pytest.raises(TargetError) as err:
         resolve(**kwargs)
@@ -78,8 +87,12 @@ USERS = ["app_user", "a@b", "c:d", "e%f", "g/h", "ü ser"]
 @pytest.mark.parametrize("user", USERS)
 def test_dsn_round_trips_through_libpq(user: str) -> None:
     conninfo = pytest.importorskip("psycopg.conninfo")
-    t = resolve(host=HOST, username=user, database="my/db", dsn=f"postgresql://x@{HOST}/d?sslmode=verify-full"
-                "&sslrootcert=/etc/ca%20bundle.pem")
+    t = resolve(
+        host=HOST,
+        username=user,
+        database="my/db",
+        dsn=f"postgresql://x@{HOST}/d?sslmode=verify-full&sslrootcert=/etc/ca%20bundle.pem",
+    )
     parsed = conninfo.conninfo_to_dict(build_dsn(t, TOKEN))
     assert parsed["password"] == TOKEN
     assert parsed["user"] == user

@@ -1,14 +1,19 @@
-"""AWS side: credentials per identity (cached, single-flight), and RDS IAM token signing.
+"""AWS side: credentials per identity (cached, single-flight, backed off), and RDS IAM token signing.
 
 - Operator identity: boto3's default chain in the operator pod (IRSA web identity, EKS Pod Identity,
   environment, instance profile). One Session for the process; botocore refreshes it.
 - Assumed role: AssumeRole from the operator identity (or from a ServiceAccount identity).
 - ServiceAccount identity: a TokenRequest for the namespace's ServiceAccount (audience
-  ``sts.amazonaws.com``), its ``eks.amazonaws.com/role-arn`` annotation, AssumeRoleWithWebIdentity.
+  ``sts.amazonaws.com``, 10 min), its ``eks.amazonaws.com/role-arn`` annotation,
+  AssumeRoleWithWebIdentity: what EKS does for a pod running as that ServiceAccount, so the role's
+  trust policy (which pins ``system:serviceaccount:NS:NAME``) decides.
 
-Credentials are cached per identity and refreshed ahead of expiry, so N resources sharing an
-identity cost one STS call per credential lifetime. Blocking boto3 calls run in threads; signing a
-token is pure CPU (~0.2 ms) and never builds a client.
+The cache is keyed by :class:`IdentityKey` (mode, role, external id, session, ServiceAccount and the
+role its annotation names). Credentials are refreshed ahead of expiry (so tokens signed with them
+live their full 15 min); N resources sharing an identity cost one STS call per credential lifetime,
+and concurrent callers share one in-flight fetch, its result or its failure. After a throttling or
+outage failure an identity backs off (exponential, jittered) and still-valid cached credentials keep
+serving. Blocking boto3 calls run in threads; signing a token is pure CPU (~0.2 ms).
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import asyncio
 import dataclasses
 import datetime
 import logging
+import random
+import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from rdsiam.operator import reasons
@@ -28,11 +35,38 @@ from rdsiam.operator.kubeapi import ApiError, Kube
 
 logger = logging.getLogger("rdsiam.aws")
 UTC = datetime.UTC
+T = TypeVar("T")
+
 ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
 STS_AUDIENCE = "sts.amazonaws.com"
-# Refresh credentials this long before they expire, so a token signed with them lives its full 15 min.
-CREDENTIAL_REFRESH_AHEAD = 900 + 120
-OPERATOR_REFRESH_AHEAD = 900 + 30
+SA_TOKEN_SECONDS = 600  # the TokenRequest minimum: the token is used once, at once
+TOKEN_LIFETIME = 900
+# Refresh credentials this long before they expire, so a token signed with them lives its full
+# 15 min (plus the scheduler's margin). Credentials that live shorter than twice this are refreshed
+# at half their lifetime instead (AssumeRole with DurationSeconds=900, tests).
+CREDENTIAL_REFRESH_AHEAD = TOKEN_LIFETIME + 120
+OPERATOR_REFRESH_AHEAD = TOKEN_LIFETIME + 30  # botocore itself refreshes 15 min ahead
+# Through an STS outage, cached credentials keep serving only while a token signed with them can
+# still outlive the scheduler's refresh margin (3 min) by a minute.
+MIN_FALLBACK_SECONDS = 240.0
+# Per-identity backoff after a throttling/outage failure: BASE * 2^n, capped, times U(0.5, 1).
+BACKOFF_BASE = 2.0
+BACKOFF_CAP = 120.0
+STS_CONNECT_TIMEOUT = 3.0
+STS_READ_TIMEOUT = 5.0  # botocore's default is 60 s; its standard mode retries 3 times in all
+DEFAULT_DURATION = 3600
+_TRANSIENT = frozenset({reasons.THROTTLED, reasons.CREDENTIALS_UNAVAILABLE})
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$")
+
+_THROTTLING = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+                         "RequestThrottled", "RequestThrottledException", "SlowDown"})
+_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "InvalidIdentityToken", "IDPRejectedClaim",
+                     "ExpiredTokenException"})
+_CALLER_REJECTED = frozenset({"InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "RequestExpired",
+                              "UnrecognizedClientException", "IncompleteSignature", "InvalidAccessKeyId"})
+_UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                          "ConnectionClosedError", "ConnectionError", "ProxyConnectionError", "SSLError",
+                          "HTTPClientError"})
 
 
 class IdentityError(Exception):
@@ -49,12 +83,13 @@ class IdentityError(Exception):
 class IdentityKey:
     """Everything that makes two resources' AWS identities the same (the cache key)."""
 
-    namespace: str | None = None  # only for ServiceAccount identities
+    namespace: str | None = None  # for ServiceAccount and assumed-role identities (session name, audit)
     service_account: str | None = None
     role_arn: str | None = None
     external_id: str | None = None
     session_name: str | None = None
     duration: int | None = None
+    sa_role: str | None = None  # the ServiceAccount's role annotation (filled in by Identities.get)
 
     @property
     def mode(self) -> str:
@@ -65,7 +100,8 @@ class IdentityKey:
     def describe(self) -> str:
         parts = []
         if self.service_account:
-            parts.append(f"ServiceAccount {self.namespace}/{self.service_account}")
+            sa = f"ServiceAccount {self.namespace}/{self.service_account}"
+            parts.append(f"{sa} (role {self.sa_role})" if self.sa_role else sa)
         if self.role_arn:
             parts.append(f"role {self.role_arn}")
         return " then ".join(parts) or "the operator's own identity"
@@ -78,6 +114,7 @@ class Credentials:
     token: str | None
     expiry: datetime.datetime | None  # None: long-term keys
     arn: str | None = None  # principal ARN, when known
+    obtained_at: datetime.datetime | None = None  # when this process got them (for their lifetime)
 
     def __repr__(self) -> str:  # never show keys
         return f"Credentials(access_key={self.access_key[:4]}…, expiry={self.expiry}, arn={self.arn})"
@@ -98,60 +135,101 @@ def sign_token(creds: Credentials, host: str, port: int, user: str, region: str)
 
 
 def classify(exc: BaseException, identity: IdentityKey) -> IdentityError:
-    """Map a boto3/botocore/Kubernetes failure to a reason and a message saying what to check."""
+    """Map a boto3/botocore/Kubernetes failure to a reason and a message saying what to check.
+
+    AWS's own error message is quoted (it names the caller and the role; it never holds keys).
+    """
     if isinstance(exc, IdentityError):
         return exc
     who = identity.describe()
     code = ""
+    aws_message = ""
     status = 0
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
-        code = str(response.get("Error", {}).get("Code", ""))
+        error = response.get("Error") or {}
+        code = str(error.get("Code", ""))
+        aws_message = " ".join(str(error.get("Message", "")).split())[:300]
         status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     name = type(exc).__name__
-    if code in ("Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"):
+    said = f" AWS said: {aws_message.rstrip('.')}." if aws_message else ""
+    if code in _THROTTLING:
         return IdentityError(
             reasons.THROTTLED,
-            f"AWS STS throttled the request for credentials of {who} ({code}). The operator backs off and "
-            "retries; existing Secrets stay valid until they expire. If this persists, check for other "
-            "clients calling STS with the same role, and keep resources that share an identity on one "
-            "role so they share one STS session.", retry_after=5.0)
-    if code in ("AccessDenied", "AccessDeniedException", "InvalidIdentityToken", "InvalidClientTokenId",
-                "ExpiredTokenException", "UnrecognizedClientException", "IDPRejectedClaim"):
+            f"AWS STS throttled the request for credentials of {who} ({code}). The operator backs off with "
+            "jitter and retries; existing Secrets stay valid until they expire. If this persists, look for other "
+            "clients calling STS for the same account, and keep resources that share a role on one identity "
+            "so they share one STS session.", retry_after=5.0)
+    if code in _DENIED:
         if identity.service_account:
-            hint = (f"check that the trust policy of the ServiceAccount's role allows "
-                    f"sts:AssumeRoleWithWebIdentity for system:serviceaccount:{identity.namespace}:"
-                    f"{identity.service_account} with audience sts.amazonaws.com from the cluster's OIDC "
-                    "provider")
+            subject = f"system:serviceaccount:{identity.namespace}:{identity.service_account}"
+            hint = (f"check that the trust policy of {identity.sa_role or 'the ServiceAccount role'} allows "
+                    f"sts:AssumeRoleWithWebIdentity from the cluster's OIDC provider for sub {subject} and aud "
+                    f"{STS_AUDIENCE}, and that the OIDC provider is registered in IAM")
+            if identity.role_arn:
+                hint += (f"; and that the trust policy of {identity.role_arn} allows sts:AssumeRole by that role"
+                         f"{' with the externalId' if identity.external_id else ''}")
         elif identity.role_arn:
-            hint = ("check that the role's trust policy allows sts:AssumeRole by the operator's role "
-                    "(and the externalId, if set), and that the operator's role may call sts:AssumeRole "
-                    "on it")
+            hint = (f"check that the trust policy of {identity.role_arn} allows sts:AssumeRole by the operator's "
+                    f"role{' with the externalId in spec.externalId' if identity.external_id else ''}, and that "
+                    "the operator's role has an IAM policy allowing sts:AssumeRole on it")
         else:
             hint = "check the operator's IRSA / Pod Identity role and its trust policy"
-        return IdentityError(reasons.ACCESS_DENIED, f"AWS denied credentials for {who} ({code}): {hint}.")
+        return IdentityError(reasons.ACCESS_DENIED,
+                             f"AWS denied credentials for {who} ({code}): {hint}.{said}", retry_after=5.0)
+    if code in _CALLER_REJECTED:
+        return IdentityError(
+            reasons.CREDENTIALS_UNAVAILABLE,
+            f"AWS STS rejected the credentials used to get credentials for {who} ({code}). Check the "
+            "operator pod's clock (SigV4 allows 5 minutes of skew) and that its AWS credentials are current "
+            f"(restart it after rotating static keys).{said}", retry_after=10.0)
+    if code == "RegionDisabledException":
+        return IdentityError(
+            reasons.CREDENTIALS_UNAVAILABLE,
+            f"AWS STS is not activated in this region for the account of {who}: activate it in IAM account "
+            f"settings or point the operator at another STS endpoint (AWS_STS_REGIONAL_ENDPOINTS).{said}",
+            retry_after=60.0)
+    if code in ("ValidationError", "MalformedPolicyDocument", "PackedPolicyTooLarge"):
+        return IdentityError(
+            reasons.CREDENTIALS_UNAVAILABLE,
+            f"AWS STS refused the request for {who} ({code}). Check spec.assumeRoleDurationSeconds (at most "
+            "the role's MaxSessionDuration, and 1 h when a role session assumes a role), spec.sessionName "
+            f"and spec.externalId.{said}", retry_after=60.0)
+    if code == "IDPCommunicationError":
+        return IdentityError(
+            reasons.CREDENTIALS_UNAVAILABLE,
+            f"AWS STS could not reach the cluster's OIDC issuer to check the ServiceAccount token for {who}. "
+            "The operator retries with backoff; check that the issuer's discovery document is public.",
+            retry_after=5.0)
     if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
         return IdentityError(
             reasons.CREDENTIALS_UNAVAILABLE,
             "No AWS credentials found for the operator: no provider in boto3's chain returned any. "
             "Check that the operator's ServiceAccount has the eks.amazonaws.com/role-arn annotation (IRSA) "
             "or an EKS Pod Identity association, and that the pod was restarted after adding it "
-            "(AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE must be in its environment).")
-    if status >= 500 or name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-                                 "ConnectionClosedError", "ConnectionError"):
+            "(AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE must be in its environment).", retry_after=5.0)
+    if status >= 500 or name in _UNREACHABLE:
         return IdentityError(
             reasons.CREDENTIALS_UNAVAILABLE,
             f"AWS STS could not be reached or failed for {who} ({code or name}). The operator retries "
-            "with backoff; check network egress to STS (VPC endpoint, proxy, AWS_STS_REGIONAL_ENDPOINTS).",
-            retry_after=5.0)
+            "with backoff and existing Secrets stay valid until they expire; check network egress to STS "
+            "(VPC endpoint, proxy, AWS_STS_REGIONAL_ENDPOINTS).", retry_after=5.0)
     if isinstance(exc, ApiError):
+        what = "ServiceAccount lookup or TokenRequest" if identity.service_account else "Kubernetes call"
         return IdentityError(
             reasons.KUBERNETES_ERROR,
-            f"Kubernetes refused a call needed for {who}: {exc.status} {exc.reason}. Check the operator's "
+            f"Kubernetes refused the {what} needed for {who}: {exc.status} {exc.reason}. Check the operator's "
             "RBAC (serviceaccounts get, serviceaccounts/token create).", retry_after=5.0)
     return IdentityError(
         reasons.CREDENTIALS_UNAVAILABLE,
-        f"Could not obtain AWS credentials for {who}: {name}{': ' + code if code else ''}.", retry_after=5.0)
+        f"Could not obtain AWS credentials for {who}: {name}{': ' + code if code else ''}.{said}", retry_after=5.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    error: IdentityError
+    attempt: int
+    retry_at: datetime.datetime
 
 
 class Identities:
@@ -160,20 +238,169 @@ class Identities:
     def __init__(
         self, kube: Kube | None = None, *, session_factory: Callable[[], Any] | None = None,
         clock: Callable[[], datetime.datetime] | None = None, region: str | None = None,
+        sts_timeout: float = STS_READ_TIMEOUT, jitter: Callable[[], float] | None = None,
+        sa_cache_seconds: float = 2.0,
     ) -> None:
         self._kube = kube
         self._session_factory = session_factory
         self._clock = clock or (lambda: datetime.datetime.now(UTC))
         self._region = region
+        self._sts_timeout = sts_timeout
+        self._jitter = jitter or (lambda: random.uniform(0.5, 1.0))
+        self.sa_cache_seconds = sa_cache_seconds
         self._session: Any = None
         self._session_lock = threading.Lock()
         self._cache: dict[IdentityKey, Credentials] = {}
-        self._locks: dict[IdentityKey, asyncio.Lock] = {}
+        self._inflight: dict[IdentityKey, asyncio.Future[Credentials]] = {}
+        self._failures: dict[IdentityKey, _Failure] = {}
+        self._sa_cache: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
+        self._sa_inflight: dict[tuple[str, str], asyncio.Future[dict[str, Any] | None]] = {}
         self._sts_clients: dict[str, Any] = {}
-        self._arns: dict[str, str] = {}
+        self._caller: tuple[str, str] | None = None  # (access key, ARN) of the operator's own credentials
+        self.fetches = 0  # credential fetches started (one per identity per credential lifetime)
         self.sts_calls = 0
         self.sts_seconds = 0.0
         self.on_sts_call: Callable[[str, float, str | None], None] | None = None
+
+    # ---- the cache ----------------------------------------------------------------------------
+
+    async def get(self, key: IdentityKey) -> Credentials:
+        """Cached credentials for ``key``; fetched when missing or due (one fetch for all callers)."""
+        if key.service_account:
+            key = await self._resolve_service_account(key)
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and self._fresh(key, cached, now):
+            return cached
+        future = self._inflight.get(key)
+        if future is None:
+            failure = self._failures.get(key)
+            if failure is not None and now < failure.retry_at:
+                # Backing off: do not call STS again yet; serve still-valid credentials meanwhile.
+                return self._fallback(key, cached, failure.error, now, failure.retry_at)
+            future = asyncio.get_running_loop().create_task(self._refresh(key))
+            self._inflight[key] = future
+            future.add_done_callback(lambda f: self._settled(self._inflight, key, f))
+        return await asyncio.shield(future)
+
+    def refresh_ahead(self, key: IdentityKey, creds: Credentials) -> float:
+        """Seconds before expiry at which ``creds`` stop being handed out and new ones are fetched."""
+        ahead = float(OPERATOR_REFRESH_AHEAD if key.mode == "operator" else CREDENTIAL_REFRESH_AHEAD)
+        if creds.expiry is not None and creds.obtained_at is not None:
+            ahead = min(ahead, (creds.expiry - creds.obtained_at).total_seconds() / 2)
+        return ahead
+
+    def _fresh(self, key: IdentityKey, creds: Credentials, now: datetime.datetime) -> bool:
+        return creds.expiry is None or (creds.expiry - now).total_seconds() > self.refresh_ahead(key, creds)
+
+    async def _refresh(self, key: IdentityKey) -> Credentials:
+        self.fetches += 1
+        try:
+            creds = await self._fetch(key)
+        except Exception as exc:
+            error = classify(exc, key)
+            if error.reason not in _TRANSIENT:
+                self._failures.pop(key, None)
+                raise error from None
+            now = self._clock()
+            previous = self._failures.get(key)
+            attempt = previous.attempt + 1 if previous else 0
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * self._jitter()
+            retry_at = now + datetime.timedelta(seconds=delay)
+            self._failures[key] = _Failure(error, attempt, retry_at)
+            logger.warning("Credentials for %s: %s (attempt %d); next STS call for it in %.1f s",
+                           key.describe(), error.reason, attempt + 1, delay)
+            return self._fallback(key, self._cache.get(key), error, now, retry_at)
+        self._failures.pop(key, None)
+        if creds.obtained_at is None:
+            creds = dataclasses.replace(creds, obtained_at=self._clock())
+        self._cache[key] = creds
+        return creds
+
+    def _fallback(
+        self, key: IdentityKey, cached: Credentials | None, error: IdentityError, now: datetime.datetime,
+        retry_at: datetime.datetime,
+    ) -> Credentials:
+        """Still-valid cached credentials through an STS hiccup, else the failure (with when to retry)."""
+        if cached is not None and (cached.expiry is None
+                                   or (cached.expiry - now).total_seconds() >= MIN_FALLBACK_SECONDS):
+            logger.debug("Using cached credentials for %s while STS recovers (%s)", key.describe(), error.reason)
+            return cached
+        raise IdentityError(error.reason, error.message,
+                            retry_after=max(1.0, (retry_at - now).total_seconds()))
+
+    @staticmethod
+    def _settled(table: dict[Any, asyncio.Future[T]], key: Any, future: asyncio.Future[T]) -> None:
+        if table.get(key) is future:
+            del table[key]
+        if not future.cancelled():
+            future.exception()  # retrieved: every waiter already got it (or none was left)
+
+    # ---- ServiceAccount -----------------------------------------------------------------------
+
+    async def _resolve_service_account(self, key: IdentityKey) -> IdentityKey:
+        """The key with the role the ServiceAccount's annotation names now (a changed annotation is a
+        new identity; a deleted ServiceAccount stops new tokens at once)."""
+        assert key.namespace and key.service_account
+        if self._kube is None:
+            raise IdentityError(reasons.CREDENTIALS_UNAVAILABLE, "No Kubernetes client for ServiceAccount identities.")
+        try:
+            sa = await self._service_account(key.namespace, key.service_account)
+        except ApiError as exc:
+            raise classify(exc, key) from None
+        subject = f"system:serviceaccount:{key.namespace}:{key.service_account}"
+        if sa is None:
+            raise IdentityError(
+                reasons.SERVICE_ACCOUNT_NOT_FOUND,
+                f"ServiceAccount {key.namespace}/{key.service_account} (spec.serviceAccountName) does not exist "
+                f"in namespace {key.namespace}. Create it with the {ROLE_ANNOTATION} annotation naming the IAM "
+                f"role to sign with (its trust policy must allow {subject}), or fix the name.", retry_after=2.0)
+        role = ((sa.get("metadata") or {}).get("annotations") or {}).get(ROLE_ANNOTATION, "").strip()
+        if not role:
+            raise IdentityError(
+                reasons.SERVICE_ACCOUNT_NOT_ANNOTATED,
+                f"ServiceAccount {key.namespace}/{key.service_account} has no {ROLE_ANNOTATION} annotation: "
+                "add it with the ARN of the IAM role to sign with, whose trust policy allows "
+                f"sts:AssumeRoleWithWebIdentity for {subject} (audience {STS_AUDIENCE}).", retry_after=2.0)
+        if not _ROLE_ARN.match(role):
+            raise IdentityError(
+                reasons.SERVICE_ACCOUNT_NOT_ANNOTATED,
+                f"ServiceAccount {key.namespace}/{key.service_account}: the {ROLE_ANNOTATION} annotation is not "
+                "an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME); fix the annotation.", retry_after=2.0)
+        return dataclasses.replace(key, sa_role=role)
+
+    async def _service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """GET the ServiceAccount; concurrent and back-to-back lookups (a burst of refreshes) share one."""
+        assert self._kube is not None
+        k = (namespace, name)
+        hit = self._sa_cache.get(k)
+        if hit is not None and time.monotonic() - hit[0] < self.sa_cache_seconds:
+            return hit[1]
+        future = self._sa_inflight.get(k)
+        if future is None:
+            kube = self._kube
+
+            async def lookup() -> dict[str, Any] | None:
+                sa = await kube.get_service_account(namespace, name)
+                self._sa_cache[k] = (time.monotonic(), sa)
+                return sa
+
+            future = asyncio.get_running_loop().create_task(lookup())
+            self._sa_inflight[k] = future
+            future.add_done_callback(lambda f: self._settled(self._sa_inflight, k, f))
+        return await asyncio.shield(future)
+
+    # ---- fetching -----------------------------------------------------------------------------
+
+    async def _fetch(self, key: IdentityKey) -> Credentials:
+        if key.service_account:
+            base = await self._service_account_credentials(key)
+            if not key.role_arn:
+                return base
+            return await asyncio.to_thread(self._assume_role, key, base)
+        if key.role_arn:
+            return await asyncio.to_thread(self._assume_role, key, None)
+        return await asyncio.to_thread(self._operator_credentials, self._cache.get(key))
 
     # boto3 objects are built lazily, once.
     def _boto_session(self) -> Any:
@@ -187,28 +414,38 @@ class Identities:
                     self._session = boto3.Session(region_name=self._region)
             return self._session
 
-    def _sts(self, key: str = "operator", creds: Credentials | None = None) -> Any:
-        with self._session_lock:
-            client = self._sts_clients.get(key)
-        if client is None:
-            session = self._boto_session()
-            region = session.region_name or self._region or "us-east-1"
-            if creds is None and key == "unsigned":
-                from botocore import UNSIGNED
-                from botocore.config import Config
+    def _client_config(self, **extra: Any) -> Any:
+        from botocore.config import Config
 
-                client = session.client("sts", region_name=region, config=Config(signature_version=UNSIGNED))
-            elif creds is not None:
-                client = session.client(
-                    "sts", region_name=region, aws_access_key_id=creds.access_key,
-                    aws_secret_access_key=creds.secret_key, aws_session_token=creds.token)
-            else:
-                client = session.client("sts", region_name=region)
+        # Retry mode and attempts come from the environment / config file (AWS_MAX_ATTEMPTS,
+        # AWS_RETRY_MODE; default standard, 3 attempts); timeouts are short so an STS outage
+        # shows up as a reason in seconds, not minutes.
+        return Config(connect_timeout=STS_CONNECT_TIMEOUT, read_timeout=self._sts_timeout, **extra)
+
+    def _new_sts_client(self, creds: Credentials | None = None, unsigned: bool = False) -> Any:
+        session = self._boto_session()
+        region = session.region_name or self._region or "us-east-1"
+        if unsigned:
+            from botocore import UNSIGNED
+
+            return session.client("sts", region_name=region, config=self._client_config(signature_version=UNSIGNED))
+        if creds is not None:
+            return session.client("sts", region_name=region, config=self._client_config(),
+                                  aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
+                                  aws_session_token=creds.token)
+        return session.client("sts", region_name=region, config=self._client_config())
+
+    def _sts(self, kind: str = "operator") -> Any:
+        """The long-lived clients: ``operator`` (signed by the operator's chain) and ``unsigned``."""
+        with self._session_lock:
+            client = self._sts_clients.get(kind)
+        if client is None:
+            client = self._new_sts_client(unsigned=kind == "unsigned")
             with self._session_lock:
-                self._sts_clients[key] = client
+                client = self._sts_clients.setdefault(kind, client)
         return client
 
-    def _timed(self, action: str, fn: Callable[[], Any]) -> Any:
+    def _timed(self, action: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()
         error = None
         try:
@@ -223,106 +460,65 @@ class Identities:
             if self.on_sts_call is not None:
                 self.on_sts_call(action, elapsed, error)
 
-    def _fresh(self, key: IdentityKey, creds: Credentials | None, now: datetime.datetime) -> bool:
-        if creds is None:
-            return False
-        # botocore refreshes the operator's own chain credentials 15 min ahead (advisory); ours we
-        # refresh a little earlier so every token signed with them can live its full 15 min.
-        ahead = OPERATOR_REFRESH_AHEAD if key.mode == "operator" else CREDENTIAL_REFRESH_AHEAD
-        return creds.expiry is None or (creds.expiry - now).total_seconds() > ahead
-
-    async def get(self, key: IdentityKey) -> Credentials:
-        """Cached credentials for ``key``, fetched or refreshed when near expiry."""
-        now = self._clock()
-        cached = self._cache.get(key)
-        if self._fresh(key, cached, now):
-            assert cached is not None
-            return cached
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            cached = self._cache.get(key)
-            if self._fresh(key, cached, self._clock()):
-                assert cached is not None
-                return cached
-            try:
-                creds = await self._fetch(key)
-            except Exception as exc:
-                error = classify(exc, key)
-                # Still-valid cached credentials keep serving through an STS hiccup.
-                if cached is not None and cached.expiry and cached.expiry > self._clock() and \
-                        error.reason in (reasons.THROTTLED, reasons.CREDENTIALS_UNAVAILABLE):
-                    logger.warning("Using cached credentials for %s: %s", key.describe(), error.reason)
-                    return cached
-                raise error from None
-            self._cache[key] = creds
-            return creds
-
-    async def _fetch(self, key: IdentityKey) -> Credentials:
-        if key.service_account:
-            base = await self._service_account_credentials(key)
-        else:
-            base = await asyncio.to_thread(self._operator_credentials)
-        if not key.role_arn:
-            return base
-        return await asyncio.to_thread(self._assume_role, key, base if key.service_account else None)
-
-    def _operator_credentials(self) -> Credentials:
+    def _operator_credentials(self, previous: Credentials | None) -> Credentials:
         session = self._boto_session()
         provider = session.get_credentials()
         if provider is None:
             from botocore.exceptions import NoCredentialsError
 
             raise NoCredentialsError()
+        # Another thread (an STS client signing with the same provider) may refresh it between our
+        # two reads: pair the keys with the earlier expiry, never a later one.
+        before = _aware(getattr(provider, "_expiry_time", None))
         frozen = provider.get_frozen_credentials()  # refreshes through the chain when due
-        expiry = getattr(provider, "_expiry_time", None)  # RefreshableCredentials only
-        if expiry is not None and expiry.tzinfo is None:
-            expiry = expiry.replace(tzinfo=UTC)
-        arn = self._arns.get(frozen.access_key)
-        if arn is None:
+        after = _aware(getattr(provider, "_expiry_time", None))
+        expiries = [e for e in (before, after) if e is not None]
+        expiry = min(expiries) if expiries else None
+        caller = self._caller
+        if caller is None or caller[0] != frozen.access_key:
             identity = self._timed("GetCallerIdentity", lambda: self._sts().get_caller_identity())
-            arn = self._arns[frozen.access_key] = identity["Arn"]
-        return Credentials(frozen.access_key, frozen.secret_key, frozen.token, expiry, arn)
+            caller = self._caller = (frozen.access_key, identity["Arn"])
+        obtained = previous.obtained_at if previous is not None and previous.access_key == frozen.access_key \
+            else self._clock()
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token, expiry, caller[1], obtained)
 
     def _assume_role(self, key: IdentityKey, base: Credentials | None) -> Credentials:
         assert key.role_arn
-        if base is not None:
-            client = self._sts(f"sa:{key.namespace}/{key.service_account}:{base.access_key}", base)
-        else:
-            client = self._sts()
         params: dict[str, Any] = {
             "RoleArn": key.role_arn,
             "RoleSessionName": key.session_name or _session_name(key),
-            "DurationSeconds": key.duration or 3600,
+            "DurationSeconds": key.duration or DEFAULT_DURATION,
         }
         if key.external_id:
             params["ExternalId"] = key.external_id
-        result = self._timed("AssumeRole", lambda: client.assume_role(**params))
-        return _from_sts(result)
+        if base is None:
+            client = self._sts()
+            return _from_sts(self._timed("AssumeRole", lambda: client.assume_role(**params)))
+        # Chained from a ServiceAccount session: a client for these credentials, used once.
+        client = self._new_sts_client(base)
+        try:
+            return _from_sts(self._timed("AssumeRole", lambda: client.assume_role(**params)))
+        finally:
+            client.close()
 
     async def _service_account_credentials(self, key: IdentityKey) -> Credentials:
-        assert key.namespace and key.service_account and self._kube is not None
-        sa = await self._kube.get_service_account(key.namespace, key.service_account)
-        if sa is None:
-            raise IdentityError(
-                reasons.SERVICE_ACCOUNT_NOT_FOUND,
-                f"ServiceAccount {key.namespace}/{key.service_account} (spec.serviceAccountName) does not exist. "
-                "Create it with the eks.amazonaws.com/role-arn annotation naming the IAM role to sign with, "
-                "or fix the name.")
-        role = (sa.get("metadata", {}).get("annotations") or {}).get(ROLE_ANNOTATION)
-        if not role:
-            raise IdentityError(
-                reasons.SERVICE_ACCOUNT_NOT_ANNOTATED,
-                f"ServiceAccount {key.namespace}/{key.service_account} has no {ROLE_ANNOTATION} annotation: "
-                "add it with the ARN of the IAM role whose trust policy allows "
-                f"system:serviceaccount:{key.namespace}:{key.service_account}.")
-        jwt, _ = await self._kube.request_token(key.namespace, key.service_account, STS_AUDIENCE, 600)
+        assert key.namespace and key.service_account and key.sa_role and self._kube is not None
+        jwt, _ = await self._kube.request_token(key.namespace, key.service_account, STS_AUDIENCE, SA_TOKEN_SECONDS)
+        role = key.sa_role
 
         def call() -> Any:
             return self._sts("unsigned").assume_role_with_web_identity(
-                RoleArn=role, RoleSessionName=_session_name(key), WebIdentityToken=jwt, DurationSeconds=3600)
+                RoleArn=role, RoleSessionName=_session_name(key), WebIdentityToken=jwt,
+                DurationSeconds=DEFAULT_DURATION)
 
         result = await asyncio.to_thread(self._timed, "AssumeRoleWithWebIdentity", call)
         return _from_sts(result)
+
+
+def _aware(when: datetime.datetime | None) -> datetime.datetime | None:
+    if when is None:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _from_sts(result: dict[str, Any]) -> Credentials:
@@ -330,13 +526,12 @@ def _from_sts(result: dict[str, Any]) -> Credentials:
     expiry = c["Expiration"]
     if isinstance(expiry, str):
         expiry = datetime.datetime.fromisoformat(expiry.replace("Z", "+00:00"))
-    if expiry.tzinfo is None:
-        expiry = expiry.replace(tzinfo=UTC)
     arn = result.get("AssumedRoleUser", {}).get("Arn")
-    return Credentials(c["AccessKeyId"], c["SecretAccessKey"], c.get("SessionToken"), expiry, arn)
+    return Credentials(c["AccessKeyId"], c["SecretAccessKey"], c.get("SessionToken"), _aware(expiry), arn)
 
 
 def _session_name(key: IdentityKey) -> str:
     """CloudTrail shows which namespace (and ServiceAccount) a session was for."""
     name = "-".join(p for p in ("rdsiam", key.namespace, key.service_account) if p)
     return "".join(ch if ch.isalnum() or ch in "+=,.@_-" else "-" for ch in name)[:64]
+

@@ -1,8 +1,11 @@
-"""kopf handlers: translate watch events into scheduler calls, nothing more.
+"""kopf activities: start and stop the operator's parts, serve the health probe.
 
-kopf watches ``RdsIamCredential`` objects (with resume, peering-free) and serves the health probe;
-the scheduler decides and acts. ``on.event`` handlers store no progress on the objects, so kopf
-itself writes nothing to the API: every write is the operator's own, counted and explained.
+kopf runs the process (login, signals, logging, the liveness endpoint). The credentials and their
+Secrets are watched by two light informers (LIST + WATCH) feeding one scheduler: kopf's own
+per-object event processing cost ~0.9 ms of CPU per watch event, about half of the operator's CPU
+per refresh at scale (benchmarks/bench_scale.py; numbers in the README), and it cannot be paused
+with our scheduler. kopf itself writes nothing to the API: every write is the operator's own,
+counted and explained.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 import kopf
 
 from rdsiam.operator.spec import GROUP, PLURAL, VERSION
+
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=rdsiam"
 
 logger = logging.getLogger("rdsiam.handlers")
 
@@ -30,6 +35,8 @@ class Config:
     lease_namespace: str | None = None
     lease_name: str = "rdsiam-operator"
     verify_timeout: float = 5.0
+    rotation_events: bool = False
+    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
 
 
 CONFIG = Config()
@@ -40,8 +47,9 @@ STATE: dict[str, Any] = {}
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     from rdsiam.operator import metrics
     from rdsiam.operator.aws import Identities
+    from rdsiam.operator.informer import Informer
     from rdsiam.operator.kubeapi import KubeApi
-    from rdsiam.operator.reconcile import Reconciler
+    from rdsiam.operator.reconcile import EventPoster, Reconciler
     from rdsiam.operator.scheduler import Scheduler
     from rdsiam.operator.verify import make_resolver, make_verifier
 
@@ -51,18 +59,36 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    # kopf serves no resources here: no need for its cluster-wide CRD/namespace observation (and RBAC).
+    settings.scanning.disabled = True
 
     info = await _connection_info(settings)
     kube = KubeApi.from_connection_info(info)
     identities = Identities(kube)
-    reconciler = Reconciler(kube, identities, tenancy=CONFIG.tenancy,
-                            verifier=make_verifier(CONFIG.verify_timeout), resolver=make_resolver())
+    events = EventPoster(kube)
+    reconciler = Reconciler(kube, identities, tenancy=CONFIG.tenancy, events=events,
+                            verifier=make_verifier(CONFIG.verify_timeout), resolver=make_resolver(),
+                            rotation_events=CONFIG.rotation_events)
     scheduler = Scheduler(reconciler, concurrency=CONFIG.concurrency)
     metrics.instrument(reconciler, identities, scheduler, kube)
     if CONFIG.metrics_port is not None:
         metrics.serve(CONFIG.metrics_port)
-    tasks = [asyncio.create_task(scheduler.watch_secrets(kube), name="rdsiam secret watch"),
-             asyncio.create_task(scheduler.run(), name="rdsiam scheduler")]
+    informers = []
+    for ns in CONFIG.namespaces or (None,):
+        scope = f"/namespaces/{ns}" if ns else ""
+        informers.append(Informer(kube, f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}", name=f"{PLURAL}{scope}",
+                                  on_list=scheduler.replace_credentials, on_event=scheduler.credential_event))
+        informers.append(Informer(kube, f"/api/v1{scope}/secrets", label_selector=MANAGED_SELECTOR,
+                                  name=f"secrets{scope}", on_list=scheduler.replace_secrets,
+                                  on_event=scheduler.secret_event))
+
+    async def mark_ready() -> None:
+        await asyncio.gather(*(i.synced.wait() for i in informers))
+        scheduler.ready.set()
+
+    tasks = [asyncio.create_task(i.run(), name=f"rdsiam informer {i.name}") for i in informers]
+    tasks += [asyncio.create_task(mark_ready(), name="rdsiam ready"),
+              asyncio.create_task(scheduler.run(), name="rdsiam scheduler")]
     if CONFIG.leader_election:
         from rdsiam.operator.leader import LeaderElector
 
@@ -71,7 +97,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         tasks.append(asyncio.create_task(elector.run(), name="rdsiam leader election"))
     else:
         scheduler.active.set()
-    STATE.update(kube=kube, scheduler=scheduler, reconciler=reconciler, identities=identities, tasks=tasks)
+    STATE.update(kube=kube, scheduler=scheduler, reconciler=reconciler, identities=identities, tasks=tasks,
+                 events=events)
     logger.info("rdsiam operator started (concurrency %d, leader election %s)",
                 CONFIG.concurrency, "on" if CONFIG.leader_election else "off")
 
@@ -90,26 +117,23 @@ async def cleanup(**_: Any) -> None:
     await asyncio.gather(*STATE.get("tasks", []), return_exceptions=True)
     if "scheduler" in STATE:
         await STATE["scheduler"].drain()
+    if "events" in STATE:
+        await STATE["events"].close()
     if "kube" in STATE:
         await STATE["kube"].close()
     STATE.clear()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def credential_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    scheduler = STATE.get("scheduler")
-    if scheduler is None:
-        return
-    if event.get("type") == "DELETED":
-        scheduler.forget(body.metadata.namespace, body.metadata.name)
-    else:
-        scheduler.observe(body)
-
-
 @kopf.on.probe(id="scheduler")
-def probe(**_: Any) -> dict[str, Any]:
+async def probe(**_: Any) -> dict[str, Any]:
     scheduler = STATE.get("scheduler")
     if scheduler is None:
         return {"ready": False}
+    # kopf caches probe results for 10 s: wait briefly for the Secret cache rather than report
+    # "not ready" for the next 10 s.
+    try:
+        await asyncio.wait_for(scheduler.ready.wait(), 5.0)
+    except TimeoutError:
+        pass
     return {"ready": scheduler.ready.is_set(), "leading": scheduler.active.is_set(),
             "resources": len(scheduler.bodies)}

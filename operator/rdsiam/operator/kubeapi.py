@@ -115,24 +115,36 @@ class KubeApi:
     async def get_secret(self, namespace: str, name: str) -> JsonDict | None:
         return await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}", allow_404=True)
 
-    async def list_secrets(self, label_selector: str) -> JsonDict:
-        result = await self._request("GET", "/api/v1/secrets", params={"labelSelector": label_selector})
+    # Informers: LIST then WATCH of RdsIamCredentials and of managed Secrets (list, watch).
+    async def list_objects(self, path: str, label_selector: str | None = None) -> JsonDict:
+        params = {"labelSelector": label_selector} if label_selector else None
+        result = await self._request("GET", path, params=params)
         assert result is not None
         return result
 
-    async def watch_secrets(self, label_selector: str, resource_version: str) -> AsyncIterator[JsonDict]:
-        """Yield watch events; ends when the server closes the stream."""
+    async def watch_objects(
+        self, path: str, resource_version: str, label_selector: str | None = None, timeout: int = 300,
+    ) -> AsyncIterator[JsonDict]:
+        """Yield watch events until the server ends the stream (``timeoutSeconds``) or drops it."""
+        if self._session is None or self._session.closed:
+            await self._request("GET", "/version")
         assert self._session is not None
-        params = {"labelSelector": label_selector, "watch": "true", "resourceVersion": resource_version,
-                  "allowWatchBookmarks": "true", "timeoutSeconds": "300"}
+        params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(timeout)}
+        if label_selector:
+            params["labelSelector"] = label_selector
         async with self._session.get(
-            self.server + "/api/v1/secrets", params=params, timeout=aiohttp.ClientTimeout(sock_read=330),
+            self.server + path, params=params, timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout + 30),
         ) as resp:
             if resp.status >= 400:
                 raise ApiError(resp.status, resp.reason or "", (await resp.text())[:200])
-            async for line in resp.content:
-                if line.strip():
-                    yield json.loads(line)
+            buffer = b""
+            async for chunk in resp.content.iter_any():  # no line-length limit: Secrets can be 1 MiB
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
 
     async def create_secret(self, namespace: str, body: JsonDict) -> JsonDict:
         result = await self._request("POST", f"/api/v1/namespaces/{namespace}/secrets", body=body)

@@ -3,7 +3,9 @@
 - ``rdsiam_refreshes_total{result,reason}``: token refreshes (result ok/error; reason why or what failed)
 - ``rdsiam_token_expiry_seconds{namespace,name}``: seconds until each resource's current token expires
 - ``rdsiam_sts_requests_total{action,result}`` and ``rdsiam_sts_request_seconds{action}``
-- ``rdsiam_kubernetes_write_errors_total{status}``, ``rdsiam_kubernetes_writes_total``
+- ``rdsiam_kubernetes_write_errors_total{resource,status}``: failed Kubernetes writes (Secrets, status, Events,
+  TokenRequests, Leases) by resource and HTTP status (or the connection error's name);
+  ``rdsiam_kubernetes_writes``: mutating calls made
 - ``rdsiam_resources``: resources known to this replica; ``rdsiam_leader``: 1 while this replica acts
 """
 
@@ -12,9 +14,11 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from rdsiam.operator.kubeapi import ApiError, KubeApi
 from rdsiam.operator.policy import parse_time
 from rdsiam.operator.reconcile import CREDENTIAL_LABEL, EXPIRES_ANN
 
@@ -25,8 +29,9 @@ STS_REQUESTS = Counter("rdsiam_sts_requests", "AWS STS calls by action and resul
                        registry=REGISTRY)
 STS_SECONDS = Histogram("rdsiam_sts_request_seconds", "AWS STS call latency.", ["action"], registry=REGISTRY,
                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-KUBE_WRITE_ERRORS = Counter("rdsiam_kubernetes_write_errors", "Failed Kubernetes writes by HTTP status.",
-                            ["status"], registry=REGISTRY)
+KUBE_WRITE_ERRORS = Counter("rdsiam_kubernetes_write_errors",
+                            "Failed Kubernetes writes by resource and HTTP status (or connection error).",
+                            ["resource", "status"], registry=REGISTRY)
 
 
 class _Expiry:
@@ -61,7 +66,7 @@ class _Expiry:
 
 
 EXPIRY = _Expiry()
-REGISTRY.register(EXPIRY)  # type: ignore[arg-type]
+REGISTRY.register(EXPIRY)
 
 
 def instrument(reconciler: Any, identities: Any, scheduler: Any, kube: Any) -> None:
@@ -73,8 +78,6 @@ def instrument(reconciler: Any, identities: Any, scheduler: Any, kube: Any) -> N
 
     def failed(body: dict[str, Any], reason: str) -> None:
         REFRESHES.labels("error", reason).inc()
-        if reason == "KubernetesError":
-            KUBE_WRITE_ERRORS.labels("error").inc()
 
     def sts_call(action: str, seconds: float, error: str | None) -> None:
         STS_REQUESTS.labels(action, "error" if error else "ok").inc()
@@ -83,6 +86,37 @@ def instrument(reconciler: Any, identities: Any, scheduler: Any, kube: Any) -> N
     reconciler.on_refresh = refreshed
     reconciler.on_failure = failed
     identities.on_sts_call = sts_call
+    if isinstance(kube, KubeApi):
+        _count_write_errors(kube)
+
+
+def _count_write_errors(kube: KubeApi) -> None:
+    """Count failed writes at the one place every Kubernetes call goes through (KubeApi._request)."""
+    request = kube._request
+
+    async def counted(method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return await request(method, path, **kwargs)
+        except ApiError as exc:
+            if method != "GET" and not (exc.status == 404 and kwargs.get("allow_404")):
+                KUBE_WRITE_ERRORS.labels(api_resource(path), str(exc.status)).inc()
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if method != "GET":
+                KUBE_WRITE_ERRORS.labels(api_resource(path), type(exc).__name__).inc()
+            raise
+
+    kube._request = counted  # type: ignore[method-assign]
+
+
+def api_resource(path: str) -> str:
+    """``/api/v1/namespaces/ns/secrets/x`` -> ``secrets``; ``.../rdsiamcredentials/x/status`` ->
+    ``rdsiamcredentials/status`` (the RBAC resource, never a name)."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    parts = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if len(parts) > 2 and parts[0] == "namespaces":
+        parts = parts[2:]
+    return parts[0] + (f"/{parts[2]}" if len(parts) > 2 else "") if parts else "unknown"
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

@@ -13,14 +13,17 @@ IDENTITY_NOT_ALLOWED = "IdentityNotAllowed"
 SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
 SERVICE_ACCOUNT_NOT_ANNOTATED = "ServiceAccountNotAnnotated"
 PENDING = "Pending"
+ENDPOINT_NOT_RESOLVED = "EndpointNotResolved"  # spec.resolveCNAME found no RDS endpoint behind the host
 
 # Reasons of the `Connected` condition (spec.verify).
 CONNECTED = "Connected"
 LOGIN_REJECTED = "LoginRejected"
 TLS_REQUIRED = "TLSRequired"
+TLS_ERROR = "TLSError"
 DNS_ERROR = "DNSError"
 CONNECT_TIMEOUT = "ConnectTimeout"
 CONNECTION_REFUSED = "ConnectionRefused"
+NETWORK_ERROR = "NetworkError"
 VERIFY_FAILED = "VerifyFailed"
 
 # Event reasons for successful work.
@@ -29,6 +32,7 @@ ROTATED = "TokenRotated"
 FAILURE_REASONS = frozenset({
     INVALID_SPEC, CREDENTIALS_UNAVAILABLE, ACCESS_DENIED, THROTTLED, SECRET_CONFLICT,
     KUBERNETES_ERROR, IDENTITY_NOT_ALLOWED, SERVICE_ACCOUNT_NOT_FOUND, SERVICE_ACCOUNT_NOT_ANNOTATED,
+    ENDPOINT_NOT_RESOLVED,
 })
 # Failures that no retry can fix until the resource (or something it names) changes.
 PERMANENT_REASONS = frozenset({INVALID_SPEC, IDENTITY_NOT_ALLOWED})

@@ -6,6 +6,7 @@ I/O goes through the ``Kube`` and ``Identities`` objects passed in; decisions co
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime
@@ -19,7 +20,9 @@ from rdsiam.operator import policy, reasons
 from rdsiam.operator.aws import Identities, IdentityError, IdentityKey, sign_token
 from rdsiam.operator.kubeapi import ApiError, Kube
 from rdsiam.operator.spec import GROUP, KIND, VERSION, CredentialSpec, SpecError, parse_spec
-from rdsiam.operator.target import Target, TargetError, build_dsn, pgpass_line, resolve
+from rdsiam.operator.target import (
+    Target, TargetError, build_dsn, check_hostname, parse_dsn, pgpass_line, resolve,
+)
 from rdsiam.operator.tenancy import TenancyPolicy
 
 logger = logging.getLogger("rdsiam.reconcile")
@@ -62,7 +65,8 @@ class Reconciler:
         self, kube: Kube, identities: Identities, *, clock: Callable[[], datetime.datetime] | None = None,
         tenancy: TenancyPolicy | None = None, secret_cache: dict[tuple[str, str], dict[str, Any]] | None = None,
         instance: str | None = None, verifier: Callable[..., Awaitable[tuple[str, str, str]]] | None = None,
-        resolver: Callable[[str], Awaitable[str | None]] | None = None,
+        resolver: Callable[[str], Awaitable[str | None]] | None = None, rotation_events: bool = False,
+        events: EventPoster | None = None,
     ) -> None:
         self.kube = kube
         self.identities = identities
@@ -73,6 +77,11 @@ class Reconciler:
         self.instance = instance or os.environ.get("POD_NAME") or "rdsiam"
         self.verifier = verifier
         self.resolver = resolver
+        # Routine rotations (interval, expiry) are in status and metrics; an Event for each is opt-in,
+        # so a refresh costs one Secret write and one status write. First issue, spec changes,
+        # requested refreshes, recoveries and every failure always get an Event.
+        self.rotation_events = rotation_events
+        self.events = events
         self.stats = Stats()
         self.on_refresh: Callable[[dict[str, Any], str, datetime.datetime], None] | None = None
         self.on_failure: Callable[[dict[str, Any], str], None] | None = None
@@ -84,28 +93,41 @@ class Reconciler:
         now = self.clock()
         try:
             spec = parse_spec(body.get("spec"))
+            endpoint: str | None = None  # spec.resolveCNAME: the RDS endpoint behind the host, signed for
+            dial = (spec.host or (parse_dsn(spec.dsn).host if spec.dsn else None)) if spec.resolve_cname else None
+            if dial and not spec.signing_host and self.resolver is not None:
+                try:
+                    endpoint = await self.resolver(check_hostname("spec.host" if spec.host else "spec.dsn", dial))
+                except LookupError as exc:
+                    return await self._fail(body, reasons.ENDPOINT_NOT_RESOLVED, str(exc), retry_after=5.0)
+                if endpoint is None:
+                    return await self._fail(body, reasons.ENDPOINT_NOT_RESOLVED,
+                                            f"spec.resolveCNAME: no RDS endpoint found behind {dial}.", retry_after=5.0)
             target = resolve(
                 dsn=spec.dsn, host=spec.host, port=spec.port, database=spec.database, username=spec.username,
-                engine=spec.engine, region=spec.region, signing_host=spec.signing_host)
+                engine=spec.engine, region=spec.region, signing_host=spec.signing_host or endpoint)
         except (SpecError, TargetError) as exc:
             return await self._fail(body, reasons.INVALID_SPEC, f"Invalid spec: {str(exc).rstrip('.')}. Fix the "
                                     "field and re-apply; the operator will not retry this generation.", permanent=True)
         secret_name = spec.target.name or name
-        if spec.resolve_cname and self.resolver is not None and not spec.signing_host:
-            endpoint = await self.resolver(target.host)
-            if endpoint:
-                target = dataclasses.replace(target, signing_host=endpoint)
 
         key = IdentityKey(
             namespace=ns if (spec.service_account_name or spec.assume_role_arn) else None,
             service_account=spec.service_account_name, role_arn=spec.assume_role_arn,
             external_id=spec.external_id, session_name=spec.session_name,
             duration=spec.assume_role_duration_seconds)
-        refusal = await self._check_tenancy(ns, spec)
+        try:
+            refusal = await self._check_tenancy(ns, spec)
+        except ApiError as exc:  # fail closed: a narrowing namespace rule unread is not "no rule"
+            return await self._fail(
+                body, reasons.KUBERNETES_ERROR, f"Could not read namespace {ns} for the tenancy policy: "
+                f"{exc.status} {exc.reason}. Check the operator's RBAC (namespaces get); retrying.", retry_after=5.0)
         if refusal is not None:
+            # A refusal decided by the namespace's labels/annotations is retried (slowly): an admin may
+            # change those without touching this resource.
             return await self._fail(body, reasons.IDENTITY_NOT_ALLOWED,
                                     f"Identity not allowed by rule {refusal.rule}: {refusal.message}.",
-                                    permanent=True)
+                                    permanent=not refusal.depends_on_namespace, retry_after=60.0)
 
         try:
             state, current = await self._secret_state(ns, secret_name, meta)
@@ -183,18 +205,32 @@ class Reconciler:
                                           message=c_message, generation=meta.get("generation"), now=issued)
             if c_status != "True":
                 await self._event(body, "Warning", c_reason, c_message)
+        elif not spec.verify:  # verify switched off: no stale Connected condition
+            conditions = [c for c in conditions if c.get("type") != "Connected"]
         status["conditions"] = conditions
+        old_ready = next((c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"),
+                         None)
+        recovered = old_ready is not None and old_ready.get("status") != "True"
         await self._patch_status(body, status)
         self._warned.pop(f"{ns}/{name}", None)
-        await self._event(body, "Normal", reasons.TOKEN_ISSUED if first else reasons.ROTATED,
-                          f"{'Issued' if first else 'Rotated'} token ({decision.reason}); Secret {secret_name} "
-                          f"expires {policy.rfc3339(expires)}.")
+        if first or recovered or self.rotation_events or decision.reason not in (policy.INTERVAL_ELAPSED,
+                                                                                 policy.EXPIRING):
+            await self._event(body, "Normal", reasons.TOKEN_ISSUED if first else reasons.ROTATED,
+                              f"{'Issued' if first else 'Rotated'} token ({decision.reason}); Secret {secret_name} "
+                              f"expires {policy.rfc3339(expires)}.")
         if self.on_refresh is not None:
             self.on_refresh(body, decision.reason, expires)
+        jitter = policy.jitter_seconds(meta.get("uid", name), spec.refresh_seconds)
         due = policy.decide(
             current=fp, secret=_state_of(self.secrets[(ns, secret_name)], meta.get("uid")),
-            interval=spec.refresh_seconds, now=issued,
-            jitter=policy.jitter_seconds(meta.get("uid", name), spec.refresh_seconds)).due
+            interval=spec.refresh_seconds, now=issued, jitter=jitter).due
+        if early:
+            # Credentials that die before the token would: the expiry margin may already have passed, so
+            # come back at half the token's life (the identity cache hands out new credentials by then),
+            # never in a tight loop; the refresh interval still applies when it is sooner.
+            floor = issued + max((expires - issued) / 2, datetime.timedelta(seconds=1))
+            by_interval = issued + datetime.timedelta(seconds=max(spec.refresh_seconds - jitter, 1.0))
+            due = min(by_interval, max(due, floor))
         return Outcome(due, True, reasons.TOKEN_ISSUED, refreshed=True)
 
     # ---- pieces -------------------------------------------------------------------------------
@@ -202,10 +238,7 @@ class Reconciler:
     async def _check_tenancy(self, ns: str, spec: CredentialSpec) -> Any:
         namespace_obj = None
         if self.tenancy.needs_namespace:
-            try:
-                namespace_obj = await self.kube.get_namespace(ns)
-            except ApiError:
-                namespace_obj = None
+            namespace_obj = await self.kube.get_namespace(ns)  # None when missing: no label, no annotation
         return self.tenancy.check(namespace=ns, role_arn=spec.assume_role_arn,
                                   service_account=spec.service_account_name, namespace_obj=namespace_obj)
 
@@ -352,11 +385,11 @@ class Reconciler:
             "source": {"component": "rdsiam"}, "reportingComponent": "rdsiam.io/operator",
             "reportingInstance": self.instance, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
-        try:
-            await self.kube.post_event(meta["namespace"], event)
-            self.stats.events += 1
-        except ApiError as exc:  # Events are best effort; never fail a refresh over them
-            logger.debug("Event not posted for %s/%s: %s", meta["namespace"], meta["name"], exc.status)
+        self.stats.events += 1
+        if self.events is not None:
+            self.events.post(meta["namespace"], event)
+            return
+        await post_event(self.kube, meta["namespace"], event)
 
     @staticmethod
     def _kube_message(what: str, ns: str, name: str, exc: ApiError) -> str:
@@ -369,6 +402,40 @@ class Reconciler:
 
 class _Conflict(Exception):
     pass
+
+
+async def post_event(kube: Kube, namespace: str, event: dict[str, Any]) -> None:
+    try:
+        await kube.post_event(namespace, event)
+    except ApiError as exc:  # Events are best effort; never fail a refresh over them
+        logger.debug("Event not posted in %s: %s", namespace, exc.status)
+
+
+class EventPoster:
+    """Posts Events off the refresh path, a few at a time, so a burst of first issues (thousands of
+    resources at operator start) writes Secrets first and lets its Events trail."""
+
+    def __init__(self, kube: Kube, workers: int = 2, limit: int = 20_000) -> None:
+        self.kube = kube
+        self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(limit)
+        self.dropped = 0
+        self._tasks = [asyncio.create_task(self._work(), name=f"rdsiam events {i}") for i in range(workers)]
+
+    def post(self, namespace: str, event: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait((namespace, event))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _work(self) -> None:
+        while True:
+            namespace, event = await self.queue.get()
+            await post_event(self.kube, namespace, event)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _strip_data(secret: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from rdsiam.operator import reconcile as rec
-from rdsiam.operator.kubeapi import ApiError
 
 logger = logging.getLogger("rdsiam.scheduler")
 UTC = datetime.UTC
@@ -61,7 +60,7 @@ class Scheduler:
         self._attempts: dict[Key, int] = {}
         self._wake = asyncio.Event()
         self.active = asyncio.Event()  # set while this replica leads (always, without HA)
-        self.ready = asyncio.Event()  # set once the Secret cache is primed
+        self.ready = asyncio.Event()  # set once both informers have listed (no decisions on a cold cache)
         self._tasks: set[asyncio.Task[None]] = set()
         self.outcomes: dict[Key, rec.Outcome] = {}
 
@@ -172,42 +171,43 @@ class Scheduler:
                 self._dirty.discard(key)
                 self.schedule(key, 0.0)
 
-    # ---- Secret cache: one LIST, then a WATCH of managed Secrets only -------------------------
+    # ---- informer callbacks ------------------------------------------------------------------
 
-    async def watch_secrets(self, kube: Any) -> None:
-        selector = f"{rec.MANAGED_BY}={rec.MANAGER}"
-        attempt = 0
-        while True:
-            try:
-                listing = await kube.list_secrets(selector)
-                fresh = {}
-                for item in listing.get("items", []):
-                    m = item["metadata"]
-                    fresh[(m["namespace"], m["name"])] = rec._strip_data(item)
-                self.reconciler.secrets.clear()
-                self.reconciler.secrets.update(fresh)
-                self.ready.set()
-                version = listing.get("metadata", {}).get("resourceVersion", "0")
-                attempt = 0
-                while True:
-                    async for event in kube.watch_secrets(selector, version):
-                        kind, obj = event.get("type"), event.get("object", {})
-                        if kind == "ERROR":
-                            raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), "watch error")
-                        version = obj.get("metadata", {}).get("resourceVersion", version)
-                        if kind in ("ADDED", "MODIFIED", "DELETED"):
-                            self.secret_event(kind, obj)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.info("Secret watch restarting after %s", getattr(exc, "status", type(exc).__name__))
-                await asyncio.sleep(rec.backoff(attempt, 0.5, 30.0))
-                attempt += 1
+    def replace_credentials(self, items: list[dict[str, Any]]) -> None:
+        """A full listing: forget resources that are gone, observe the rest."""
+        present = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
+        for key in [k for k in self.bodies if k not in present]:
+            self.forget(*key)
+        for item in items:
+            self.observe(item)
+
+    def credential_event(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if kind == "DELETED":
+            self.forget(meta["namespace"], meta["name"])
+        else:
+            self.observe(obj)
+
+    def replace_secrets(self, items: list[dict[str, Any]]) -> None:
+        fresh = {(i["metadata"]["namespace"], i["metadata"]["name"]): rec._strip_data(i) for i in items}
+        cache = self.reconciler.secrets
+        gone = [k for k in cache if k not in fresh]
+        cache.clear()
+        cache.update(fresh)
+        for ns, name in gone:  # deleted while the watch was down: recreate
+            owner = next((k for k, b in self.bodies.items() if k[0] == ns and _secret_name(b) == name), None)
+            if owner is not None:
+                self.schedule(owner, 0.0)
 
     async def drain(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _secret_name(body: dict[str, Any]) -> str:
+    target = (body.get("spec") or {}).get("target") or {}
+    return str(target.get("name") or body["metadata"]["name"])
 
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -279,9 +279,15 @@ def escape_pgpass(value: str) -> str:
 
 
 def pgpass_line(target: Target, token: str, hosts: Sequence[str] = ()) -> str:
-    """``host:port:dbname:user:token`` lines for libpq's password file (one per host the client may dial)."""
+    """``host:port:dbname:user:token`` lines for libpq's password file (one per host the client may dial).
+
+    libpq matches the first field against the ``host`` the client gives (the host it dials, so the
+    CNAME, not the ``signingHost``), or against ``hostaddr`` when the client gives only that: the DSN's
+    ``hostaddr`` gets a line too.
+    """
     lines = []
-    for host in (target.host, *hosts):
+    hostaddr = dict(target.options).get("hostaddr")
+    for host in (target.host, *hosts, *((hostaddr,) if hostaddr else ())):
         fields = (host, str(target.port), target.database or "*", target.username, token)
         line = ":".join(escape_pgpass(f) if f != "*" else f for f in fields)
         if line not in lines:

@@ -11,6 +11,10 @@ Set by flags / Helm values. Default: permissive (single-tenant installs). Harden
   (``arn:aws:iam::*:role/{namespace}-*``).
 - ``--namespace-policy``: namespaces may narrow this further with the annotation
   ``rdsiam.io/allowed-role-arns: PATTERN,...`` (read by the operator; needs ``namespaces get``).
+
+Put a character that namespace names cannot contain (``.``, ``_``, ``@``, ``+``, ``=``, ``/``) right after
+``{namespace}``: with ``role/{namespace}-*``, namespace ``team`` also matches ``role/team-a-db``, a role
+meant for namespace ``team-a``. :meth:`TenancyPolicy.warnings` says so at startup.
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ OPERATOR_IDENTITY_LABEL = "rdsiam.io/allow-operator-identity"
 ROLE_ARNS_ANNOTATION = "rdsiam.io/allowed-role-arns"
 
 
+# Characters a namespace name (an RFC 1123 label) may contain, and glob characters that match them.
+_NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+_GLOB = frozenset("*?[")
+
+
 @dataclasses.dataclass(frozen=True)
 class Refusal:
     rule: str
     message: str
+    # True when the namespace's labels/annotations decided: a change there (not only to the resource)
+    # can lift the refusal, so it is retried rather than final.
+    depends_on_namespace: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +51,22 @@ class TenancyPolicy:
     @property
     def needs_namespace(self) -> bool:
         return self.namespace_policy or not self.allow_operator_identity
+
+    def warnings(self) -> list[str]:
+        """Configuration mistakes worth a startup warning (pure)."""
+        found = []
+        for pattern in self.allowed_role_arns:
+            at = pattern.find("{namespace}")
+            if at < 0:
+                continue
+            after = pattern[at + len("{namespace}"):at + len("{namespace}") + 1]
+            if after and (after in _NAMESPACE_CHARS or after in _GLOB):
+                found.append(
+                    f"--allowed-role-arns pattern {pattern!r}: {{namespace}} is followed by {after!r}, which can "
+                    "continue a namespace name, so namespace 'team' may also use roles meant for namespace "
+                    "'team-a'. Follow {namespace} with a character namespace names cannot contain, e.g. "
+                    "'role/{namespace}.*', 'role/{namespace}_*' or an IAM path 'role/{namespace}/*'.")
+        return found
 
     def check(
         self, *, namespace: str, role_arn: str | None, service_account: str | None,
@@ -59,7 +87,8 @@ class TenancyPolicy:
                 "no-operator-identity",
                 "signing with the operator's own identity is not allowed in namespace "
                 f"{namespace!r} (--no-operator-identity); set spec.serviceAccountName or spec.assumeRoleArn, "
-                f"or have an admin label the namespace {OPERATOR_IDENTITY_LABEL}=true")
+                f"or have an admin label the namespace {OPERATOR_IDENTITY_LABEL}=true",
+                depends_on_namespace=True)
         if role_arn:
             patterns = [p.replace("{namespace}", namespace) for p in self.allowed_role_arns]
             if not any(fnmatch.fnmatchcase(role_arn, p) for p in patterns):
@@ -75,5 +104,6 @@ class TenancyPolicy:
                     return Refusal(
                         "namespace-allowed-role-arns",
                         f"spec.assumeRoleArn {role_arn} is not allowed by namespace {namespace!r}'s "
-                        f"{ROLE_ARNS_ANNOTATION} annotation ({', '.join(ns_patterns) or 'empty'})")
+                        f"{ROLE_ARNS_ANNOTATION} annotation ({', '.join(ns_patterns) or 'empty'})",
+                        depends_on_namespace=True)
         return None

@@ -29,9 +29,9 @@ class KubectlError(RuntimeError):
 
 
 class Kubectl:
-    def __init__(self, kubeconfig: str) -> None:
+    def __init__(self, kubeconfig: str, binary: str | None = None) -> None:
         self.kubeconfig = kubeconfig
-        self.binary = shutil.which("kubectl") or "kubectl"
+        self.binary = binary or shutil.which("kubectl") or "kubectl"
 
     def run(self, *args: str, input: str | None = None, check: bool = True) -> str:
         env = {**os.environ, "KUBECONFIG": self.kubeconfig}

@@ -55,9 +55,16 @@ What behaves like kube-apiserver
       validated against the structural ``openAPIV3Schema`` and its
       ``x-kubernetes-validations`` CEL rules (cel-python), with the real server's messages.
     * Discovery (``/api``, ``/api/v1``, ``/apis``, ``/apis/G``, ``/apis/G/V``), ``/version``,
-      ``/healthz``; server-side printing (``as=Table``) with CRD ``additionalPrinterColumns``
-      and the usual built-in columns, so ``kubectl get/describe/apply/patch/delete/get -w``
-      work with the kubeconfig at :attr:`KubeEmulator.kubeconfig`.
+      ``/healthz``, a minimal ``/openapi/v3`` (paths only: enough for kubectl's default
+      server-side field validation); server-side printing (``as=Table``) with CRD
+      ``additionalPrinterColumns`` and the usual built-in columns; protobuf request bodies of
+      the kinds ``kubectl create`` sends. So ``kubectl get/describe/apply (client- and
+      server-side)/create/patch/label/wait/delete/get -w`` work with the kubeconfig at
+      :attr:`KubeEmulator.kubeconfig`.
+    * Messages were compared with a kube-apiserver built from source (see
+      ``tests/integration/test_emulator_fidelity.py``): schema and CEL errors (including the
+      "some validation rules were not checked" blocking error), conflicts, failed JSON patch
+      tests, TokenRequest validation, name validation, selectors and discovery match.
     * Fault injection (:meth:`KubeEmulator.inject`, :meth:`KubeEmulator.drop_watches`) and a
       bounded request log with RBAC attributes (:attr:`KubeEmulator.requests`).
 
@@ -81,18 +88,22 @@ Known gaps
     * Strategic merge patch does not merge lists by their patch merge key (lists are
       replaced); server-side apply has no field ownership (no conflicts, no removal of
       fields dropped from the manifest), no ``managedFields``.
-    * JSON only: no protobuf, no CBOR; no OpenAPI documents (``/openapi/v2`` and
-      ``/openapi/v3`` are 404: use ``kubectl --validate=false``); no aggregated discovery
-      (kubectl falls back); no ``kubectl explain``.
+    * JSON responses only (protobuf and CBOR are not served; protobuf request bodies only for
+      Secret, ConfigMap, Namespace, ServiceAccount, TokenRequest and DeleteOptions); the
+      OpenAPI documents have no schemas (``/openapi/v2`` is 404: no client-side validation,
+      no ``kubectl explain``); no aggregated discovery (kubectl falls back).
     * One storage version per resource, no conversion (other CRD versions only get their
       ``apiVersion`` rewritten); core ``events`` and ``events.k8s.io`` are stored apart.
     * Built-in kinds are not validated beyond names, Secret/ConfigMap data and a few
       immutable fields; no defaults for built-ins except Secret ``type`` and Namespace
       status; no controllers besides garbage collection, namespace and CRD cleanup and
       the ``default`` ServiceAccount (no Pods run, no Deployments roll out).
-    * CEL: no static type checking or cost budget, no ``optionalOldSelf``, no
-      ``url``/``quantity``/``ip``/``cidr``/``format`` libraries; ratcheting compares
-      values by equality (lists by index).
+    * CEL: no static type checking and no cost estimation (a real server may reject a CRD
+      whose rules the emulator accepts, e.g. string concatenation without ``maxLength``), no
+      ``optionalOldSelf``, no ``url``/``quantity``/``ip``/``cidr``/``format`` libraries;
+      ratcheting compares values by equality (lists by index). Outcomes are memoised per
+      rule and (self, oldSelf).
+    * Label selector syntax errors are worded differently from the real lexer's.
     * ``continue`` tokens page through the current state (no consistent snapshot);
       ``resourceVersionMatch`` is ignored for lists (always the latest state).
     * TokenRequest ignores ``boundObjectRef`` claims and never rejects on audiences.

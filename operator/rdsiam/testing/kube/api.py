@@ -21,13 +21,14 @@ from rdsiam.testing.kube.crds import (
     crd_resource_types,
     validate_crd,
 )
-from rdsiam.testing.kube.errors import ApiError, FieldError, GoLiteral
+from rdsiam.testing.kube.errors import ApiError, FieldError
 from rdsiam.testing.kube.meta import (
     generate_name,
     new_uid,
     normalize_builtin,
     now_rfc3339,
     spec_changed,
+    validate_metadata,
     validate_name,
 )
 from rdsiam.testing.kube.patching import json_patch, merge_patch, strategic_merge_patch
@@ -119,12 +120,12 @@ class Api:
         if selector.fields is not None:
             name = selector.fields.equals("metadata.name")
             if name is not None:
-                candidates = [
-                    o
-                    for (ns, n), o in table.objects.items()
-                    if n == name and (selector.namespace is None or ns == selector.namespace)
-                ]
-                return [render(o, rtype) for o in candidates if selector.matches(o)]
+                if selector.namespace is not None or not rtype.namespaced:  # O(1): kubectl wait, kopf
+                    found = table.objects.get((selector.namespace or "", name))
+                    candidates = [found] if found is not None else []
+                else:
+                    candidates = [o for (_, n), o in table.objects.items() if n == name]
+                return [render(o, rtype) for o in sorted(candidates, key=_sort_key) if selector.matches(o)]
         scope = table.scope(selector.namespace)
         items = list(scope) if selector.trivial else [o for o in scope if selector.matches(o)]
         items.sort(key=_sort_key)
@@ -172,13 +173,9 @@ class Api:
                 )
             meta["name"] = self._unique_name(rtype, namespace, meta["generateName"])
         name = meta["name"]
-        errors = validate_name(name, label=(rtype.group, rtype.plural) == _NAMESPACES)
-        if errors:
-            raise err.invalid(rtype.group, rtype.kind, name, errors)
-        if rtype.namespaced:
+        if rtype.namespaced:  # admission (NamespaceLifecycle) comes before validation
             self._check_namespace(rtype, namespace or "", name)
-        if self.store.get(rtype.storage_key, namespace, name) is not None:
-            raise err.already_exists(rtype.group, rtype.plural, name)
+        name_errors = validate_name(name, label=(rtype.group, rtype.plural) == _NAMESPACES)
 
         meta["uid"] = new_uid()
         meta["creationTimestamp"] = now_rfc3339()
@@ -186,7 +183,9 @@ class Api:
             meta["generation"] = 1
         if rtype.has_status and (rtype.group, rtype.plural) != _NAMESPACES:
             obj.pop("status", None)
-        warnings = self._prepare(rtype, obj, None, field_validation)
+        warnings = self._prepare(rtype, obj, None, field_validation, name_errors)
+        if self.store.get(rtype.storage_key, namespace, name) is not None:  # storage comes last
+            raise err.already_exists(rtype.group, rtype.plural, name)
         if rtype.storage_key == _CRDS:
             obj.setdefault("metadata", {}).setdefault("finalizers", [CLEANUP_FINALIZER])
         if dry_run:
@@ -230,10 +229,17 @@ class Api:
             raise err.forbidden(rtype.group, rtype.plural, name, _TERMINATING.format(namespace))
 
     def _prepare(
-        self, rtype: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, field_validation: str
+        self,
+        rtype: ResourceType,
+        obj: dict[str, Any],
+        old: dict[str, Any] | None,
+        field_validation: str,
+        name_errors: list[FieldError] | None = None,
     ) -> list[str]:
         """Normalise, default, prune and validate ``obj`` in place; returns warnings."""
         errors = normalize_builtin(rtype.group, rtype.plural, obj, old)
+        errors.extend(validate_metadata(obj["metadata"]))
+        errors.extend(name_errors or [])
         warnings: list[str] = []
         if rtype.schema is not None:
             pruned_obj, pruned = rtype.schema.default_and_prune(obj)
@@ -278,15 +284,12 @@ class Api:
         rv = meta.get("resourceVersion")
         if rv is None or rv == "":
             if rtype.crd is not None:
+                # Worded with the resource, not the kind, exactly like the real server.
                 raise err.invalid(
                     rtype.group,
-                    rtype.kind,
+                    rtype.plural,
                     name,
-                    [
-                        FieldError.invalid(
-                            "metadata.resourceVersion", GoLiteral("0x0"), "must be specified for an update"
-                        )
-                    ],
+                    [FieldError.invalid("metadata.resourceVersion", 0, "must be specified for an update")],
                 )
         elif rv != old["metadata"]["resourceVersion"]:
             raise err.conflict(rtype.group, rtype.plural, name, err.STALE)
@@ -328,7 +331,7 @@ class Api:
                     "the body of the request was in an unknown format - "
                     "accepted media types include: application/json-patch+json, "
                     "application/merge-patch+json, application/apply-patch+yaml",
-                    {},
+                    None,
                 )
             new = strategic_merge_patch(current, patch)
         else:

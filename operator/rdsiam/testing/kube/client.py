@@ -86,6 +86,12 @@ class KubeClient:
     def __repr__(self) -> str:
         return f"KubeClient({self.server!r})"
 
+    def __enter__(self) -> KubeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @classmethod
     def from_kubeconfig(cls, path: str | Path, context: str | None = None) -> KubeClient:
         """A client for the (current) context of a kubeconfig file (token, CA file, client cert)."""

@@ -92,7 +92,8 @@ class Discovery:
     def groups(self) -> dict[str, Any]:
         def build() -> dict[str, Any]:
             groups = [self.group(name) for name in sorted(self.registry.groups())]
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [g for g in groups if g]}
+            entries = [{k: v for k, v in g.items() if k not in ("kind", "apiVersion")} for g in groups if g]
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": entries}
 
         result: dict[str, Any] = self._cached("groups", build)
         return result

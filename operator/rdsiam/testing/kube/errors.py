@@ -16,7 +16,6 @@ from typing import Any
 __all__ = [
     "OMIT",
     "ApiError",
-    "GoLiteral",
     "FieldError",
     "aggregate",
     "already_exists",
@@ -58,16 +57,10 @@ _TYPE_TEXT = {
 _VALUELESS = {"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong", "InternalError"}
 
 
-class GoLiteral(str):
-    """A bad value printed verbatim (e.g. ``0x0``, Go's ``%#v`` of an unsigned zero)."""
-
-
 def go_value(value: Any) -> str:
     """Render a JSON value the way Go's ``%v``/``%q``/``%#v`` render it in field errors."""
-    if isinstance(value, GoLiteral):
-        return str(value)
     if value is None:
-        return '"null"'
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -76,20 +69,10 @@ def go_value(value: Any) -> str:
         return go_number(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, dict):
-        inner = ", ".join(f"{json.dumps(k)}:{_go_nested(v)}" for k, v in value.items())
-        return "map[string]interface {}{" + inner + "}"
-    if isinstance(value, list):
-        return "[]interface {}{" + ", ".join(_go_nested(v) for v in value) + "}"
+    if isinstance(value, dict | list):
+        # Newer apimachinery prints composite bad values as JSON.
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return str(value)
-
-
-def _go_nested(value: Any) -> str:
-    if value is None:
-        return "interface {}(nil)"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    return go_value(value)
 
 
 def go_number(value: float | int) -> str:
@@ -152,7 +135,7 @@ class FieldError:
 
     @classmethod
     def too_long(cls, path: str, value: Any, max_length: int) -> FieldError:
-        detail = f"may not be longer than {max_length}" if max_length >= 0 else "value is too long"
+        detail = f"may not be more than {max_length} bytes" if max_length >= 0 else "value is too long"
         return cls("FieldValueTooLong", path, value, detail)
 
     @classmethod

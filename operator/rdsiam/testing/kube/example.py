@@ -21,7 +21,7 @@ _RULES = [
     {"rule": "has(self.dsn) || has(self.host)", "message": "either dsn or host must be set"},
     {
         "rule": "!has(self.port) || self.port != 3306 || self.engine == 'mysql'",
-        "messageExpression": "'port ' + string(self.port) + ' is for mysql, not ' + self.engine",
+        "messageExpression": "'port 3306 is for mysql, not ' + self.engine",
         "fieldPath": ".port",
     },
 ]
@@ -34,7 +34,7 @@ _SPEC: dict[str, Any] = {
         "host": {"type": "string", "minLength": 1, "maxLength": 253},
         "port": {"type": "integer", "minimum": 1, "maximum": 65535},
         "database": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_$]*$"},
-        "engine": {"type": "string", "enum": ["postgres", "mysql"], "default": "postgres"},
+        "engine": {"type": "string", "enum": ["postgres", "mysql"], "default": "postgres", "maxLength": 8},
         "refreshInterval": {"type": "string", "default": "10m"},
         "username": {
             "type": "string",

@@ -21,7 +21,10 @@ class PatchError(ApiError):
     """A JSON patch that does not apply: 422 with the Go library's wording, like the real server."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(422, "Invalid", message, {})
+        # The real server answers every failed JSON patch with this generic text (the Go
+        # library's reason, e.g. "testing value /x failed: test failed", stays in ``cause``).
+        super().__init__(422, "Invalid", "the server rejected our request due to an error in our request", {})
+        self.cause = message
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -95,7 +95,7 @@ class ResourceType:
             "singularName": self.singular,
             "namespaced": self.namespaced,
             "kind": self.kind,
-            "verbs": sorted(self.verbs),
+            "verbs": list(self.verbs) if self.crd is not None else sorted(self.verbs),
         }
         if self.shortnames:
             entry["shortNames"] = sorted(self.shortnames)

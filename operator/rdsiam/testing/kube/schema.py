@@ -4,8 +4,8 @@ Mirrors what kube-apiserver does to a custom object on create/update, in this or
 drop ``null`` values of non-nullable fields, apply ``default``\\ s, prune fields the schema does
 not declare (unless ``x-kubernetes-preserve-unknown-fields``), validate (types, required,
 enum, pattern, lengths, bounds, item/property counts, cheap formats, allOf/anyOf/oneOf/not)
-and finally evaluate ``x-kubernetes-validations`` (skipped when a type error was found,
-as the real server does). Messages follow kube-openapi, e.g.
+and finally evaluate ``x-kubernetes-validations`` (skipped after a type, required, enum or
+size error, as the real server does). Messages follow kube-openapi, e.g.
 ``spec.port: Invalid value: 70000: spec.port in body should be less than or equal to 65535``.
 
 Validation ratchets like Kubernetes >= 1.30: on update, errors inside a value that did not
@@ -34,6 +34,14 @@ _BLOCKING = (
     "correct the existing errors to complete validation"
 )
 _ROOT_KEEP = {"apiVersion", "kind", "metadata"}
+# Schema errors after which kube-apiserver does not evaluate CEL rules (strategy.go hasBlockingErr).
+_BLOCKING_TYPES = {
+    "FieldValueNotSupported",
+    "FieldValueRequired",
+    "FieldValueTooLong",
+    "FieldValueTooMany",
+    "FieldValueTypeInvalid",
+}
 
 
 def _json_type(value: Any) -> str:
@@ -179,7 +187,7 @@ class Schema:
         """Schema errors, then CEL rule errors (unless a type error blocks them)."""
         errors = self._validate(value, "", old)
         if self.has_rules:
-            if any(e.type == "FieldValueTypeInvalid" for e in errors):
+            if any(e.type in _BLOCKING_TYPES for e in errors):
                 errors.append(FieldError.invalid("<nil>", None, _BLOCKING))
             else:
                 errors.extend(self._rules(value, "", old))
@@ -308,7 +316,7 @@ class Schema:
                     path, len(value), f"{name} in body should have at least {raw['minProperties']} properties"
                 )
             )
-        for key, item in value.items():
+        for key, item in sorted(value.items()):  # Go iterates a map: any order is real; sorted here
             if self.root and key in _ROOT_KEEP:
                 continue
             sub = self.properties.get(key)

@@ -13,6 +13,8 @@ __all__ = ["FieldSelector", "LabelSelector", "Selector", "field_getter"]
 
 _KEY = r"[A-Za-z0-9](?:[-A-Za-z0-9_./]*[A-Za-z0-9])?"
 _VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+# Field labels whose value lives elsewhere in the object (Event's "source" is source.component).
+_ALIASES = {"source": "source.component"}
 _SET_RE = re.compile(rf"^\s*(!)?\s*({_KEY})\s*(?:(in|notin)\s*\(([^)]*)\))?\s*$")
 _EQ_RE = re.compile(rf"^\s*({_KEY})\s*(==|=|!=)\s*({_VALUE})\s*$")
 
@@ -115,10 +117,10 @@ class FieldSelector:
     """A parsed ``fieldSelector``: ``a=b``, ``a==b``, ``a!=b``, comma-separated.
 
     ``supported`` is the set of field paths the resource allows; anything else is
-    answered ``400 field label not supported: X`` as the real server does.
+    answered ``400`` worded as the real server does for that kind of resource.
     """
 
-    def __init__(self, text: str, supported: set[str]) -> None:
+    def __init__(self, text: str, supported: set[str], *, meta_only_wording: bool = False) -> None:
         self.text = text
         self.terms: list[tuple[str, bool, str, Callable[[Mapping[str, Any]], str | None]]] = []
         for part in _split_escaped(text):
@@ -127,8 +129,12 @@ class FieldSelector:
                 raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
             key, op, value = m.group(1), m.group(2), _unescape(m.group(3))
             if key not in supported:
+                if meta_only_wording:  # runtime.DefaultMetaV1FieldSelectorConversion's wording
+                    raise bad_request(
+                        f'"{key}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+                    )
                 raise bad_request(f"field label not supported: {key}")
-            self.terms.append((key, op == "!=", value, field_getter(key)))
+            self.terms.append((key, op == "!=", value, field_getter(_ALIASES.get(key, key))))
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
         for _key, negate, value, get in self.terms:

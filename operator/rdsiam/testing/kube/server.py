@@ -31,6 +31,7 @@ from rdsiam.testing.kube.api import PATCH_TYPES, Api, WriteResult, render
 from rdsiam.testing.kube.discovery import VERSION_INFO, Discovery
 from rdsiam.testing.kube.errors import ApiError, FieldError
 from rdsiam.testing.kube.faults import Fault, FaultSet, RequestLog, RequestRecord
+from rdsiam.testing.kube.meta import now_rfc3339
 from rdsiam.testing.kube.openapi import OpenAPI
 from rdsiam.testing.kube.paths import ResourcePath, parse_resource_path
 from rdsiam.testing.kube.resources import Registry, ResourceType
@@ -114,6 +115,11 @@ def _supported_fields(rtype: ResourceType) -> set[str]:
     fields |= _EXTRA_FIELDS.get((rtype.group, rtype.plural), set())
     fields |= set(rtype.selectable_fields)
     return fields
+
+
+def _meta_only(rtype: ResourceType) -> bool:
+    """Built-ins selectable by metadata only word an unknown field label differently."""
+    return rtype.crd is None and (rtype.group, rtype.plural) not in _EXTRA_FIELDS
 
 
 def _wants_table(accept: str) -> bool:
@@ -330,7 +336,7 @@ class ApiHandler(kmock.KubernetesEmulator):
             if "propagationPolicy" in params:
                 options = {**options, "propagationPolicy": params["propagationPolicy"]}
             obj, removed = backend.api.delete(rtype, rpath.namespace, rpath.name, options, dry_run=dry_run)
-            if removed and rtype.crd is None:
+            if removed:
                 details = {
                     "name": rpath.name,
                     "group": rtype.group,
@@ -381,7 +387,7 @@ class ApiHandler(kmock.KubernetesEmulator):
         return Selector(
             rpath.namespace if rtype.namespaced else None,
             LabelSelector(labels) if labels else None,
-            FieldSelector(fields, _supported_fields(rtype)) if fields else None,
+            FieldSelector(fields, _supported_fields(rtype), meta_only_wording=_meta_only(rtype)) if fields else None,
         )
 
     def _list_response(
@@ -421,6 +427,8 @@ class ApiHandler(kmock.KubernetesEmulator):
         if continue_token:
             metadata["continue"] = continue_token
             metadata["remainingItemCount"] = remaining
+        elif rtype.crd is not None:
+            metadata["continue"] = ""  # custom resource lists carry an empty token, built-ins none
         return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": metadata, "items": items})
 
     def _delete_collection(
@@ -457,7 +465,7 @@ class ApiHandler(kmock.KubernetesEmulator):
             raise err.invalid(
                 "authentication.k8s.io",
                 "TokenRequest",
-                rpath.name,
+                "",  # the real server names no object here
                 [
                     FieldError.invalid(
                         "spec.expirationSeconds",
@@ -470,7 +478,7 @@ class ApiHandler(kmock.KubernetesEmulator):
             raise err.invalid(
                 "authentication.k8s.io",
                 "TokenRequest",
-                rpath.name,
+                "",  # the real server names no object here
                 [
                     FieldError.invalid(
                         "spec.expirationSeconds",
@@ -486,7 +494,12 @@ class ApiHandler(kmock.KubernetesEmulator):
             {
                 "kind": "TokenRequest",
                 "apiVersion": "authentication.k8s.io/v1",
-                "metadata": {"name": rpath.name, "namespace": rpath.namespace, "creationTimestamp": None},
+                "metadata": {
+                    "name": rpath.name,
+                    "namespace": rpath.namespace,
+                    "uid": sa["metadata"]["uid"],
+                    "creationTimestamp": now_rfc3339(),
+                },
                 "spec": {
                     "audiences": audiences,
                     "expirationSeconds": expiration,

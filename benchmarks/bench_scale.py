@@ -1,0 +1,265 @@
+"""Scale: N RdsIamCredentials, one operator replica, against the floor, in one run.
+
+    .venv/bin/python benchmarks/bench_scale.py --n 1000 --n 5000 [--rotate-seconds 150]
+
+For each N, on the local stack (the Kubernetes API emulator in this process; the operator and the
+floor client each in their own process, as in a cluster):
+
+1. start: N resources exist, the operator starts; time until every Secret exists and every resource
+   is Ready; the operator's CPU seconds and RSS; API writes by kind (Secret / status / Event).
+2. the floor: a bare client that does only the unavoidable work (sign a token with cached
+   credentials, one write of the Secret) for N Secrets against the same emulator; the operator's
+   issue rate as a fraction of the floor's.
+3. idle: the operator's CPU over an idle window (nothing due); with the CPU per refresh from (1),
+   the steady-state CPU at a 10-minute interval = idle + N/600 refreshes/s x CPU per refresh.
+4. restart: the operator restarts with N fresh Secrets: writes issued (target 0), time to healthy
+   and to all resources observed.
+5. rotation (--rotate-seconds, optional): refreshInterval=1m for all, run for that long; missed
+   deadlines = a Secret older than interval + 30 s at any sample (target 0); writes per refresh.
+
+Prints figures and ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "operator"))
+
+from rdsiam.testing.kube import KubeEmulator  # noqa: E402
+from rdsiam.testing.operator import OperatorProcess  # noqa: E402
+from rdsiam.testing.sts import StsServer  # noqa: E402
+
+HOST = "bench.cluster-abc123def456.us-east-1.rds.amazonaws.com"
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(CPU seconds user+system, RSS MiB) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = 0.0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+    return cpu, rss
+
+
+def resources(n: int, ns: str, interval: str = "10m") -> list[dict[str, Any]]:
+    return [{"apiVersion": "rdsiam.io/v1alpha1", "kind": "RdsIamCredential",
+             "metadata": {"name": f"db-{i:05d}", "namespace": ns},
+             "spec": {"host": HOST, "username": f"user{i}", "database": "app", "refreshInterval": interval}}
+            for i in range(n)]
+
+
+class Counter:
+    """In-process views of the emulator's store and request log (no HTTP, no load on the server)."""
+
+    def __init__(self, emu: KubeEmulator) -> None:
+        self.emu = emu
+
+    def secrets(self, ns: str) -> list[dict[str, Any]]:
+        def fn() -> list[dict[str, Any]]:
+            table = self.emu.store.tables.get(("", "secrets"))
+            return list(table.scope(ns)) if table else []
+        return self.emu.call(fn)
+
+    def ready(self, ns: str) -> int:
+        def fn() -> int:
+            table = self.emu.store.tables.get(("rdsiam.io", "rdsiamcredentials"))
+            count = 0
+            for obj in (table.scope(ns) if table else []):
+                for c in (obj.get("status") or {}).get("conditions") or []:
+                    if c.get("type") == "Ready" and c.get("status") == "True":
+                        count += 1
+            return count
+        return self.emu.call(fn)
+
+    def writes(self, since: float, agent: str = "rdsiam-operator") -> dict[str, int]:
+        out = {"secret": 0, "status": 0, "event": 0, "other": 0}
+        for r in self.emu.requests:
+            if r.time < since or r.method == "GET" or agent not in r.user_agent:
+                continue
+            if r.resource == "secrets":
+                out["secret"] += 1
+            elif r.subresource == "status":
+                out["status"] += 1
+            elif r.resource == "events":
+                out["event"] += 1
+            else:
+                out["other"] += 1
+        return out
+
+
+def wait(what: str, fn: Any, timeout: float, interval: float = 0.25) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if fn():
+            return time.monotonic() - start
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not within {timeout} s")
+
+
+def run_floor(kubeconfig: str, n: int, ns: str) -> float:
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("floor.py")), "--kubeconfig", kubeconfig,
+                          "--n", str(n), "--namespace", ns], capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def bench(n: int, rotate_seconds: float, idle_seconds: float) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="rdsiam-bench-"))
+    with KubeEmulator(history_limit=4 * n + 1000) as emu, StsServer() as sts:
+        emu.apply_manifest(str(ROOT / "crds"))
+        count = Counter(emu)
+        ns, floor_ns = "bench", "floor"
+        for name in (ns, floor_ns):
+            emu.apply_manifest({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        t = time.monotonic()
+        emu.apply_manifest(resources(n, ns))
+        setup = time.monotonic() - t
+
+        # 2. the floor first (the operator is not running yet: each gets the server to itself).
+        floor_seconds = run_floor(emu.kubeconfig, n, floor_ns)
+
+        # 1. start.
+        role = sts.create_role("rdsiam-operator")
+        op = OperatorProcess(emu.kubeconfig, sts.irsa_env(role, str(work)), ["--log-level", "info"],
+                             log_dir=str(work), metrics=False)
+        since = time.time()
+        t0 = time.monotonic()
+        op.start(timeout=120)
+        healthy = time.monotonic() - t0
+        assert op.proc is not None
+        all_secrets = wait("all Secrets", lambda: len(count.secrets(ns)) >= n, 600)
+        all_ready = wait("all Ready", lambda: count.ready(ns) >= n, 600) + all_secrets
+        start_total = time.monotonic() - t0
+        cpu_start, rss = proc_stats(op.proc.pid)
+        writes = count.writes(since)
+        secret_times = [r.time for r in emu.requests if r.time >= since and r.resource == "secrets"
+                        and r.method != "GET" and "rdsiam-operator" in r.user_agent]
+        issue_span = max(secret_times) - min(secret_times) if len(secret_times) > 1 else 0.0
+        last_secret = max(secret_times) - since if secret_times else 0.0
+
+        # 3. idle.
+        cpu_a, _ = proc_stats(op.proc.pid)
+        time.sleep(idle_seconds)
+        cpu_b, rss_idle = proc_stats(op.proc.pid)
+        idle_share = (cpu_b - cpu_a) / idle_seconds
+        cpu_per_refresh = cpu_start / n
+        steady = idle_share + (n / 600.0) * cpu_per_refresh
+
+        # 4. restart with N fresh Secrets.
+        op.stop()
+        since = time.time()
+        t1 = time.monotonic()
+        op.start(timeout=120)
+        restart_healthy = time.monotonic() - t1
+        time.sleep(5.0)  # a write storm would show up here
+        restart_writes = count.writes(since)
+
+        result: dict[str, Any] = {
+            "n": n, "setup_s": setup, "healthy_s": healthy, "all_secrets_s": all_secrets + healthy,
+            "all_ready_s": start_total, "rss_mib": rss, "rss_idle_mib": rss_idle,
+            "cpu_start_s": cpu_start, "cpu_per_refresh_ms": cpu_per_refresh * 1000,
+            "idle_cpu_pct": idle_share * 100, "steady_cpu_pct_10m": steady * 100,
+            "writes_start": writes, "floor_s": floor_seconds,
+            "operator_rate": n / max(issue_span, 1e-9), "floor_rate": n / floor_seconds,
+            "issue_span_s": issue_span, "last_secret_s": last_secret,
+            "restart_healthy_s": restart_healthy, "restart_writes": restart_writes,
+        }
+        result["ratio_to_floor"] = result["operator_rate"] / result["floor_rate"]
+
+        # 5. rotation at a 1-minute interval.
+        if rotate_seconds > 0:
+            emu.apply_manifest(resources(n, ns, interval="1m"))  # a spec change: re-mints all at once
+            wait("re-mint after spec change", lambda: all(
+                (s["metadata"].get("annotations") or {}).get("rdsiam.io/spec-hash") for s in count.secrets(ns)), 600)
+            time.sleep(5)
+            since = time.time()
+            cpu_r0, _ = proc_stats(op.proc.pid)
+            missed, samples, oldest = 0, 0, 0.0
+            end = time.monotonic() + rotate_seconds
+            while time.monotonic() < end:
+                now = dt.datetime.now(dt.UTC)
+                for s in count.secrets(ns):
+                    issued = dt.datetime.fromisoformat(
+                        s["metadata"]["annotations"]["rdsiam.io/issued-at"].replace("Z", "+00:00"))
+                    age = (now - issued).total_seconds()
+                    oldest = max(oldest, age)
+                    missed += age > 60 + 30
+                samples += 1
+                time.sleep(5)
+            cpu_r1, rss_rot = proc_stats(op.proc.pid)
+            w = count.writes(since)
+            refreshes = max(w["secret"], 1)
+            result.update({
+                "rotation_seconds": rotate_seconds, "rotation_samples": samples, "missed_deadlines": missed,
+                "oldest_secret_age_s": oldest, "rotation_writes": w,
+                "status_writes_per_refresh": w["status"] / refreshes, "events_per_refresh": w["event"] / refreshes,
+                "rotation_cpu_pct": (cpu_r1 - cpu_r0) / rotate_seconds * 100,
+                "rotation_cpu_per_refresh_ms": (cpu_r1 - cpu_r0) / refreshes * 1000, "rss_rotation_mib": rss_rot,
+            })
+        op.stop()
+    return result
+
+
+def report(r: dict[str, Any]) -> None:
+    n = r["n"]
+    print(f"\n== N = {n:,} resources, one replica ==")
+    print(f"  operator start -> healthy           {r['healthy_s']:.2f} s")
+    print(f"  start -> all Secrets written        {r['last_secret_s']:.2f} s "
+          f"(first to last Secret: {r['issue_span_s']:.2f} s)")
+    print(f"  start -> all Ready                  {r['all_ready_s']:.2f} s   (target < 60 s)")
+    print(f"  issue rate: operator {r['operator_rate']:.0f}/s, floor {r['floor_rate']:.0f}/s "
+          f"-> {r['ratio_to_floor']:.2f} of the floor   (target >= 0.5)")
+    w = r["writes_start"]
+    print(f"  writes for the first issue: {w['secret']} Secret, {w['status']} status, {w['event']} Event, "
+          f"{w['other']} other   ({w['secret'] / n:.2f} Secret + {w['status'] / n:.2f} status per resource)")
+    print(f"  RSS {r['rss_mib']:.0f} MiB after start, {r['rss_idle_mib']:.0f} MiB idle   (target < 400 MiB)")
+    print(f"  CPU {r['cpu_start_s']:.1f} s for the first issue = {r['cpu_per_refresh_ms']:.2f} ms per refresh "
+          "(incl. startup)")
+    print(f"  idle CPU {r['idle_cpu_pct']:.2f}% of a core; steady state at a 10-minute interval "
+          f"~{r['steady_cpu_pct_10m']:.2f}% (target < 10%)")
+    rw = r["restart_writes"]
+    print(f"  restart with {n:,} fresh Secrets: healthy in {r['restart_healthy_s']:.2f} s, writes "
+          f"{rw['secret']} Secret / {rw['status']} status / {rw['event']} Event   (target 0)")
+    if "rotation_seconds" in r:
+        rw = r["rotation_writes"]
+        print(f"  rotation at refreshInterval=1m for {r['rotation_seconds']:.0f} s: {rw['secret']} refreshes, "
+              f"missed deadlines {r['missed_deadlines']} (target 0), oldest Secret {r['oldest_secret_age_s']:.0f} s")
+        print(f"    per refresh: {r['status_writes_per_refresh']:.2f} status writes, {r['events_per_refresh']:.2f} "
+              f"Events; CPU {r['rotation_cpu_pct']:.1f}% of a core = {r['rotation_cpu_per_refresh_ms']:.2f} ms per "
+              f"refresh; RSS {r['rss_rotation_mib']:.0f} MiB")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, action="append", help="resource counts (default 1000 and 5000)")
+    parser.add_argument("--rotate-seconds", type=float, default=0.0)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    results = []
+    for n in args.n or [1000, 5000]:
+        r = bench(n, args.rotate_seconds, args.idle_seconds)
+        report(r)
+        results.append(r)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""LIST then WATCH one kind of object, resuming from the last resourceVersion and re-listing on 410.
+
+The operator keeps two informers per watched scope: RdsIamCredentials, and the Secrets it manages
+(label selector ``app.kubernetes.io/managed-by=rdsiam``). A full listing replaces the cache, so
+objects deleted while the watch was down are noticed; events then keep it current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from rdsiam.operator.kubeapi import ApiError
+
+logger = logging.getLogger("rdsiam.informer")
+JsonDict = dict[str, Any]
+
+
+class Informer:
+    def __init__(
+        self, kube: Any, path: str, *, on_list: Callable[[list[JsonDict]], None],
+        on_event: Callable[[str, JsonDict], None], label_selector: str | None = None, name: str = "",
+    ) -> None:
+        self.kube, self.path, self.label_selector = kube, path, label_selector
+        self.on_list, self.on_event = on_list, on_event
+        self.name = name or path
+        self.synced = asyncio.Event()
+        self.relists = 0
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                listing = await self.kube.list_objects(self.path, self.label_selector)
+                self.on_list(listing.get("items") or [])
+                self.relists += 1
+                self.synced.set()
+                version = str((listing.get("metadata") or {}).get("resourceVersion") or "0")
+                attempt = 0
+                while True:  # re-watch from the last version after each normal end of a stream
+                    async for event in self.kube.watch_objects(self.path, version, self.label_selector):
+                        kind, obj = event.get("type"), event.get("object") or {}
+                        if kind == "ERROR":  # 410 Gone after compaction, or another server-side error
+                            raise ApiError(int(obj.get("code") or 500), str(obj.get("reason", "")),
+                                           str(obj.get("message", ""))[:200])
+                        version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                        if kind in ("ADDED", "MODIFIED", "DELETED"):
+                            self.on_event(str(kind), obj)
+                    attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                status = getattr(exc, "status", None)
+                logger.info("%s: watch restarting (%s)", self.name, status or type(exc).__name__)
+                delay = min(30.0, 0.5 * 2 ** attempt) if status != 410 else 0.0
+                attempt += 1
+                await asyncio.sleep(delay)

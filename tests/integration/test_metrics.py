@@ -1,0 +1,93 @@
+"""Observability during a real run: the Prometheus page moves with what the operator does, and
+``--log-format json`` really writes one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from rdsiam.testing.kubectl import Kubectl
+from rdsiam.testing.operator import OperatorProcess
+from tests.scenarios.operator_core import app_user, credential  # noqa: F401 - app_user is a fixture
+
+
+def scrape(operator: OperatorProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} from the operator's /metrics."""
+    samples = {}
+    for family in text_string_to_metric_families(operator.metrics()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples: dict[Any, float], metric: str, /, **labels: str) -> float:
+    """Sum of the samples of ``metric`` whose labels include ``labels`` (0 when none)."""
+    return sum(v for (n, ls), v in samples.items() if n == metric and labels.items() <= dict(ls).items())
+
+
+def test_metrics_follow_refreshes_expiry_sts_and_write_errors(
+    kube: Any,
+    kubectl: Kubectl,
+    rds: Any,
+    ns: str,
+    app_user: str,  # noqa: F811
+    operator_factory: Callable[..., OperatorProcess],
+) -> None:
+    operator = operator_factory(args=["--log-format", "json"])
+    kubectl.apply([credential(rds, "m1", ns), credential(rds, "m2", ns)])
+    for name in ("m1", "m2"):
+        kubectl.wait("the Secret", lambda name=name: kubectl.secret_data(name, ns))
+    before = scrape(operator)
+
+    # seconds until each resource's token expires: present, and within the token's 15 minutes
+    for name in ("m1", "m2"):
+        left = value(before, "rdsiam_token_expiry_seconds", namespace=ns, name=name)
+        assert 850 < left <= 900, (name, left)
+    assert value(before, "rdsiam_refreshes_total", result="ok", reason="SecretMissing") >= 2
+    # the operator's identity was resolved with STS (GetCallerIdentity for its principal ARN), timed
+    assert value(before, "rdsiam_sts_requests_total", result="ok") > 0
+    assert value(before, "rdsiam_sts_request_seconds_count") > 0
+    assert value(before, "rdsiam_leader") == 1 and value(before, "rdsiam_resources") >= 2
+
+    # a rotation on request moves the refresh counter by exactly one, with its reason
+    time.sleep(1.1)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
+    first = kubectl.secret_data("m1", ns)
+    assert first is not None
+    kubectl.run("annotate", "-n", ns, "rdsiam", "m1", f"rdsiam.io/refresh-requested-at={stamp}", "--overwrite")
+    kubectl.wait("a new token", lambda: (d := kubectl.secret_data("m1", ns)) and d["password"] != first["password"])
+    after = kubectl.wait(
+        "the counter",
+        lambda: (
+            (s := scrape(operator))
+            and value(s, "rdsiam_refreshes_total", result="ok", reason="RefreshRequested")
+            > value(before, "rdsiam_refreshes_total", result="ok", reason="RefreshRequested")
+            and s
+        ),
+    )
+    assert (
+        value(after, "rdsiam_refreshes_total", result="ok", reason="RefreshRequested")
+        == value(before, "rdsiam_refreshes_total", result="ok", reason="RefreshRequested") + 1
+    )
+    assert value(after, "rdsiam_token_expiry_seconds", namespace=ns, name="m1") >= value(
+        before, "rdsiam_token_expiry_seconds", namespace=ns, name="m1"
+    )
+
+    # a refused Secret write is counted by resource and status, and as a failed refresh with its reason
+    kube.inject(rf"^/api/v1/namespaces/{ns}/secrets$", method="POST", status=500, times=1)
+    kubectl.apply(credential(rds, "m3", ns))
+    kubectl.wait("the Secret after the retry", lambda: kubectl.secret_data("m3", ns), timeout=20)
+    failed = scrape(operator)
+    assert value(failed, "rdsiam_kubernetes_write_errors_total", resource="secrets", status="500") == 1
+    assert value(failed, "rdsiam_refreshes_total", result="error", reason="KubernetesError") >= 1
+    assert value(failed, "rdsiam_kubernetes_writes") > 0
+
+    # --log-format json: every line a JSON object, refreshes included (and no token: see operator_factory)
+    lines = operator.log().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert all({"message", "severity", "timestamp"} <= r.keys() for r in records)
+    assert any(r["message"].startswith(f"Refreshing {ns}/m1") for r in records)

@@ -1,0 +1,212 @@
+"""``spec.verify``: after each issue the operator logs in once with the token and reports a ``Connected``
+condition whose message says what to check; a failure also posts a Warning Event. End to end through
+the operator and kubectl against the IAM-checking PostgreSQL (tokens are searched for in the operator's
+log, Events and status by the ``operator_factory`` fixture at teardown)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from rdsiam.testing.kubectl import Kubectl
+from rdsiam.testing.postgres import PostgresServer
+from rdsiam.testing.rds import IamPostgres
+
+GOOD, NO_IAM, UNKNOWN = "rdsiam_verify_ok", "rdsiam_verify_pw", "rdsiam_verify_nobody"
+OTHER_ENDPOINT = "orders.cluster-zzz999.us-east-1.rds.amazonaws.com"
+
+
+@pytest.fixture(scope="module")
+def users(postgres: PostgresServer) -> None:
+    postgres.create_user(GOOD)
+    postgres.create_user(NO_IAM, rds_iam=False)
+    postgres.drop_user(UNKNOWN)
+
+
+@pytest.fixture(autouse=True)
+def cleanup(kubectl: Kubectl, ns: str) -> Iterator[None]:
+    """Later tests' operators watch the whole cluster: leave them nothing of ours to verify (this runs
+    after the operator fixture's teardown has searched everything for tokens)."""
+    yield
+    kubectl.run("delete", "rdsiamcredentials", "--all", "-n", ns)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections (kernel backlog) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield int(s.getsockname()[1])
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def resource(name: str, ns: str, dsn: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "rdsiam.io/v1alpha1",
+        "kind": "RdsIamCredential",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"dsn": dsn, "verify": True, **spec},
+    }
+
+
+def rds_dsn(rds: IamPostgres, user: str, *, port: int | None = None, query: str | None = None) -> str:
+    query = query or f"sslmode=verify-full&sslrootcert={rds.ca_file}&hostaddr={rds.hostaddr}"
+    return f"postgresql://{user}:$TOKEN@{rds.endpoint}:{port or rds.port}/postgres?{query}"
+
+
+def wait_condition(
+    kubectl: Kubectl,
+    name: str,
+    ns: str,
+    type_: str = "Connected",
+    check: Callable[[dict[str, Any]], bool] = lambda c: True,
+    timeout: float = 20.0,
+) -> dict[str, Any]:
+    return kubectl.wait(
+        f"{type_} on {name}",
+        lambda: (c := kubectl.condition(name, ns, type_)) and check(c) and c,
+        timeout=timeout,
+        interval=0.1,
+    )
+
+
+def test_connected_condition_explains_each_outcome(
+    kubectl: Kubectl,
+    rds: IamPostgres,
+    operator_factory: Callable[..., Any],
+    ns: str,
+    users: None,
+    silent_port: int,
+    closed_port: int,
+) -> None:
+    operator_factory(args=["--verify-timeout", "1"])
+    cases: dict[str, tuple[dict[str, Any], str, list[str]]] = {
+        "good": (
+            resource("good", ns, rds_dsn(rds, GOOD)),
+            "Connected",
+            [f"Logged in as {GOOD} to {rds.endpoint}:{rds.port}/postgres", "over TLS", "SELECT 1 took"],
+        ),
+        "no-rds-iam": (
+            resource("no-rds-iam", ns, rds_dsn(rds, NO_IAM)),
+            "LoginRejected",
+            [
+                f"did not treat '{NO_IAM}' as an IAM user",
+                "SCRAM-SHA-256",
+                f'GRANT rds_iam TO "{NO_IAM}"',
+                "does not exist",
+            ],
+        ),
+        "unknown-user": (
+            resource("unknown-user", ns, rds_dsn(rds, UNKNOWN)),
+            "LoginRejected",
+            [f'CREATE USER "{UNKNOWN}"', f'GRANT rds_iam TO "{UNKNOWN}"', "spec.username"],
+        ),
+        "no-tls": (
+            resource("no-tls", ns, rds_dsn(rds, GOOD, query="sslmode=disable&hostaddr=127.0.0.1")),
+            "TLSRequired",
+            ["no encryption", "the DSN sets sslmode=disable", "set sslmode=require"],
+        ),
+        "wrong-signing-host": (
+            resource("wrong-signing-host", ns, rds_dsn(rds, GOOD), signingHost=OTHER_ENDPOINT),
+            "LoginRejected",
+            [
+                f'PAM authentication failed for user "{GOOD}"',
+                f"(1) the token is signed for {OTHER_ENDPOINT}:{rds.port} (spec.signingHost",
+                "rds-db:connect",
+            ],
+        ),
+        "refused": (
+            resource("refused", ns, rds_dsn(rds, GOOD, port=closed_port, query="sslmode=require&hostaddr=127.0.0.1")),
+            "ConnectionRefused",
+            [f"127.0.0.1:{closed_port} refused the connection", "spec.port"],
+        ),
+        "dns": (
+            resource("dns", ns, f"postgresql://{GOOD}@db.invalid:5432/postgres?sslmode=require", region="us-east-1"),
+            "DNSError",
+            ["cannot resolve 'db.invalid'", "spec.host"],
+        ),
+        "timeout": (
+            resource("timeout", ns, rds_dsn(rds, GOOD, port=silent_port, query="sslmode=require&hostaddr=127.0.0.1")),
+            "ConnectTimeout",
+            ["no answer to the TLS request within 1 s", "not a PostgreSQL server"],
+        ),
+    }
+    quiet = resource("quiet", ns, rds_dsn(rds, GOOD))
+    del quiet["spec"]["verify"]
+    kubectl.apply([c[0] for c in cases.values()] + [quiet])
+
+    for name, (_, reason, fragments) in cases.items():
+        cond = wait_condition(kubectl, name, ns)
+        assert cond["reason"] == reason, (name, cond)
+        assert cond["status"] == ("True" if name == "good" else "False")
+        for fragment in fragments:
+            assert fragment in cond["message"], (name, fragment, cond["message"])
+        ready = kubectl.condition(name, ns)  # the token itself was issued either way
+        assert ready is not None and (ready["status"], ready["reason"]) == ("True", "TokenIssued")
+
+    # Each failure is also a Warning Event naming the reason; the good one is not.
+    def warnings() -> dict[str, str]:
+        events = json.loads(kubectl.run("get", "events", "-n", ns, "-o", "json"))["items"]
+        return {e["involvedObject"]["name"]: e["reason"] for e in events if e.get("type") == "Warning"}
+
+    seen = kubectl.wait("Warning Events", lambda: (w := warnings()) and len(w) >= len(cases) - 1 and w)
+    assert seen == {name: reason for name, (_, reason, _) in cases.items() if name != "good"}
+
+    text = kubectl.describe("rdsiamcredential", "wrong-signing-host", ns)
+    assert "Connected" in text and "LoginRejected" in text
+    assert kubectl.condition("quiet", ns, "Connected") is None
+    wait_condition(kubectl, "quiet", ns, "Ready", lambda c: c["status"] == "True")
+    assert rds.login_log  # the good case really logged in through the IAM check
+    assert any(a.user == GOOD and a.accepted and a.method == "iam" for a in rds.login_log)
+
+
+def test_fixing_the_cause_turns_connected_true_and_switching_verify_off_removes_it(
+    kubectl: Kubectl,
+    rds: IamPostgres,
+    postgres: PostgresServer,
+    operator_factory: Callable[..., Any],
+    ns: str,
+    users: None,
+) -> None:
+    user = "rdsiam_verify_later"
+    postgres.create_user(user, rds_iam=False)
+    operator_factory()
+    kubectl.apply(resource("later", ns, rds_dsn(rds, user)))
+    cond = wait_condition(kubectl, "later", ns)
+    assert (cond["status"], cond["reason"]) == ("False", "LoginRejected")
+    postgres.create_user(user, rds_iam=True)  # GRANT rds_iam, as the message said
+    time.sleep(1.1)  # the request must be later than the last issue (one-second resolution)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    kubectl.run(
+        "annotate", "-n", ns, "rdsiamcredential", "later", f"rdsiam.io/refresh-requested-at={stamp}", "--overwrite"
+    )
+    cond = wait_condition(kubectl, "later", ns, check=lambda c: c["status"] == "True")
+    assert cond["reason"] == "Connected"
+    kubectl.run("patch", "rdsiamcredential", "later", "-n", ns, "--type", "merge", "-p", '{"spec": {"verify": false}}')
+    kubectl.wait("Connected removed", lambda: kubectl.condition("later", ns, "Connected") is None, timeout=20)
+
+
+def test_verify_latency(
+    kubectl: Kubectl, rds: IamPostgres, operator_factory: Callable[..., Any], ns: str, users: None
+) -> None:
+    """The Connected message reports how long the login took; a local TLS login stays well under a second."""
+    operator_factory()
+    kubectl.apply([resource(f"lat{i}", ns, rds_dsn(rds, GOOD)) for i in range(5)])
+    timings = []
+    for i in range(5):
+        cond = wait_condition(kubectl, f"lat{i}", ns)
+        assert cond["status"] == "True", cond
+        timings.append(float(cond["message"].split("SELECT 1 took ")[1].split(" ms")[0]))
+    assert max(timings) < 1000, timings
