@@ -9,4 +9,5 @@ if command -v go >/dev/null 2>&1 && [ "${RDSIAM_SKIP_REALAPI_BUILD:-}" != "1" ];
 fi
 .venv/bin/ruff check operator tests benchmarks
 .venv/bin/lint-imports
+.venv/bin/mypy
 .venv/bin/python -m pytest tests "$@"

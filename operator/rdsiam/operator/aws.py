@@ -131,7 +131,7 @@ def sign_token(creds: Credentials, host: str, port: int, user: str, region: str)
                    "rds-db", region, expires=900).add_auth(request)
     url = request.prepare().url
     assert url is not None
-    return url[len("https://"):]
+    return str(url)[len("https://"):]
 
 
 def classify(exc: BaseException, identity: IdentityKey) -> IdentityError:

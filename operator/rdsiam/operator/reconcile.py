@@ -21,7 +21,13 @@ from rdsiam.operator.aws import Identities, IdentityError, IdentityKey, sign_tok
 from rdsiam.operator.kubeapi import ApiError, Kube
 from rdsiam.operator.spec import GROUP, KIND, VERSION, CredentialSpec, SpecError, parse_spec
 from rdsiam.operator.target import (
-    Target, TargetError, build_dsn, check_hostname, parse_dsn, pgpass_line, resolve,
+    Target,
+    TargetError,
+    build_dsn,
+    check_hostname,
+    parse_dsn,
+    pgpass_line,
+    resolve,
 )
 from rdsiam.operator.tenancy import TenancyPolicy
 
@@ -147,6 +153,12 @@ class Reconciler:
         decision = policy.decide(
             current=fp, secret=state, interval=spec.refresh_seconds, now=now, requested_at=requested,
             jitter=policy.jitter_seconds(meta.get("uid", name), spec.refresh_seconds))
+        if decision.reason == policy.EXPIRING and state.issued_at is not None and state.expires_at is not None:
+            # A token capped by short-lived credentials is "expiring" from birth: re-minting it before half
+            # its life would re-sign with the same cached credentials, on every wakeup.
+            half = state.issued_at + (state.expires_at - state.issued_at) / 2
+            if now < half:
+                decision = dataclasses.replace(decision, refresh=False, reason=policy.FRESH, due=half)
         if not decision.refresh:
             await self._sync_status_if_behind(body, spec, target, secret_name, state)
             return Outcome(decision.due, True, reasons.TOKEN_ISSUED)

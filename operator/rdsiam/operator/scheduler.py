@@ -91,11 +91,11 @@ class Scheduler:
         meta = secret.get("metadata", {})
         skey = (meta.get("namespace"), meta.get("name"))
         cache = self.reconciler.secrets
-        known = cache.get(skey)  # type: ignore[arg-type]
+        known = cache.get(skey)
         if kind == "DELETED":
-            cache.pop(skey, None)  # type: ignore[arg-type]
+            cache.pop(skey, None)
         else:
-            cache[skey] = rec._strip_data(secret)  # type: ignore[index]
+            cache[skey] = rec._strip_data(secret)
         if known is not None and kind != "DELETED" and \
                 known["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
             return

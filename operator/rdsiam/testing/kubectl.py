@@ -91,7 +91,7 @@ class Kubectl:
     @staticmethod
     def wait(what: str, fn: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.1) -> T:
         deadline = time.monotonic() + timeout
-        last: Any = None
+        last: T | None = None
         while time.monotonic() < deadline:
             last = fn()
             if last:
