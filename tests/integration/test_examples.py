@@ -20,7 +20,7 @@ import copy
 import json
 import re
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import psycopg
 import pytest
 import yaml
 
+from rdsiam.testing._fixtures_operator import cluster_tokens_and_texts, find_leaks
 from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.kubelet import AtomicWriter
 from rdsiam.testing.operator import OperatorProcess
@@ -65,7 +66,8 @@ def localize(doc: dict[str, Any], ns: str, rds: Any) -> dict[str, Any]:
             query["hostaddr"] = rds.hostaddr
         userinfo = url.netloc.rsplit("@", 1)[0]
         spec["dsn"] = urllib.parse.urlunsplit(
-            (url.scheme, f"{userinfo}@{host}:{rds.port}", url.path, urllib.parse.urlencode(query, safe="/"), ""))
+            (url.scheme, f"{userinfo}@{host}:{rds.port}", url.path, urllib.parse.urlencode(query, safe="/"), "")
+        )
     if "host" in spec:
         spec["host"], spec["port"] = local_host(spec["host"], rds), rds.port
     if "signingHost" in spec:
@@ -90,8 +92,9 @@ def check_iam_policy(example: str, user: str) -> None:
     policy = json.loads((EXAMPLES / example / "iam-policy.json").read_text())
     statement = policy["Statement"][0]
     assert (policy["Version"], statement["Effect"], statement["Action"]) == ("2012-10-17", "Allow", "rds-db:connect")
-    assert re.fullmatch(rf"arn:aws:rds-db:[a-z0-9-]+:\d{{12}}:dbuser:(cluster|db)-[A-Z0-9]+/{user}",
-                        statement["Resource"]), statement["Resource"]
+    assert re.fullmatch(
+        rf"arn:aws:rds-db:[a-z0-9-]+:\d{{12}}:dbuser:(cluster|db)-[A-Z0-9]+/{user}", statement["Resource"]
+    ), statement["Resource"]
 
 
 def apply_and_wait(kubectl: Kubectl, docs: list[dict[str, Any]], ns: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -99,8 +102,9 @@ def apply_and_wait(kubectl: Kubectl, docs: list[dict[str, Any]], ns: str) -> tup
     cred = next(d for d in docs if d["kind"] == "RdsIamCredential")
     name = cred["metadata"]["name"]
     secret_name = (cred["spec"].get("target") or {}).get("name", name)
-    ready = kubectl.wait("Ready", lambda: (c := kubectl.condition(name, ns)) and c["status"] == "True" and c,
-                         timeout=15)
+    ready = kubectl.wait(
+        "Ready", lambda: (c := kubectl.condition(name, ns)) and c["status"] == "True" and c, timeout=15
+    )
     assert ready["reason"] == "TokenIssued"
     obj = kubectl.get("rdsiamcredential", name, ns)
     assert obj is not None and obj["status"]["secretName"] == secret_name
@@ -116,13 +120,35 @@ def login(dsn: str, **overrides: str) -> tuple[Any, ...]:
         return tuple(row)
 
 
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Any, kubectl: Kubectl, operator_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator for the module (cluster-wide, like the chart's default), searched for leaks after."""
+    proc = OperatorProcess(cluster.kubeconfig, operator_env, log_dir=str(tmp_path_factory.mktemp("examples-op")))
+    proc.start()
+    yield proc
+    texts = {"metrics": proc.metrics()}
+    proc.stop()
+    texts["log"] = proc.log()
+    tokens, public = cluster_tokens_and_texts(kubectl)
+    assert not find_leaks({**texts, **public}, tokens)
+
+
 @pytest.fixture
 def local(ns: str, rds: Any) -> Callable[[str], list[dict[str, Any]]]:
     return lambda example: [localize(d, ns, rds) for d in documents(example)]
 
 
-def test_basic(kubectl: Kubectl, rds: Any, postgres: PostgresServer, operator: OperatorProcess, ns: str,
-               local: Callable[[str], list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_basic(
+    kubectl: Kubectl,
+    rds: Any,
+    postgres: PostgresServer,
+    operator: OperatorProcess,
+    ns: str,
+    local: Callable[[str], list[dict[str, Any]]],
+    tmp_path: Path,
+) -> None:
     check_iam_policy("basic", "app_user")
     run_setup_sql(postgres, "basic", "orders")
     docs = local("basic")
@@ -139,8 +165,12 @@ def test_basic(kubectl: Kubectl, rds: Any, postgres: PostgresServer, operator: O
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "app.py")], stdout=subprocess.PIPE, text=True,
-                            env={"RDSIAM_CREDENTIAL_DIR": str(mount), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "app.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"RDSIAM_CREDENTIAL_DIR": str(mount), "PATH": "/usr/bin:/bin"},
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -150,8 +180,15 @@ def test_basic(kubectl: Kubectl, rds: Any, postgres: PostgresServer, operator: O
     assert first.startswith("('app_user', datetime.datetime("), first
 
 
-def test_assume_role(kubectl: Kubectl, rds: Any, sts: Any, postgres: PostgresServer, operator: OperatorProcess,
-                     ns: str, local: Callable[[str], list[dict[str, Any]]]) -> None:
+def test_assume_role(
+    kubectl: Kubectl,
+    rds: Any,
+    sts: Any,
+    postgres: PostgresServer,
+    operator: OperatorProcess,
+    ns: str,
+    local: Callable[[str], list[dict[str, Any]]],
+) -> None:
     check_iam_policy("assume-role", "reporter")
     docs = local("assume-role")
     cred = next(d for d in docs if d["kind"] == "RdsIamCredential")
@@ -162,12 +199,21 @@ def test_assume_role(kubectl: Kubectl, rds: Any, sts: Any, postgres: PostgresSer
     run_setup_sql(postgres, "assume-role", "reports")
     obj, data = apply_and_wait(kubectl, docs, ns)
     assert obj["status"]["identity"].startswith("arn:aws:sts::123456789012:assumed-role/shop-reports-db-connect/")
-    assert login(data["dsn"], hostaddr=rds.hostaddr, sslmode="verify-full", sslrootcert=rds.ca_file) == \
-        ("reporter", "reports")
+    assert login(data["dsn"], hostaddr=rds.hostaddr, sslmode="verify-full", sslrootcert=rds.ca_file) == (
+        "reporter",
+        "reports",
+    )
 
 
-def test_service_account(kubectl: Kubectl, rds: Any, sts: Any, postgres: PostgresServer, operator: OperatorProcess,
-                         ns: str, local: Callable[[str], list[dict[str, Any]]]) -> None:
+def test_service_account(
+    kubectl: Kubectl,
+    rds: Any,
+    sts: Any,
+    postgres: PostgresServer,
+    operator: OperatorProcess,
+    ns: str,
+    local: Callable[[str], list[dict[str, Any]]],
+) -> None:
     check_iam_policy("service-account", "app_user")
     docs = local("service-account")
     sa = next(d for d in docs if d["kind"] == "ServiceAccount")
@@ -181,12 +227,20 @@ def test_service_account(kubectl: Kubectl, rds: Any, sts: Any, postgres: Postgre
     # signed as the ServiceAccount's role, reached with a TokenRequest for that ServiceAccount
     assert obj["status"]["identity"].startswith("arn:aws:sts::123456789012:assumed-role/shop-orders-app/")
     assert f"rdsiam-{ns}-orders-app" in obj["status"]["identity"]
-    assert login(data["dsn"], hostaddr=rds.hostaddr, sslmode="verify-full", sslrootcert=rds.ca_file) == \
-        ("app_user", "orders")
+    assert login(data["dsn"], hostaddr=rds.hostaddr, sslmode="verify-full", sslrootcert=rds.ca_file) == (
+        "app_user",
+        "orders",
+    )
 
 
-def test_signing_host(kubectl: Kubectl, rds: Any, postgres: PostgresServer, operator: OperatorProcess, ns: str,
-                      local: Callable[[str], list[dict[str, Any]]]) -> None:
+def test_signing_host(
+    kubectl: Kubectl,
+    rds: Any,
+    postgres: PostgresServer,
+    operator: OperatorProcess,
+    ns: str,
+    local: Callable[[str], list[dict[str, Any]]],
+) -> None:
     check_iam_policy("signing-host", "app_user")
     run_setup_sql(postgres, "signing-host", "orders")
     _, data = apply_and_wait(kubectl, local("signing-host"), ns)
@@ -195,8 +249,14 @@ def test_signing_host(kubectl: Kubectl, rds: Any, postgres: PostgresServer, oper
     assert login(data["dsn"]) == ("app_user", "orders")  # sslmode=verify-ca, as the example says
 
 
-def test_mysql(kubectl: Kubectl, operator: OperatorProcess, ns: str, rds: Any,
-               local: Callable[[str], list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_mysql(
+    kubectl: Kubectl,
+    operator: OperatorProcess,
+    ns: str,
+    rds: Any,
+    local: Callable[[str], list[dict[str, Any]]],
+    tmp_path: Path,
+) -> None:
     check_iam_policy("mysql", "app_user")
     assert "AWSAuthenticationPlugin" in (EXAMPLES / "mysql" / "setup.sql").read_text()
     obj, data = apply_and_wait(kubectl, local("mysql"), ns)
@@ -218,8 +278,13 @@ def test_mysql(kubectl: Kubectl, operator: OperatorProcess, ns: str, rds: Any,
 
     AtomicWriter(tmp_path / "catalog-db").write({k: v.encode() for k, v in data.items()})
     kwargs = connect_kwargs(MountedCredential(str(tmp_path / "catalog-db")).snapshot())
-    assert (kwargs["user"], kwargs["password"], kwargs["host"], kwargs["port"], kwargs["database"]) == \
-        ("app_user", token, host, 3306, "catalog")
+    assert (kwargs["user"], kwargs["password"], kwargs["host"], kwargs["port"], kwargs["database"]) == (
+        "app_user",
+        token,
+        host,
+        3306,
+        "catalog",
+    )
 
 
 def test_every_example_manifest_is_valid() -> None:
@@ -245,5 +310,6 @@ def test_every_example_manifest_is_valid() -> None:
 def test_every_example_is_run_by_a_test() -> None:
     others = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("*.py") if p.name != Path(__file__).name)
     for directory in sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir()):
-        assert directory in TESTED_HERE or f"examples/{directory}" in others, \
+        assert directory in TESTED_HERE or f"examples/{directory}" in others, (
             f"examples/{directory} is not run by any test"
+        )

@@ -6,6 +6,7 @@ FaultProxy in front of it (``AWS_ENDPOINT_URL_STS`` points the operator at it).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import time
 from collections.abc import Iterator
@@ -38,6 +39,10 @@ def secrets_by_name(kubectl: Kubectl, ns: str) -> dict[str, dict[str, Any]]:
     return {s["metadata"]["name"]: s for s in kubectl.list("secrets", ns, "app.kubernetes.io/managed-by=rdsiam")}
 
 
+def decoded(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
 def test_resources_sharing_an_identity_share_one_sts_session(
     kubectl: Kubectl,
     rds: Any,
@@ -61,6 +66,7 @@ def test_resources_sharing_an_identity_share_one_sts_session(
     )
     elapsed = time.monotonic() - start
     calls = {a: sts.calls(a) - m for a, m in before.items()}
+    secrets = secrets_by_name(kubectl, ns)
     # One STS call per identity, not one per resource: AssumeRole for the role; AssumeRoleWithWebIdentity
     # for the ServiceAccount and once for the operator pod's own IRSA credentials; one GetCallerIdentity
     # to show the operator's ARN in status.identity.
@@ -72,15 +78,16 @@ def test_resources_sharing_an_identity_share_one_sts_session(
         ("sa", assumed(sts, sa_role, f"rdsiam-{ns}-app")),
         ("own", None),
     ):
-        datas = [kubectl.secret_data(f"{group}-{i}", ns) for i in range(n)]
+        datas = [decoded(secrets[f"{group}-{i}"]) for i in range(n)]
         keys = {access_key_of(d["password"]) for d in datas if d}
         assert len(keys) == 1, f"{group}: {len(keys)} sessions"
         arn = expected or sts.lookup(keys.pop()).arn
         for i in (0, n - 1):
-            assert_signed_by(sts, rds, kubectl, f"{group}-{i}", ns, datas[i], arn)  # type: ignore[arg-type]
+            assert_signed_by(sts, rds, kubectl, f"{group}-{i}", ns, datas[i], arn)
     assert elapsed < 15, f"{3 * n} resources took {elapsed:.1f} s"
 
 
+@pytest.mark.slow  # about 5 s: botocore's own retries, then the operator's backoff
 def test_throttling_backs_off_reports_and_recovers(
     kubectl: Kubectl,
     rds: Any,
@@ -217,15 +224,15 @@ def test_credentials_expiring_early_cap_expiry_and_are_refreshed_before_tokens_d
     while time.monotonic() < deadline:
         now = dt.datetime.now(dt.UTC)
         for name in names:
-            data = kubectl.secret_data(name, ns)
-            assert data is not None
-            assert parse_time(data["expires-at"]) > now, f"{name}: token dead at {now}"
-            seen.add(access_key_of(data["password"]))
+            current = kubectl.secret_data(name, ns)
+            assert current is not None
+            assert parse_time(current["expires-at"]) > now, f"{name}: token dead at {now}"
+            seen.add(access_key_of(current["password"]))
         time.sleep(0.3)
     calls = sts.calls("AssumeRole") - before
     assert len(seen) >= 3, f"credentials were not refreshed ({len(seen)} sessions seen)"
     # Shared: one AssumeRole per credential refresh for all three resources, about every 6 s.
     assert calls <= len(seen) + 1 and calls <= 5, f"{calls} AssumeRole calls for {len(seen)} sessions"
-    data = kubectl.secret_data("a", ns)
-    assert data is not None
-    assert_signed_by(sts, rds, kubectl, "a", ns, data, assumed(sts, role, f"rdsiam-{ns}"))
+    last = kubectl.secret_data("a", ns)
+    assert last is not None
+    assert_signed_by(sts, rds, kubectl, "a", ns, last, assumed(sts, role, f"rdsiam-{ns}"))

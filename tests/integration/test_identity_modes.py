@@ -358,6 +358,7 @@ def test_another_namespaces_role_is_refused_by_its_trust_policy(
 # ---- what users see when something is missing or denied ------------------------------------------
 
 
+@pytest.mark.slow  # waits for the operator's own retries (2 s, 5 s)
 def test_missing_then_unannotated_service_account_are_explained_and_recover(
     kubectl: Kubectl,
     rds: Any,
@@ -381,6 +382,7 @@ def test_missing_then_unannotated_service_account_are_explained_and_recover(
     assert_signed_by(sts, rds, kubectl, "needs-sa", ns, data, assumed(sts, role, f"rdsiam-{ns}-orders-app"))
 
 
+@pytest.mark.slow  # waits for the operator's own retries (2 s, 5 s)
 def test_access_denied_names_the_role_the_caller_and_what_to_check(
     kubectl: Kubectl,
     rds: Any,

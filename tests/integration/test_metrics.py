@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from rdsiam.operator.metrics import api_resource
 from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.operator import OperatorProcess
 from tests.scenarios.operator_core import app_user, credential  # noqa: F401 - app_user is a fixture
@@ -73,9 +76,12 @@ def test_metrics_follow_refreshes_expiry_sts_and_write_errors(
         value(after, "rdsiam_refreshes_total", result="ok", reason="RefreshRequested")
         == value(before, "rdsiam_refreshes_total", result="ok", reason="RefreshRequested") + 1
     )
-    assert value(after, "rdsiam_token_expiry_seconds", namespace=ns, name="m1") >= value(
-        before, "rdsiam_token_expiry_seconds", namespace=ns, name="m1"
-    )
+    # ...and the expiry gauge follows the new token's expires-at
+    second = kubectl.secret_data("m1", ns)
+    assert second is not None and second["expires-at"] > first["expires-at"]
+    expires = datetime.datetime.fromisoformat(second["expires-at"].replace("Z", "+00:00"))
+    left = (expires - datetime.datetime.now(datetime.UTC)).total_seconds()
+    assert abs(value(scrape(operator), "rdsiam_token_expiry_seconds", namespace=ns, name="m1") - left) < 2.0
 
     # a refused Secret write is counted by resource and status, and as a failed refresh with its reason
     kube.inject(rf"^/api/v1/namespaces/{ns}/secrets$", method="POST", status=500, times=1)
@@ -91,3 +97,18 @@ def test_metrics_follow_refreshes_expiry_sts_and_write_errors(
     records = [json.loads(line) for line in lines]
     assert all({"message", "severity", "timestamp"} <= r.keys() for r in records)
     assert any(r["message"].startswith(f"Refreshing {ns}/m1") for r in records)
+
+
+@pytest.mark.parametrize(
+    ("path", "resource"),
+    [
+        ("/api/v1/namespaces/shop/secrets", "secrets"),
+        ("/api/v1/namespaces/shop/secrets/orders-db", "secrets"),
+        ("/apis/rdsiam.io/v1alpha1/namespaces/shop/rdsiamcredentials/orders-db/status", "rdsiamcredentials/status"),
+        ("/api/v1/namespaces/shop/serviceaccounts/app/token", "serviceaccounts/token"),
+        ("/apis/coordination.k8s.io/v1/namespaces/ops/leases/rdsiam-operator", "leases"),
+        ("/api/v1/namespaces/shop", "namespaces"),
+    ],
+)
+def test_write_errors_are_labelled_by_resource_never_by_name(path: str, resource: str) -> None:
+    assert api_resource(path) == resource

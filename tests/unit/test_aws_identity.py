@@ -296,7 +296,7 @@ async def test_service_account_lookup_errors_are_kubernetes_errors() -> None:
     async def forbidden(ns: str, name: str) -> None:
         raise ApiError(403, "Forbidden", "serviceaccounts is forbidden")
 
-    kube.get_service_account = forbidden  # type: ignore[method-assign,assignment]
+    kube.get_service_account = forbidden  # type: ignore[method-assign]
     ids = identities(clock, FakeFetch(clock), kube)
     with pytest.raises(IdentityError) as err:
         await ids.get(SA)
@@ -426,3 +426,14 @@ def test_throttling_and_outage_messages_say_secrets_stay_valid() -> None:
     assert "existing Secrets stay valid" in classify(client_error("Throttling"), ASSUMED).message
     outage = classify(ReadTimeoutError(endpoint_url="https://sts"), ASSUMED).message
     assert "ReadTimeoutError" in outage and "existing Secrets stay valid" in outage and ROLE in outage
+
+
+async def test_identities_whose_credentials_expired_are_forgotten() -> None:
+    clock = Clock()
+    fetch = FakeFetch(clock, lifetime=900)
+    ids = identities(clock, fetch)
+    gone = dataclasses.replace(ASSUMED, role_arn=ROLE + "-deleted")
+    await ids.get(gone)
+    clock.advance(901)
+    await ids.get(ASSUMED)
+    assert gone not in ids._cache and ASSUMED in ids._cache

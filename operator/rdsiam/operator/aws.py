@@ -250,6 +250,7 @@ class Identities:
         self.sa_cache_seconds = sa_cache_seconds
         self._session: Any = None
         self._session_lock = threading.Lock()
+        self._client_lock = threading.Lock()  # boto3 Sessions are not thread-safe when creating clients
         self._cache: dict[IdentityKey, Credentials] = {}
         self._inflight: dict[IdentityKey, asyncio.Future[Credentials]] = {}
         self._failures: dict[IdentityKey, _Failure] = {}
@@ -314,8 +315,19 @@ class Identities:
         self._failures.pop(key, None)
         if creds.obtained_at is None:
             creds = dataclasses.replace(creds, obtained_at=self._clock())
+        self._prune(creds.obtained_at or self._clock())
         self._cache[key] = creds
         return creds
+
+    def _prune(self, now: datetime.datetime) -> None:
+        """Forget identities whose credentials expired (deleted resources, changed specs)."""
+        for old in [k for k, c in self._cache.items() if c.expiry is not None and c.expiry <= now]:
+            del self._cache[old]
+            self._failures.pop(old, None)
+        if len(self._sa_cache) > 1024:
+            horizon = time.monotonic() - self.sa_cache_seconds
+            for k in [k for k, (at, _) in self._sa_cache.items() if at < horizon]:
+                del self._sa_cache[k]
 
     def _fallback(
         self, key: IdentityKey, cached: Credentials | None, error: IdentityError, now: datetime.datetime,
@@ -412,6 +424,10 @@ class Identities:
                     import boto3
 
                     self._session = boto3.Session(region_name=self._region)
+                # Resolve the credential chain once, here: two threads resolving it at once (one for
+                # the operator identity, one building the AssumeRole client) get two providers, and
+                # each then calls STS for the same IRSA credentials.
+                self._session.get_credentials()
             return self._session
 
     def _client_config(self, **extra: Any) -> Any:
@@ -425,15 +441,18 @@ class Identities:
     def _new_sts_client(self, creds: Credentials | None = None, unsigned: bool = False) -> Any:
         session = self._boto_session()
         region = session.region_name or self._region or "us-east-1"
+        kwargs: dict[str, Any] = {"region_name": region}
         if unsigned:
             from botocore import UNSIGNED
 
-            return session.client("sts", region_name=region, config=self._client_config(signature_version=UNSIGNED))
-        if creds is not None:
-            return session.client("sts", region_name=region, config=self._client_config(),
-                                  aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
-                                  aws_session_token=creds.token)
-        return session.client("sts", region_name=region, config=self._client_config())
+            kwargs["config"] = self._client_config(signature_version=UNSIGNED)
+        else:
+            kwargs["config"] = self._client_config()
+            if creds is not None:
+                kwargs.update(aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
+                              aws_session_token=creds.token)
+        with self._client_lock:
+            return session.client("sts", **kwargs)
 
     def _sts(self, kind: str = "operator") -> Any:
         """The long-lived clients: ``operator`` (signed by the operator's chain) and ``unsigned``."""

@@ -23,15 +23,25 @@ from rdsiam.operator.policy import parse_time
 from rdsiam.operator.reconcile import CREDENTIAL_LABEL, EXPIRES_ANN
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-REFRESHES = Counter("rdsiam_refreshes", "Token refreshes by result and reason.", ["result", "reason"],
-                    registry=REGISTRY)
-STS_REQUESTS = Counter("rdsiam_sts_requests", "AWS STS calls by action and result.", ["action", "result"],
-                       registry=REGISTRY)
-STS_SECONDS = Histogram("rdsiam_sts_request_seconds", "AWS STS call latency.", ["action"], registry=REGISTRY,
-                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-KUBE_WRITE_ERRORS = Counter("rdsiam_kubernetes_write_errors",
-                            "Failed Kubernetes writes by resource and HTTP status (or connection error).",
-                            ["resource", "status"], registry=REGISTRY)
+REFRESHES = Counter(
+    "rdsiam_refreshes", "Token refreshes by result and reason.", ["result", "reason"], registry=REGISTRY
+)
+STS_REQUESTS = Counter(
+    "rdsiam_sts_requests", "AWS STS calls by action and result.", ["action", "result"], registry=REGISTRY
+)
+STS_SECONDS = Histogram(
+    "rdsiam_sts_request_seconds",
+    "AWS STS call latency.",
+    ["action"],
+    registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+KUBE_WRITE_ERRORS = Counter(
+    "rdsiam_kubernetes_write_errors",
+    "Failed Kubernetes writes by resource and HTTP status (or connection error).",
+    ["resource", "status"],
+    registry=REGISTRY,
+)
 
 
 class _Expiry:
@@ -43,9 +53,11 @@ class _Expiry:
 
     def collect(self) -> Any:
         now = datetime.datetime.now(datetime.UTC)
-        family = GaugeMetricFamily("rdsiam_token_expiry_seconds",
-                                   "Seconds until the resource's current token expires.",
-                                   labels=["namespace", "name"])
+        family = GaugeMetricFamily(
+            "rdsiam_token_expiry_seconds",
+            "Seconds until the resource's current token expires.",
+            labels=["namespace", "name"],
+        )
         secrets = self.scheduler.reconciler.secrets if self.scheduler else {}
         for secret in list(secrets.values()):
             meta = secret["metadata"]
@@ -98,7 +110,7 @@ def _count_write_errors(kube: KubeApi) -> None:
         try:
             return await request(method, path, **kwargs)
         except ApiError as exc:
-            if method != "GET" and not (exc.status == 404 and kwargs.get("allow_404")):
+            if method != "GET":
                 KUBE_WRITE_ERRORS.labels(api_resource(path), str(exc.status)).inc()
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:

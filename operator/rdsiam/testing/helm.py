@@ -98,27 +98,49 @@ def _values_args(values_files: Iterable[str | Path], values: Mapping[str, Any] |
 
 
 def template(
-    chart: str | Path, *, release: str = "rdsiam", namespace: str = "rdsiam-system",
-    values_files: Sequence[str | Path] = (), values: Mapping[str, Any] | None = None,
-    kube_version: str = "1.33.0", helm: str | None = None,
+    chart: str | Path,
+    *,
+    release: str = "rdsiam",
+    namespace: str = "rdsiam-system",
+    values_files: Sequence[str | Path] = (),
+    values: Mapping[str, Any] | None = None,
+    kube_version: str = "1.33.0",
+    helm: str | None = None,
 ) -> str | None:
     """``helm template`` output, or None when helm is not installed. Raises HelmError on failure."""
     binary = helm or find_helm()
     if binary is None:
         return None
     with tempfile.TemporaryDirectory(prefix="rdsiam-helm-") as tmp:
-        cmd = [binary, "template", release, str(chart), "--namespace", namespace, "--kube-version", kube_version,
-               *_values_args(values_files, values, tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False,
-                              env={**os.environ, "HELM_CACHE_HOME": tmp, "HELM_CONFIG_HOME": tmp,
-                                   "HELM_DATA_HOME": tmp})
+        cmd = [
+            binary,
+            "template",
+            release,
+            str(chart),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            kube_version,
+            *_values_args(values_files, values, tmp),
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "HELM_CACHE_HOME": tmp, "HELM_CONFIG_HOME": tmp, "HELM_DATA_HOME": tmp},
+        )
     if proc.returncode != 0:
         raise HelmError(proc.stderr.strip())
     return proc.stdout
 
 
 def lint(
-    chart: str | Path, *, values_files: Sequence[str | Path] = (), values: Mapping[str, Any] | None = None,
+    chart: str | Path,
+    *,
+    values_files: Sequence[str | Path] = (),
+    values: Mapping[str, Any] | None = None,
     helm: str | None = None,
 ) -> str | None:
     """``helm lint --strict`` output, or None when helm is not installed. Raises HelmError on failure."""
@@ -127,9 +149,14 @@ def lint(
         return None
     with tempfile.TemporaryDirectory(prefix="rdsiam-helm-") as tmp:
         cmd = [binary, "lint", "--strict", str(chart), *_values_args(values_files, values, tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False,
-                              env={**os.environ, "HELM_CACHE_HOME": tmp, "HELM_CONFIG_HOME": tmp,
-                                   "HELM_DATA_HOME": tmp})
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "HELM_CACHE_HOME": tmp, "HELM_CONFIG_HOME": tmp, "HELM_DATA_HOME": tmp},
+        )
     if proc.returncode != 0:
         raise HelmError((proc.stdout + proc.stderr).strip())
     return proc.stdout
@@ -160,7 +187,9 @@ def _coalesce(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, An
 
 
 def load_values(
-    chart: str | Path, values_files: Sequence[str | Path] = (), values: Mapping[str, Any] | None = None,
+    chart: str | Path,
+    values_files: Sequence[str | Path] = (),
+    values: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The chart's values as Helm computes them, validated against values.schema.json when present."""
     chart = Path(chart)
@@ -183,7 +212,8 @@ def load_values(
 
 # ---- the template language --------------------------------------------------------------------
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<ws>\s+)
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<raw>`[^`]*`)
@@ -198,7 +228,9 @@ _TOKEN = re.compile(r"""
   | (?P<variable>\$[A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
   | (?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+|\.)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
 
 @dataclass
@@ -341,7 +373,7 @@ class _Parser:
                     raise TemplateError(f"{self.name}: unclosed comment")
                 continue
             word = text.split(None, 1)[0] if text else ""
-            rest = text[len(word):].strip()
+            rest = text[len(word) :].strip()
             if word in ("end", "else"):
                 return nodes, text
             if word in ("if", "with", "range"):
@@ -414,7 +446,7 @@ class _Parser:
                 break
             if j < len(tokens) and tokens[j][0] in ("declare", "assign"):
                 decl, assign = names, tokens[j][0] == "assign"
-                tokens = tokens[j + 1:]
+                tokens = tokens[j + 1 :]
         commands: list[_Command] = []
         current: list[Any] = []
         i = 0
@@ -434,7 +466,7 @@ class _Parser:
                     j += 1
                 if depth:
                     raise TemplateError(f"{self.name}: unbalanced parentheses")
-                operand: Any = self._pipeline(tokens[i + 1:j - 1])
+                operand: Any = self._pipeline(tokens[i + 1 : j - 1])
                 if j < len(tokens) and tokens[j][0] == "chain":
                     operand = _Field(tokens[j][1].lstrip(".").split("."), base=operand)
                     j += 1
@@ -457,8 +489,7 @@ class _Parser:
         if kind in ("string", "raw", "char"):
             return _Literal(_unquote(value) if kind != "char" else ord(_unquote('"' + value[1:-1] + '"')))
         if kind == "number":
-            return _Literal(int(value, 0) if re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|[0-9]+)", value)
-                            else float(value))
+            return _Literal(int(value, 0) if re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|[0-9]+)", value) else float(value))
         if kind == "field":
             return _Field([] if value == "." else value[1:].split("."))
         if kind == "variable":
@@ -531,8 +562,9 @@ def _indent(spaces: int, text: str) -> str:
 def _to_yaml(value: Any) -> str:
     if value is None:
         return "null"
-    return str(yaml.safe_dump(value, default_flow_style=False, sort_keys=True, allow_unicode=True,
-                              width=2 ** 31)).removesuffix("\n")
+    return str(
+        yaml.safe_dump(value, default_flow_style=False, sort_keys=True, allow_unicode=True, width=2**31)
+    ).removesuffix("\n")
 
 
 def _from_yaml(text: str) -> Any:
@@ -810,8 +842,9 @@ def _helmignore(chart: Path) -> Callable[[str], bool]:
     patterns = []
     path = chart / ".helmignore"
     if path.exists():
-        patterns = [line.strip() for line in path.read_text().splitlines() if line.strip()
-                    and not line.strip().startswith("#")]
+        patterns = [
+            line.strip() for line in path.read_text().splitlines() if line.strip() and not line.strip().startswith("#")
+        ]
 
     def ignored(rel: str) -> bool:
         parts = rel.split("/")
@@ -835,13 +868,18 @@ def _check_kube_version(constraint: str | None, kube_version: str) -> None:
     want = tuple(int(x or 0) for x in m.groups())
     have = tuple(int(x) for x in (re.findall(r"\d+", kube_version) + ["0", "0"])[:3])
     if have < want:
-        raise ValuesError(f"chart requires kubeVersion: {constraint} which is incompatible with Kubernetes "
-                          f"v{kube_version}")
+        raise ValuesError(
+            f"chart requires kubeVersion: {constraint} which is incompatible with Kubernetes v{kube_version}"
+        )
 
 
 def render(
-    chart: str | Path, *, release: str = "rdsiam", namespace: str = "rdsiam-system",
-    values_files: Sequence[str | Path] = (), values: Mapping[str, Any] | None = None,
+    chart: str | Path,
+    *,
+    release: str = "rdsiam",
+    namespace: str = "rdsiam-system",
+    values_files: Sequence[str | Path] = (),
+    values: Mapping[str, Any] | None = None,
     kube_version: str = "1.33.0",
 ) -> dict[str, str]:
     """Render the chart without helm: ``{"templates/x.yaml": text, ..., "NOTES.txt": text}``."""
@@ -853,8 +891,14 @@ def render(
     major, minor = (re.findall(r"\d+", kube_version) + ["0"])[:2]
     data = {
         "Values": merged,
-        "Release": {"Name": release, "Namespace": namespace, "Service": "Helm", "IsInstall": True,
-                    "IsUpgrade": False, "Revision": 1},
+        "Release": {
+            "Name": release,
+            "Namespace": namespace,
+            "Service": "Helm",
+            "IsInstall": True,
+            "IsUpgrade": False,
+            "Revision": 1,
+        },
         "Chart": {k[:1].upper() + k[1:]: v for k, v in meta.items()},
         "Files": _Files(chart, ignored),
         "Capabilities": {"KubeVersion": {"Version": f"v{kube_version}", "Major": major, "Minor": minor}},

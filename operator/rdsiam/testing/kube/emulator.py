@@ -41,12 +41,26 @@ Manifest = dict[str, Any] | str | os.PathLike[str] | list[Any]
 class KubeEmulator:
     """A Kubernetes API server emulator on ``host:port`` (port 0 picks a free one).
 
-    Use as a context manager or call :meth:`start`/:meth:`stop`. See the package docstring
-    (``rdsiam.testing.kube``) for what is emulated and what is not.
+    Lifecycle: :meth:`start`/:meth:`stop` or a ``with`` block; it serves from a background
+    thread with its own asyncio loop (so kopf, which cancels the tasks of its own loop, can
+    run beside it). See the package docstring (``rdsiam.testing.kube``) for what is emulated.
+
+    Public surface:
+
+    * :attr:`url`, :attr:`kubeconfig` (bearer :attr:`token`, namespace ``default``),
+      :meth:`client` (a :class:`~rdsiam.testing.kube.client.KubeClient`);
+    * :meth:`apply_manifest` (create-or-replace from dicts, YAML, files, directories),
+      :meth:`get`, :meth:`delete_namespace`, :meth:`call` (run code atomically on the loop);
+    * :attr:`requests` (the request log), :meth:`inject`/:meth:`clear_faults`/
+      :meth:`drop_watches` (fault injection), :meth:`compact` (forget watch history);
+    * :attr:`issuer`, :meth:`jwks`, :attr:`public_key_pem`, :meth:`verify_token`
+      (ServiceAccount tokens from the TokenRequest API);
+    * :attr:`handler`: the underlying ``kmock.KubernetesEmulator`` for kmock DSL reactions;
+    * ``registry``, ``store`` and ``api`` are the internals: use them only inside :meth:`call`.
 
     ``history_limit`` bounds the watch event history kept per resource (older
     resourceVersions get ``410 Gone``); ``bookmark_interval`` is how often an idle watch
-    that allows bookmarks receives one.
+    that allows bookmarks receives one; ``namespaces`` are created at start.
     """
 
     def __init__(

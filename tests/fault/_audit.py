@@ -1,0 +1,440 @@
+"""What every fault test checks, on every Secret version the operator ever wrote.
+
+:class:`Audit` taps the emulator's storage: each committed change of a Secret or an RdsIamCredential
+in the audited namespaces is recorded, in order, with the time it was committed. A tap is not a
+watch: the faults the tests inject (dropped watches, 410 Gone, latency, errors) cannot hide a write
+from it. :meth:`Audit.report` then checks, for each version of each managed Secret:
+
+- complete: every key of the contract is there (``username``, ``password``, ``host``, ``port``,
+  ``dbname``, ``dsn``, ``expires-at``; ``pgpass`` for PostgreSQL);
+- one generation: ``conninfo_to_dict(dsn)`` gives back exactly ``password``, ``username``, ``host``,
+  ``port`` and ``dbname``; each ``pgpass`` line ends with ``password``; the ``expires-at`` key equals
+  the ``rdsiam.io/expires-at`` annotation;
+- a live token when written: the token verifies (SigV4, re-derived independently by
+  ``rdsiam.testing.sigv4`` with the keys STS issued) at the moment it was committed, and the
+  ``expires-at`` it claims is not later than when RDS would stop accepting it (token or signing
+  credentials, whichever dies first; 1 s of rounding allowed);
+- never expired while current: the token was still accepted when the next version replaced it (or
+  when the audit ended);
+- one owner: the controller ownerReference never changes, and one Secret per resource;
+- never deleted, except where a test deleted it on purpose (:meth:`Audit.expect_deletion`).
+
+Nothing here prints a token: problems name the Secret, the resourceVersion and what is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import unquote
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from rdsiam.testing import sigv4
+
+UTC = dt.UTC
+MANAGED_BY = "app.kubernetes.io/managed-by"
+CREDENTIAL_LABEL = "rdsiam.io/credential"
+EXPIRES_ANN = "rdsiam.io/expires-at"
+ISSUED_ANN = "rdsiam.io/issued-at"
+REFRESH_ANN = "rdsiam.io/refresh-requested-at"
+REQUIRED_KEYS = ("username", "password", "host", "port", "dbname", "dsn", "expires-at")
+GROUP, VERSION, PLURAL = "rdsiam.io", "v1alpha1", "rdsiamcredentials"
+
+
+def parse_time(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def stamp(when: float | None = None) -> str:
+    """An RFC 3339 UTC time with whole seconds (what ``date -u +%FT%TZ`` gives)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if when is None else when))
+
+
+def decode(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def managed(obj: dict[str, Any]) -> bool:
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) == "rdsiam"
+
+
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((r.get("uid") for r in refs if r.get("controller")), None)
+
+
+def access_key_of(token: str) -> str:
+    query = token.split("?", 1)[1] if "?" in token else ""
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if key == "X-Amz-Credential":
+            return unquote(value).split("/", 1)[0]
+    return ""
+
+
+@dataclasses.dataclass
+class Change:
+    at: float  # time.time() when the emulator committed it
+    type: str  # ADDED, MODIFIED, DELETED
+    kind: str  # Secret, RdsIamCredential
+    obj: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        meta = self.obj.get("metadata") or {}
+        return meta.get("namespace", ""), meta.get("name", "")
+
+
+@dataclasses.dataclass
+class Version:
+    """One committed version of a managed Secret, with what the audit found."""
+
+    namespace: str
+    name: str
+    rv: str
+    at: float
+    data: dict[str, str]
+    annotations: dict[str, str]
+    owner: str | None
+    until: float | None = None  # when the next version (or a deletion) replaced it
+    real_expiry: float | None = None  # when RDS stops accepting its token (epoch seconds)
+    claimed_expiry: float | None = None  # its expires-at
+    issued: float | None = None  # its rdsiam.io/issued-at
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}@{self.rv}"
+
+
+@dataclasses.dataclass
+class Report:
+    versions: int = 0
+    secrets: int = 0
+    expired: list[str] = dataclasses.field(default_factory=list)
+    corrupt: list[str] = dataclasses.field(default_factory=list)
+    deleted: list[str] = dataclasses.field(default_factory=list)
+    duplicates: list[str] = dataclasses.field(default_factory=list)
+    min_margin: float | None = None  # least remaining token life when a version stopped being current
+
+    def assert_clean(self) -> None:
+        problems = {"expired tokens": self.expired, "corrupted/half-written": self.corrupt,
+                    "deleted": self.deleted, "duplicates": self.duplicates}
+        bad = {k: v[:10] for k, v in problems.items() if v}
+        assert not bad, f"audit of {self.versions} Secret versions found: {bad}"
+
+    def summary(self) -> str:
+        margin = "n/a" if self.min_margin is None else f"{self.min_margin:.1f} s"
+        return (f"{self.versions} Secret versions of {self.secrets} Secrets checked: {len(self.expired)} expired, "
+                f"{len(self.corrupt)} corrupted, {len(self.deleted)} deleted, {len(self.duplicates)} duplicated; "
+                f"least remaining token life when replaced: {margin}")
+
+
+class _Tap:
+    """Duck-typed watcher registered on an emulator storage table (runs on the emulator's loop)."""
+
+    def __init__(self, sink: list[Change], kind: str, namespaces: set[str] | None) -> None:
+        self.sink, self.kind, self.namespaces = sink, kind, namespaces
+
+    def offer(self, event: Any) -> None:
+        ns = (event.obj.get("metadata") or {}).get("namespace")
+        if self.namespaces is None or ns in self.namespaces:
+            self.sink.append(Change(time.time(), event.type, self.kind, copy.deepcopy(event.obj)))
+
+
+class Audit:
+    """Record every change of Secrets and RdsIamCredentials in ``namespaces`` (see the module doc)."""
+
+    def __init__(self, kube: Any, lookup: sigv4.Lookup, namespaces: Iterable[str] | None = None) -> None:
+        self.kube = kube
+        self.lookup = lookup
+        self.namespaces = set(namespaces) if namespaces is not None else None
+        self.changes: list[Change] = []
+        self._taps: list[tuple[Any, _Tap]] = []
+        self._expected_deletions: set[tuple[str, str]] = set()
+
+    def __enter__(self) -> Audit:
+        def register() -> None:
+            for key, kind in ((("", "secrets"), "Secret"), ((GROUP, PLURAL), "RdsIamCredential")):
+                table = self.kube.store.table(key)
+                tap = _Tap(self.changes, kind, self.namespaces)
+                table.watchers.add(tap)
+                self._taps.append((table, tap))
+
+        self.kube.call(register)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        def unregister() -> None:
+            for table, tap in self._taps:
+                table.watchers.discard(tap)
+            self._taps.clear()
+
+        if self._taps:
+            self.kube.call(unregister)
+
+    def expect_deletion(self, namespace: str, name: str) -> None:
+        self._expected_deletions.add((namespace, name))
+
+    # ---- views --------------------------------------------------------------------------------
+
+    def snapshot(self) -> list[Change]:
+        return list(self.changes)
+
+    def current(self, kind: str = "Secret") -> dict[tuple[str, str], dict[str, Any]]:
+        """The latest state of each object of ``kind`` (deleted ones left out)."""
+        state: dict[tuple[str, str], dict[str, Any]] = {}
+        for change in self.snapshot():
+            if change.kind != kind:
+                continue
+            if change.type == "DELETED":
+                state.pop(change.key, None)
+            else:
+                state[change.key] = change.obj
+        return state
+
+    def writes(self, namespace: str, name: str, kind: str = "Secret", since: float = 0.0) -> list[Change]:
+        return [c for c in self.snapshot() if c.kind == kind and c.key == (namespace, name) and c.at >= since]
+
+    def ready(self, namespace: str, name: str, since: float = 0.0) -> list[tuple[float, str, str]]:
+        """(time, status, reason) of each change of the resource's Ready condition."""
+        out: list[tuple[float, str, str]] = []
+        for change in self.writes(namespace, name, "RdsIamCredential", since):
+            cond = next((c for c in (change.obj.get("status") or {}).get("conditions") or []
+                         if c.get("type") == "Ready"), None)
+            if cond is not None and (not out or out[-1][1:] != (cond.get("status"), cond.get("reason"))):
+                out.append((change.at, str(cond.get("status")), str(cond.get("reason"))))
+        return out
+
+    def versions(self, end: float | None = None) -> list[Version]:
+        """Every managed Secret version, checked (see the module doc)."""
+        end = time.time() if end is None else end
+        out: list[Version] = []
+        last: dict[tuple[str, str], Version] = {}
+        for change in self.snapshot():
+            if change.kind != "Secret":
+                continue
+            previous = last.get(change.key)
+            if previous is not None and previous.until is None:
+                previous.until = change.at
+            if change.type == "DELETED" or not managed(change.obj):
+                last.pop(change.key, None)
+                continue
+            meta = change.obj["metadata"]
+            version = Version(meta.get("namespace", ""), meta["name"], str(meta.get("resourceVersion")), change.at,
+                              decode(change.obj), dict(meta.get("annotations") or {}), controller_uid(change.obj))
+            if previous is not None and previous.owner != version.owner:
+                version.problems.append("the controlling owner changed")
+            self._check(version)
+            out.append(version)
+            last[change.key] = version
+        for version in last.values():
+            if version.until is None:
+                version.until = end
+        return out
+
+    def report(self, end: float | None = None) -> Report:
+        end = time.time() if end is None else end
+        versions = self.versions(end)
+        report = Report(versions=len(versions), secrets=len({(v.namespace, v.name) for v in versions}))
+        for v in versions:
+            if v.problems:
+                report.corrupt.append(f"{v.label}: {'; '.join(v.problems)}")
+            if v.real_expiry is not None and v.until is not None:
+                margin = v.real_expiry - v.until
+                report.min_margin = margin if report.min_margin is None else min(report.min_margin, margin)
+                if margin <= 0:
+                    report.expired.append(f"{v.label}: token dead {-margin:.1f} s before it was replaced")
+        for change in self.snapshot():
+            if change.kind == "Secret" and change.type == "DELETED" and managed(change.obj) \
+                    and change.key not in self._expected_deletions:
+                report.deleted.append("/".join(change.key))
+        owners: dict[str, list[str]] = {}
+        for (ns, name), obj in self.current().items():
+            if managed(obj) and (uid := controller_uid(obj)):
+                owners.setdefault(uid, []).append(f"{ns}/{name}")
+        report.duplicates = [f"{uid}: {names}" for uid, names in owners.items() if len(names) > 1]
+        return report
+
+    # ---- the checks ---------------------------------------------------------------------------
+
+    def _check(self, v: Version) -> None:
+        data, problems = v.data, v.problems
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            problems.append(f"missing keys {missing}")
+            return
+        token = data["password"]
+        try:
+            info = conninfo_to_dict(data["dsn"])
+        except psycopg.Error as exc:
+            problems.append(f"dsn does not parse ({type(exc).__name__})")
+        else:
+            if info.get("password") != token:
+                problems.append("dsn and password are from different generations")
+            for key, field in (("user", "username"), ("host", "host"), ("port", "port"), ("dbname", "dbname")):
+                if data[field] and str(info.get(key, "")) != data[field]:
+                    problems.append(f"dsn {key} differs from the {field} key")
+        if "pgpass" in data:
+            for line in data["pgpass"].splitlines():
+                if line and _pgpass_password(line) != token:
+                    problems.append("a pgpass line holds another token")
+        if v.annotations.get(EXPIRES_ANN) != data["expires-at"]:
+            problems.append("expires-at key and annotation differ")
+        try:
+            v.claimed_expiry = parse_time(data["expires-at"]).timestamp()
+            v.issued = parse_time(v.annotations.get(ISSUED_ANN, "")).timestamp()
+        except ValueError:
+            problems.append("expires-at or issued-at is not an RFC 3339 time")
+            return
+        if v.claimed_expiry - v.issued > 900:
+            problems.append("expires-at is more than 15 minutes after issued-at")
+        try:
+            parsed = sigv4.parse_token(token)
+            region = parsed.params["X-Amz-Credential"].split("/")[2]
+        except (ValueError, KeyError, IndexError):
+            problems.append("the password is not an RDS IAM token")
+            return
+        verdict = sigv4.verify_token(token, user=data["username"], host=parsed.host, port=parsed.port, region=region,
+                                     lookup=self.lookup, now=dt.datetime.fromtimestamp(v.at, UTC))
+        if verdict.expires_at is not None:
+            v.real_expiry = verdict.expires_at.timestamp()
+        if not verdict.ok:
+            problems.append(f"token refused when written: {verdict.reason}")
+            return
+        if v.real_expiry is not None and v.claimed_expiry > v.real_expiry + 1.0:
+            problems.append(f"expires-at claims {v.claimed_expiry - v.real_expiry:.0f} s more than the token lives")
+
+
+def _pgpass_password(line: str) -> str:
+    fields, current, escaped = [], "", False
+    for ch in line:
+        if escaped:
+            current += ch
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":" and len(fields) < 4:
+            fields.append(current)
+            current = ""
+        else:
+            current += ch
+    return current
+
+
+# ---- driving the stack ---------------------------------------------------------------------------
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def credential(rds: Any, name: str, namespace: str, user: str = "app_user", **spec: Any) -> dict[str, Any]:
+    """An RdsIamCredential pointed at the local IAM-checking PostgreSQL."""
+    dsn = (f"postgresql://{user}:$TOKEN@{rds.endpoint}:{rds.port}/postgres?sslmode=verify-full"
+           f"&sslrootcert={rds.ca_file}&hostaddr={rds.hostaddr}")
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RdsIamCredential",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"dsn": dsn, **spec}}
+
+
+def create_namespace(kube: Any, prefix: str = "f") -> str:
+    name = unique(prefix)
+    kube.apply_manifest({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name
+
+
+def cr_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+def request_refresh(kube: Any, namespace: str, names: Iterable[str], audit: Audit | None = None) -> float:
+    """Annotate resources with ``rdsiam.io/refresh-requested-at`` (whole seconds, strictly after the
+    last issue of their Secrets, so the request is never mistaken for one already served)."""
+    names = list(names)
+    if audit is not None:
+        latest = max((parse_time(obj["metadata"]["annotations"][ISSUED_ANN]).timestamp()
+                      for (ns, n), obj in audit.current().items()
+                      if ns == namespace and managed(obj) and ISSUED_ANN in (obj["metadata"].get("annotations") or {})),
+                     default=0.0)
+        while int(time.time()) <= int(latest):
+            time.sleep(0.05)
+    when = time.time()
+    client = kube.client()
+    for name in names:
+        client.patch(cr_path(namespace, name), {"metadata": {"annotations": {REFRESH_ANN: stamp(when)}}})
+    return float(int(when))
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def wait_settled(what: str, problems: Callable[[], list[str]], timeout: float = 20.0) -> None:
+    """Wait until ``problems()`` lists nothing; else fail with what it listed last."""
+    deadline = time.monotonic() + timeout
+    while (last := problems()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if last:
+        raise TimeoutError(f"timed out after {timeout} s waiting for {what}: {last[:10]}")
+
+
+def ready_reason(kube: Any, namespace: str, name: str) -> tuple[str, str] | None:
+    obj = kube.get(f"{GROUP}/{VERSION}", "RdsIamCredential", name, namespace)
+    cond = next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"),
+                None)
+    return (cond["status"], cond["reason"]) if cond else None
+
+
+def secret(kube: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    return kube.get("v1", "Secret", name, namespace)
+
+
+def all_ready(kube: Any, namespace: str, names: Iterable[str]) -> bool:
+    return all(ready_reason(kube, namespace, n) == ("True", "TokenIssued") for n in names)
+
+
+def login(data: dict[str, str]) -> str:
+    """Log in with the Secret's DSN through the IAM-checking PostgreSQL; return current_user."""
+    with psycopg.connect(data["dsn"], connect_timeout=5, autocommit=True) as conn:
+        row = conn.execute("SELECT current_user").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def end_watches(kube: Any, path: str) -> int:
+    """End open watch streams whose path matches ``path`` the normal way (as at ``timeoutSeconds``), so
+    clients resume from their last resourceVersion. ``kube.drop_watches`` breaks the connection instead.
+
+    The emulator has no public call for this yet; it is what ``KubeEmulator.stop`` does to each stream.
+    """
+    import re
+
+    pattern = re.compile(path)
+
+    def end() -> int:
+        watchers = [w for w in list(kube._backend.watches) if pattern.search(w.path)]
+        for watcher in watchers:
+            watcher.queue.put_nowait(None)
+        return len(watchers)
+
+    return int(kube.call(end))
