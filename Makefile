@@ -31,6 +31,7 @@ bench: setup
 
 crd: setup
 	@.venv/bin/rdsiam crd > crds/rdsiam.io_rdsiamcredentials.yaml
+	@cp crds/rdsiam.io_rdsiamcredentials.yaml charts/rdsiam/files/
 
 clean:
 	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

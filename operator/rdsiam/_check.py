@@ -222,16 +222,18 @@ def diagnose(error_text: str, snapshot: Snapshot) -> list[str]:
 class _Report:
     out: TextIO
     problems: list[str] = field(default_factory=list)
+    secret: str = ""  # the mounted password: redacted from every line, whichever key it turns up in
 
     def line(self, label: str, text: str) -> None:
-        print(f"{label + ':':<11} {text}", file=self.out)
+        print(f"{label + ':':<11} {redact(text, self.secret)}", file=self.out)
 
     def problem(self, text: str) -> None:
+        text = redact(text, self.secret)
         self.problems.append(text)
         print(f"PROBLEM:    {text}", file=self.out)
 
     def note(self, text: str) -> None:
-        print(f"note:       {text}", file=self.out)
+        print(f"note:       {redact(text, self.secret)}", file=self.out)
 
 
 def _check_layout(path: str, report: _Report) -> None:
@@ -444,6 +446,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         except CredentialError as exc:
             report.problem(str(exc))
             return 1
+    report.secret = snap.password
     _check_layout(path, report)
     keys = ["username", "password", "host", "port", "dbname", "dsn"]
     if snap.expires_at is not None:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import socket
 import ssl
 import struct
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
+from urllib.parse import quote
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 PROTOCOL_3_0 = 196608
@@ -34,6 +36,7 @@ _T = TypeVar("_T")
 
 # Authentication request codes (AuthenticationXXX messages).
 _AUTH_OK, _AUTH_CLEARTEXT, _AUTH_MD5, _AUTH_SASL = 0, 3, 5, 10
+_SIGV4 = re.compile(r"(X-Amz-(?:Signature|Security-Token|Credential)(?:=|%3D))[^&\s'\"]+", re.IGNORECASE)
 _AUTH_NAMES = {2: "Kerberos V5", 5: "MD5 password", 6: "SCM credentials", 7: "GSSAPI", 9: "SSPI",
                10: "SASL"}
 
@@ -92,8 +95,10 @@ async def probe(
         return await asyncio.wait_for(awaitable, remaining())
 
     def result(ok: bool, kind: str = "", message: str = "", code: str = "") -> ProbeResult:
-        if password:
-            message = message.replace(password, "<token>")
+        if password:  # a server (or proxy) may quote the password: whole, percent-encoded or cut short
+            for form in (password, quote(password, safe="")):
+                message = message.replace(form, "<token>")
+            message = _SIGV4.sub(r"\1<redacted>", message)
         return ProbeResult(ok, str(state["stage"]), kind, code, message, bool(state["tls"]),
                            (time.perf_counter() - start) * 1000, str(state["server_version"]), str(state["auth"]),
                            str(state["address"]))

@@ -128,11 +128,13 @@ def test_dropped_watches_and_410_gone_on_resume_miss_nothing(
     for name in names:
         assert login(decode(secret(kube, ns, name) or {})) == app_user
     assert not unexpected_errors(op)
-    record("Kubernetes dropped watches", f"{dropped} watch connections dropped in 5 rounds; a Secret deleted meanwhile "
-           f"was recreated after {min(recoveries):.2f}-{max(recoveries):.2f} s")
-    record("Kubernetes 410 Gone on resume", f"{ended} watches ended normally and resumed 1.5 s later; meanwhile a Secret was "
-           f"deleted, a resource added and the history compacted: {len(relists)} re-lists after 410 Gone; the Secret "
-           f"was back and the new resource served {gone_recovery:.1f} s later")
+    record("Kubernetes dropped watches", (
+        f"{dropped} watch connections dropped in 5 rounds (the last re-watch answered 410 Gone); a Secret deleted "
+        f"meanwhile was recreated after {min(recoveries):.2f}-{max(recoveries):.2f} s"))
+    record("Kubernetes 410 Gone on resume", (
+        f"{ended} watches ended normally and resumed 1.5 s later; meanwhile a Secret was deleted, a resource added "
+        f"and the history compacted: {len(relists)} re-lists after 410 Gone; the Secret was back and the new "
+        f"resource served {gone_recovery:.1f} s later"))
     record("Kubernetes watches: audit", report.summary())
     report.assert_clean()
 

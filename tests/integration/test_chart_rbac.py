@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,21 @@ class Grant:
         return {
             (g, res, v) for g in self.rule["apiGroups"] for res in self.rule["resources"] for v in self.rule["verbs"]
         }
+
+
+@pytest.fixture
+def more_namespaces(kube: Any, kubectl: Kubectl) -> Iterator[Callable[[], str]]:
+    """Make more namespaces for one test; deleted with their content afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(f"t-{uuid.uuid4().hex[:8]}")
+        kubectl.create_namespace(made[-1])
+        return made[-1]
+
+    yield make
+    for name in made:
+        kube.delete_namespace(name)
 
 
 def chart_objects(namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -126,10 +141,11 @@ def test_cluster_wide_rbac_matches_the_operators_calls(
     kubectl: Kubectl,
     rds: Any,
     sts: Any,
-    ns: str,
+    namespace: str,
     app_user: str,  # noqa: F811
     operator_factory: Callable[..., OperatorProcess],
 ) -> None:
+    ns = namespace  # deleted with its content afterwards, so later operators never see it
     # The release lives in `ns` (the Lease goes there); ServiceAccount mode and the namespace policy on,
     # two replicas so that the chart turns leader election on.
     values = {"replicaCount": 2, "identity": {"serviceAccountMode": True}, "tenancy": {"namespacePolicy": True}}
@@ -194,13 +210,14 @@ def test_namespaced_rbac_matches_the_operators_calls(
     kube: Any,
     kubectl: Kubectl,
     rds: Any,
-    ns: str,
+    namespace: str,
+    more_namespaces: Callable[[], str],
     app_user: str,  # noqa: F811
     operator_factory: Callable[..., OperatorProcess],
 ) -> None:
+    ns = namespace  # deleted with its content afterwards, so later operators never see it
     # Two watched namespaces, Roles only; the namespace policy reads just these two namespaces.
-    other = f"t-{uuid.uuid4().hex[:8]}"
-    kubectl.create_namespace(other)
+    other, unwatched = more_namespaces(), more_namespaces()
     values = {
         "watchNamespaces": [ns, other],
         "identity": {"serviceAccountMode": False},
@@ -222,8 +239,6 @@ def test_namespaced_rbac_matches_the_operators_calls(
     kubectl.wait("the Events", lambda: kubectl.list("events", ns) and kubectl.list("events", other))
 
     # A resource outside the watched namespaces is not the operator's business (and not allowed to it).
-    unwatched = f"t-{uuid.uuid4().hex[:8]}"
-    kubectl.create_namespace(unwatched)
     kubectl.apply(credential(rds, "ignored", unwatched))
     time.sleep(1.0)
     assert kubectl.get("secret", "ignored", unwatched) is None

@@ -20,6 +20,7 @@ import copy
 import json
 import re
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,29 @@ def login(dsn: str, **overrides: str) -> tuple[Any, ...]:
 
 
 @pytest.fixture(scope="module")
+def namespaces(kube: Any) -> Iterator[list[str]]:
+    """The module's namespaces, deleted with their content at its end (after the leak search), so that
+    no later operator in the session finds these resources."""
+    made: list[str] = []
+    yield made
+    for name in made:
+        kube.delete_namespace(name)
+
+
+@pytest.fixture
+def ns(namespaces: list[str], kubectl: Kubectl) -> str:
+    namespaces.append(f"t-{uuid.uuid4().hex[:8]}")
+    kubectl.create_namespace(namespaces[-1])
+    return namespaces[-1]
+
+
+@pytest.fixture(scope="module")
 def operator(
-    cluster: Any, kubectl: Kubectl, operator_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    namespaces: list[str],
+    cluster: Any,
+    kubectl: Kubectl,
+    operator_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     """One operator for the module (cluster-wide, like the chart's default), searched for leaks after."""
     proc = OperatorProcess(cluster.kubeconfig, operator_env, log_dir=str(tmp_path_factory.mktemp("examples-op")))

@@ -40,10 +40,11 @@ def request_refresh(kubectl: Kubectl, name: str, ns: str) -> str:
 def test_one_leader_refreshes_and_the_standby_takes_over_after_sigkill(
     kubectl: Kubectl,
     rds: Any,
-    ns: str,
+    namespace: str,
     app_user: str,  # noqa: F811
     operator_factory: Callable[..., OperatorProcess],
 ) -> None:
+    ns = namespace  # deleted with its content afterwards, so later operators never see it
     args = ["--leader-election", f"--lease-namespace={ns}"]
     replicas = {name: operator_factory(args=args, env={"POD_NAME": name}) for name in ("rdsiam-a", "rdsiam-b")}
     kubectl.apply([credential(rds, f"c{i}", ns) for i in range(3)])

@@ -1,7 +1,8 @@
 """One STS session per identity, credential expiry, and STS faults (throttling, 5xx, timeouts).
 
-STS calls are counted on the STS server (``sts.calls``) and, where faults are injected, on the
-FaultProxy in front of it (``AWS_ENDPOINT_URL_STS`` points the operator at it).
+STS calls are counted per role on the STS server (the sessions it issued), per operator process on its
+metrics page, and, where faults are injected, on the FaultProxy in front of STS
+(``AWS_ENDPOINT_URL_STS`` points the operator at it). Each operator watches only its test's namespace.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ from tests.integration.test_identity_modes import (
     assert_signed_by,
     assumed,
     create_service_account,
+    forget_credentials,  # noqa: F401 - an autouse fixture
     login_with,
+    scoped,
+    sessions_of,
+    sts_requests,
     unique,
     wait_reason,
     wait_secret,
     warning_events,
 )
 from tests.scenarios.operator_core import app_user, credential  # noqa: F401 - app_user is a fixture
-
-ACTIONS = ("AssumeRole", "AssumeRoleWithWebIdentity", "GetCallerIdentity")
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -56,8 +59,9 @@ def test_resources_sharing_an_identity_share_one_sts_session(
     role = sts.create_role(unique("shared"))
     sa_role = sts.create_role(unique("shared-sa"))
     create_service_account(kubectl, ns, "app", sa_role)
-    operator_factory()
-    before = {a: sts.calls(a) for a in ACTIONS}
+    own_role = sts.create_role("rdsiam-operator")  # the operator pod's IRSA role (operator_env)
+    own_before = len(sessions_of(sts, own_role))
+    operator = operator_factory(args=scoped(ns))
     groups = {"role": {"assumeRoleArn": role}, "sa": {"serviceAccountName": "app"}, "own": {}}
     start = time.monotonic()
     kubectl.apply([credential(rds, f"{g}-{i}", ns, **spec) for g, spec in groups.items() for i in range(n)])
@@ -65,12 +69,14 @@ def test_resources_sharing_an_identity_share_one_sts_session(
         f"{3 * n} Secrets", lambda: len(secrets_by_name(kubectl, ns)) == 3 * n or None, timeout=20, interval=0.1
     )
     elapsed = time.monotonic() - start
-    calls = {a: sts.calls(a) - m for a, m in before.items()}
     secrets = secrets_by_name(kubectl, ns)
-    # One STS call per identity, not one per resource: AssumeRole for the role; AssumeRoleWithWebIdentity
-    # for the ServiceAccount and once for the operator pod's own IRSA credentials; one GetCallerIdentity
-    # to show the operator's ARN in status.identity.
-    assert calls == {"AssumeRole": 1, "AssumeRoleWithWebIdentity": 2, "GetCallerIdentity": 1}, calls
+    # One STS call per identity, not one per resource: AssumeRole for the role, AssumeRoleWithWebIdentity
+    # for the ServiceAccount, GetCallerIdentity to show the operator's own ARN in status.identity, and
+    # botocore's one AssumeRoleWithWebIdentity for the operator pod's own IRSA credentials.
+    calls = sts_requests(operator)
+    assert calls == {"AssumeRole": 1, "AssumeRoleWithWebIdentity": 1, "GetCallerIdentity": 1}, calls
+    assert len(sessions_of(sts, role)) == 1 and len(sessions_of(sts, sa_role)) == 1
+    assert len(sessions_of(sts, own_role)) - own_before == 1
     token_requests = cluster.requests.filter(method="POST", path=f"/namespaces/{ns}/serviceaccounts/app/token$")
     assert len(token_requests) == 1
     for group, expected in (
@@ -97,7 +103,7 @@ def test_throttling_backs_off_reports_and_recovers(
     ns: str,
     app_user: str,  # noqa: F811
 ) -> None:
-    operator_factory(env={"AWS_ENDPOINT_URL_STS": sts_faults.url})
+    operator_factory(args=scoped(ns), env={"AWS_ENDPOINT_URL_STS": sts_faults.url})
     kubectl.apply(credential(rds, "warm", ns))  # the operator's own credentials, before any fault
     wait_secret(kubectl, "warm", ns)
     role = sts.create_role(unique("busy"))
@@ -129,7 +135,7 @@ def test_sts_outage_leaves_a_still_valid_secret_untouched(
     app_user: str,  # noqa: F811
 ) -> None:
     old_role, new_role = sts.create_role(unique("old")), sts.create_role(unique("new"))
-    operator_factory(env={"AWS_ENDPOINT_URL_STS": sts_faults.url})
+    operator_factory(args=scoped(ns), env={"AWS_ENDPOINT_URL_STS": sts_faults.url})
     kubectl.apply(credential(rds, "db", ns, assumeRoleArn=old_role))
     old = wait_secret(kubectl, "db", ns)
     version = kubectl.get("secret", "db", ns)["metadata"]["resourceVersion"]  # type: ignore[index]
@@ -169,7 +175,7 @@ def test_sts_timeout_is_reported_in_seconds_and_recovers(
     app_user: str,  # noqa: F811
 ) -> None:
     # One attempt per refresh (AWS_MAX_ATTEMPTS, honoured as by any AWS SDK) so one hung call shows.
-    operator_factory(env={"AWS_ENDPOINT_URL_STS": sts_faults.url, "AWS_MAX_ATTEMPTS": "1"})
+    operator_factory(args=scoped(ns), env={"AWS_ENDPOINT_URL_STS": sts_faults.url, "AWS_MAX_ATTEMPTS": "1"})
     kubectl.apply(credential(rds, "warm", ns))
     wait_secret(kubectl, "warm", ns)
     role = sts.create_role(unique("slow"))
@@ -205,9 +211,8 @@ def test_credentials_expiring_early_cap_expiry_and_are_refreshed_before_tokens_d
     app_user: str,  # noqa: F811
 ) -> None:
     role = sts.create_role(unique("brief"))
-    operator_factory()
+    operator = operator_factory(args=scoped(ns))
     names = ("a", "b", "c")
-    before = sts.calls("AssumeRole")
     kubectl.apply([credential(rds, name, ns, assumeRoleArn=role) for name in names])
     for name in names:
         data = wait_secret(kubectl, name, ns)
@@ -229,7 +234,8 @@ def test_credentials_expiring_early_cap_expiry_and_are_refreshed_before_tokens_d
             assert parse_time(current["expires-at"]) > now, f"{name}: token dead at {now}"
             seen.add(access_key_of(current["password"]))
         time.sleep(0.3)
-    calls = sts.calls("AssumeRole") - before
+    calls = len(sessions_of(sts, role))
+    assert sts_requests(operator) == {"AssumeRole": calls}
     assert len(seen) >= 3, f"credentials were not refreshed ({len(seen)} sessions seen)"
     # Shared: one AssumeRole per credential refresh for all three resources, about every 6 s.
     assert calls <= len(seen) + 1 and calls <= 5, f"{calls} AssumeRole calls for {len(seen)} sessions"

@@ -36,10 +36,11 @@ def test_metrics_follow_refreshes_expiry_sts_and_write_errors(
     kube: Any,
     kubectl: Kubectl,
     rds: Any,
-    ns: str,
+    namespace: str,
     app_user: str,  # noqa: F811
     operator_factory: Callable[..., OperatorProcess],
 ) -> None:
+    ns = namespace  # deleted with its content afterwards, so later operators never see it
     operator = operator_factory(args=["--log-format", "json"])
     kubectl.apply([credential(rds, "m1", ns), credential(rds, "m2", ns)])
     for name in ("m1", "m2"):

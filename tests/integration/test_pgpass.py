@@ -107,7 +107,8 @@ def test_psql_and_psycopg_follow_rotations_through_pgpassfile(
     lines = first["pgpass"].splitlines()
     token = escape_pgpass(first["password"])
     # The client dials the CNAME (hostaddr when given alone), not the endpoint the token is signed for.
-    assert lines == [f"{CNAME}:{rds.port}:postgres:{USER}:{token}", f"{rds.hostaddr}:{rds.port}:postgres:{USER}:{token}"]
+    assert lines == [f"{CNAME}:{rds.port}:postgres:{USER}:{token}",
+                     f"{rds.hostaddr}:{rds.port}:postgres:{USER}:{token}"]
 
     volume = tmp_path / "orders-db"
     writer = mount(volume, first)
@@ -140,10 +141,13 @@ def test_psql_and_psycopg_follow_rotations_through_pgpassfile(
     assert (done.returncode, done.stdout.strip()) == (0, USER), done.stderr
     assert psycopg_login(rds) == USER
 
-    # The hostaddr line serves a client that gives only hostaddr (libpq then matches on it).
-    done = psql(rds, passfile, host="", sslmode="require", sslrootcert="")
-    assert (done.returncode, done.stdout.strip()) == (0, USER), done.stderr
-    assert first["password"] not in done.stderr + done.stdout and second["password"] not in done.stderr
+    # The hostaddr line serves a client that gives only hostaddr: libpq 17 and 18 (psycopg's and psycopg2's
+    # wheels) match the line on it. (libpq 15, Debian 12's psql, looks up "localhost" instead: no line is
+    # written for that, it would hand the token to any local server.)
+    if psycopg.pq.version() >= 170000:
+        assert psycopg_login(rds, host="", sslmode="require", sslrootcert="") == USER
+    for text in (done.stderr, done.stdout):
+        assert first["password"] not in text and second["password"] not in text
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o440])  # kubelet's default; 0400 with fsGroup set

@@ -24,7 +24,7 @@ def test_tls_context_follows_libpq_sslmode(sslmode: str, rootcert: str | None, v
     assert ctx.check_hostname is check_name
 
 
-def test_tls_context_with_a_missing_root_certificate_raises_oserror(tmp_path: object) -> None:
+def test_tls_context_with_a_missing_root_certificate_raises_oserror() -> None:
     with pytest.raises(OSError):
         _pgwire.tls_context("verify-ca", "/nonexistent/rds-ca.pem")
 

@@ -8,7 +8,9 @@ Each method maps to one RBAC rule in ``charts/rdsiam/templates/rbac.yaml``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
@@ -18,10 +20,31 @@ import aiohttp
 JsonDict = dict[str, Any]
 
 
+_SIGV4 = re.compile(r"(X-Amz-(?:Signature|Security-Token|Credential)(?:=|%3D))[^&\s'\"]+", re.IGNORECASE)
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
+
+
+def scrub(text: str) -> str:
+    """An API server's message without token material: an admission webhook or a proxy may quote the
+    request (a Secret's DSN, or its data in base64), and these messages go into status, Events and logs."""
+
+    def base64_run(match: re.Match[str]) -> str:
+        run = match.group(0)
+        try:
+            decoded = base64.b64decode(run + "=" * (-len(run) % 4))
+        except ValueError:
+            return run
+        return "<redacted>" if b"X-Amz-" in decoded else run
+
+    return _SIGV4.sub(r"\1<redacted>", _BASE64_RUN.sub(base64_run, text))
+
+
 class ApiError(Exception):
-    """A non-2xx answer. The message is the API server's own text (never request bodies)."""
+    """A non-2xx answer, or none (504 Timeout, 503 when the server could not be reached). The message is
+    the API server's own text (never request bodies)."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
+        message = scrub(message)
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
@@ -91,21 +114,27 @@ class KubeApi:
         data = json.dumps(body) if body is not None else None
         if method != "GET":
             self.writes += 1
-        async with self._session.request(
-            method, self.server + path, data=data, params=params,
-            headers={"Content-Type": content_type} if data is not None else None,
-        ) as resp:
-            text = await resp.text()
-            if resp.status == 404 and allow_404:
-                return None
-            if resp.status >= 400:
-                try:
-                    status = json.loads(text)
-                    reason, message = status.get("reason", ""), status.get("message", "")
-                except ValueError:
-                    reason, message = resp.reason or "", text[:200]
-                raise ApiError(resp.status, str(reason), str(message))
-            return json.loads(text) if text else {}
+        try:
+            async with self._session.request(
+                method, self.server + path, data=data, params=params,
+                headers={"Content-Type": content_type} if data is not None else None,
+            ) as resp:
+                code, http_reason, text = resp.status, resp.reason, await resp.text()
+        except TimeoutError:  # no answer in time: a temporary API failure like a 504, not a crash
+            raise ApiError(504, "Timeout", f"no answer from the API server within {self._timeout.total:g} s") from None
+        except aiohttp.ClientError as exc:  # refused, reset, DNS, ...: the request may not have arrived
+            raise ApiError(503, "ServiceUnavailable",
+                           f"could not reach the API server ({type(exc).__name__})") from None
+        if code == 404 and allow_404:
+            return None
+        if code >= 400:
+            try:
+                status = json.loads(text)
+                reason, message = status.get("reason", ""), status.get("message", "")
+            except ValueError:
+                reason, message = http_reason or "", text[:200]
+            raise ApiError(code, str(reason), str(message))
+        return json.loads(text) if text else {}
 
     async def close(self) -> None:
         if self._session is not None:

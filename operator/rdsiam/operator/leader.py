@@ -54,7 +54,22 @@ class LeaderElector:
                     self.active.clear()
                 await asyncio.sleep(self.renew_every)
         finally:
+            was_leading = self.active.is_set()
             self.active.clear()
+            if was_leading:
+                await self._release()
+
+    async def _release(self) -> None:
+        """On a graceful stop, hand the Lease over at once (as client-go's ReleaseOnCancel does)."""
+        try:
+            lease = await self.kube.get_lease(self.namespace, self.name)
+            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+            lease["spec"] = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _now()}
+            await self.kube.replace_lease(self.namespace, self.name, lease)
+            logger.info("Released the Lease %s/%s", self.namespace, self.name)
+        except Exception as exc:  # best effort: the Lease expires on its own
+            logger.info("Could not release the Lease: %s", getattr(exc, "status", type(exc).__name__))
 
     async def _try(self) -> bool:
         lease = await self.kube.get_lease(self.namespace, self.name)
@@ -76,7 +91,7 @@ class LeaderElector:
         renewed = _parse(current.get("renewTime"))
         duration = current.get("leaseDurationSeconds") or self.lease_seconds
         expired = renewed is None or (datetime.datetime.now(UTC) - renewed).total_seconds() > duration
-        if holder != self.identity and not expired:
+        if holder and holder != self.identity and not expired:
             return False
         new_spec = {**current, **spec}
         if holder != self.identity:

@@ -4,7 +4,7 @@
 - ``rdsiam_token_expiry_seconds{namespace,name}``: seconds until each resource's current token expires
 - ``rdsiam_sts_requests_total{action,result}`` and ``rdsiam_sts_request_seconds{action}``
 - ``rdsiam_kubernetes_write_errors_total{resource,status}``: failed Kubernetes writes (Secrets, status, Events,
-  TokenRequests, Leases) by resource and HTTP status (or the connection error's name);
+  TokenRequests, Leases) by resource and HTTP status (504: no answer, 503: no connection);
   ``rdsiam_kubernetes_writes``: mutating calls made
 - ``rdsiam_resources``: resources known to this replica; ``rdsiam_leader``: 1 while this replica acts
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
@@ -38,7 +37,7 @@ STS_SECONDS = Histogram(
 )
 KUBE_WRITE_ERRORS = Counter(
     "rdsiam_kubernetes_write_errors",
-    "Failed Kubernetes writes by resource and HTTP status (or connection error).",
+    "Failed Kubernetes writes by resource and HTTP status (504: no answer, 503: no connection).",
     ["resource", "status"],
     registry=REGISTRY,
 )
@@ -109,13 +108,9 @@ def _count_write_errors(kube: KubeApi) -> None:
     async def counted(method: str, path: str, **kwargs: Any) -> Any:
         try:
             return await request(method, path, **kwargs)
-        except ApiError as exc:
+        except ApiError as exc:  # also no answer (504) and no connection (503)
             if method != "GET":
                 KUBE_WRITE_ERRORS.labels(api_resource(path), str(exc.status)).inc()
-            raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if method != "GET":
-                KUBE_WRITE_ERRORS.labels(api_resource(path), type(exc).__name__).inc()
             raise
 
     kube._request = counted  # type: ignore[method-assign]

@@ -160,7 +160,12 @@ class Reconciler:
             if now < half:
                 decision = dataclasses.replace(decision, refresh=False, reason=policy.FRESH, due=half)
         if not decision.refresh:
-            await self._sync_status_if_behind(body, spec, target, secret_name, state)
+            try:
+                await self._sync_status_if_behind(body, spec, target, secret_name, state)
+            except ApiError as exc:
+                logger.warning("%s/%s: could not bring status in line with Secret %s: %s %s; retrying", ns, name,
+                               secret_name, exc.status, exc.reason)
+                return Outcome(None, False, reasons.KUBERNETES_ERROR, retry_after=2.0)
             return Outcome(decision.due, True, reasons.TOKEN_ISSUED)
 
         logger.debug("Refreshing %s/%s: %s (endpoint %s, user %s, identity %s)", ns, name, decision.reason,
@@ -223,7 +228,13 @@ class Reconciler:
         old_ready = next((c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"),
                          None)
         recovered = old_ready is not None and old_ready.get("status") != "True"
-        await self._patch_status(body, status)
+        status_behind = False
+        try:
+            await self._patch_status(body, status)
+        except ApiError as exc:  # the Secret is written; status catches up on a pass soon (see below)
+            logger.warning("%s/%s: token written to Secret %s but status not updated: %s %s; retrying", ns, name,
+                           secret_name, exc.status, exc.reason)
+            status_behind = True
         self._warned.pop(f"{ns}/{name}", None)
         if first or recovered or self.rotation_events or decision.reason not in (policy.INTERVAL_ELAPSED,
                                                                                  policy.EXPIRING):
@@ -243,6 +254,8 @@ class Reconciler:
             floor = issued + max((expires - issued) / 2, datetime.timedelta(seconds=1))
             by_interval = issued + datetime.timedelta(seconds=max(spec.refresh_seconds - jitter, 1.0))
             due = min(by_interval, max(due, floor))
+        if status_behind:
+            due = min(due, issued + datetime.timedelta(seconds=2))
         return Outcome(due, True, reasons.TOKEN_ISSUED, refreshed=True)
 
     # ---- pieces -------------------------------------------------------------------------------
@@ -329,10 +342,13 @@ class Reconciler:
         status = body.get("status") or {}
         meta = body["metadata"]
         ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-        if ready and ready.get("status") == "True" and status.get("observedGeneration") == meta.get("generation") \
-                and status.get("secretName") == secret_name:
-            return
         assert state.expires_at is not None and state.issued_at is not None
+        # expiresAt too: a crash (or a failed status write) between the Secret write and the status write
+        # leaves Ready=True with the previous token's expiry.
+        if ready and ready.get("status") == "True" and status.get("observedGeneration") == meta.get("generation") \
+                and status.get("secretName") == secret_name \
+                and status.get("expiresAt") == policy.rfc3339(state.expires_at):
+            return
         message = (f"Token for {target.username}@{target.signing_endpoint} ({target.region}) in Secret "
                    f"{secret_name}; expires {policy.rfc3339(state.expires_at)}.")
         await self._patch_status(body, {

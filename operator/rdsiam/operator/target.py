@@ -282,8 +282,9 @@ def pgpass_line(target: Target, token: str, hosts: Sequence[str] = ()) -> str:
     """``host:port:dbname:user:token`` lines for libpq's password file (one per host the client may dial).
 
     libpq matches the first field against the ``host`` the client gives (the host it dials, so the
-    CNAME, not the ``signingHost``), or against ``hostaddr`` when the client gives only that: the DSN's
-    ``hostaddr`` gets a line too.
+    CNAME, not the ``signingHost``); libpq 17+ matches a client that gives only ``hostaddr`` against
+    that address, so the DSN's ``hostaddr`` gets a line too. (libpq 15 looks up ``localhost`` then; no
+    such line is written: it would hand the token to any local server.)
     """
     lines = []
     hostaddr = dict(target.options).get("hostaddr")

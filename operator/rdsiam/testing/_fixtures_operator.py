@@ -7,52 +7,98 @@ cluster. Everything here talks to it through ``kubectl``, so scenarios run uncha
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.operator import OperatorProcess
 
-SIGNATURE = re.compile(r"X-Amz-(?:Signature|Credential|Security-Token)(?:=|%3D)", re.IGNORECASE)
+SIGNATURE = re.compile(r"X-Amz-(?:Signature|Credential|Security-Token)(?:=|%3D)(?!<redacted>)", re.IGNORECASE)
 ROOT = Path(__file__).resolve().parents[3]
 
 
+def _base64_forms(needle: bytes) -> list[str]:
+    """The parts of base64(...needle...) that do not depend on what surrounds ``needle`` (3 alignments)."""
+    forms = []
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + needle).decode()
+        start, end = -(-8 * offset // 6), 8 * (offset + len(needle)) // 6
+        forms.append(encoded[start:end])
+    return forms
+
+
+# SigV4 query parameters inside base64 text: a Secret's data, or anything that encodes one.
+_B64_MARKERS = [f for name in (b"X-Amz-Signature", b"X-Amz-Security-Token", b"X-Amz-Credential")
+                for sep in (b"=", b"%3D") for f in _base64_forms(name + sep)]
+
+
 def find_leaks(haystacks: dict[str, str], tokens: list[str]) -> list[str]:
-    """Names of the haystacks holding a token, its signature, or SigV4 query parameters."""
+    """Names of the haystacks holding a token (raw, percent-encoded as in a DSN, or base64 as in a
+    Secret), its signature or session token, or SigV4 query parameters (raw, encoded or base64)."""
     leaks = []
+    forms = []
+    for token in tokens:
+        params = dict(item.partition("=")[::2] for item in token.partition("?")[2].split("&"))
+        parts = [token, quote(token, safe=""), *_base64_forms(token.encode())[:1]]
+        parts += [v for k, v in params.items() if k in ("X-Amz-Signature", "X-Amz-Security-Token") and len(v) >= 16]
+        forms.append(parts)
     for name, text in haystacks.items():
-        if SIGNATURE.search(text):
+        if SIGNATURE.search(text) or any(marker in text for marker in _B64_MARKERS):
             leaks.append(f"{name}: SigV4 query parameters")
-        for token in tokens:
-            sig = token.rsplit("X-Amz-Signature=", 1)[-1]
-            if token in text or (len(sig) >= 16 and sig in text):
-                leaks.append(f"{name}: a token")
-                break
+        if any(part in text for parts in forms for part in parts):
+            leaks.append(f"{name}: a token")
     return leaks
+
+
+# Also what is left of a parameter name that pytest's truncation ("...-Token=") cut short.
+_REDACT = re.compile(r"((?:X-Amz-)?(?:Signature|Credential|Security-Token|-Token)(?:=|%3D))[^&\s'\"<]+",
+                     re.IGNORECASE)
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
+
+
+def redact(text: str) -> str:
+    """``text`` with SigV4 parameter values, and base64 runs that hold SigV4 parameters, blanked out."""
+    text = _REDACT.sub(r"\1<redacted>", text)
+    return _BASE64_RUN.sub(lambda m: "<redacted base64>" if any(k in m.group(0) for k in _B64_MARKERS)
+                           else m.group(0), text)
+
+
+_SEEN_TOKENS: list[str] = []  # tokens of namespaces already deleted by the `ns` fixture
+_SEEN_TEXTS: dict[str, str] = {}  # and their Events and status, for the leak checks of running operators
+
+
+def _namespace_tokens(kubectl: Kubectl, namespace: str | None = None) -> list[str]:
+    tokens = []
+    for secret in kubectl.list("secrets", namespace, selector="app.kubernetes.io/managed-by=rdsiam"):
+        data = secret.get("data") or {}
+        if "password" in data:
+            tokens.append(base64.b64decode(data["password"]).decode())
+    return tokens
 
 
 def cluster_tokens_and_texts(kubectl: Kubectl) -> tuple[list[str], dict[str, str]]:
     """Every managed Secret's password, and what users see (Events, status) to search them in."""
-    tokens = []
-    for secret in kubectl.list("secrets", selector="app.kubernetes.io/managed-by=rdsiam"):
-        data = secret.get("data") or {}
-        if "password" in data:
-            import base64
+    tokens = _namespace_tokens(kubectl) + _SEEN_TOKENS[-200:]
+    texts = {**_public_texts(kubectl), **_SEEN_TEXTS}
+    _SEEN_TEXTS.clear()
+    return tokens, texts
 
-            tokens.append(base64.b64decode(data["password"]).decode())
-    events = kubectl.list("events")
-    creds = kubectl.list("rdsiamcredentials")
-    texts = {
+
+def _public_texts(kubectl: Kubectl, namespace: str | None = None) -> dict[str, str]:
+    events = kubectl.list("events", namespace)
+    creds = kubectl.list("rdsiamcredentials", namespace)
+    return {
         "events": json.dumps([{k: e.get(k) for k in ("reason", "message")} for e in events]),
         "status": json.dumps([c.get("status") for c in creds]),
     }
-    return tokens, texts
 
 
 @pytest.fixture(scope="session")
@@ -70,11 +116,15 @@ def kubectl(cluster: Any) -> Kubectl:
 
 
 @pytest.fixture
-def ns(kubectl: Kubectl) -> str:
-    """A fresh namespace for one test."""
+def ns(kubectl: Kubectl) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (cluster-wide operators of later tests must
+    not see this test's resources). Its tokens are remembered for the leak checks first."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     kubectl.create_namespace(name)
-    return name
+    yield name
+    _SEEN_TOKENS.extend(_namespace_tokens(kubectl, name))
+    _SEEN_TEXTS.update({f"{k} of {name}": v for k, v in _public_texts(kubectl, name).items()})
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +149,13 @@ def operator_factory(
         return proc.start() if start else proc
 
     yield make
+    leaks = leak_guard(started, kubectl)
+    assert not leaks, f"secrets leaked into: {leaks}"
+
+
+def leak_guard(started: list[OperatorProcess], kubectl: Kubectl) -> list[str]:
+    """Stop the operators, then search their whole logs (DEBUG), metrics pages, and every Event and
+    status in the cluster for the tokens of every managed Secret; return where they leaked."""
     texts: dict[str, str] = {}
     for i, proc in enumerate(started):
         if proc.metrics_port and proc.proc is not None and proc.proc.poll() is None:
@@ -110,8 +167,26 @@ def operator_factory(
         texts[f"log{i}"] = proc.log()
     tokens, public = cluster_tokens_and_texts(kubectl)
     texts.update(public)
-    leaks = find_leaks(texts, tokens)
-    assert not leaks, f"secrets leaked into: {leaks}"
+    return find_leaks(texts, tokens)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Every test, every phase: a token or SigV4 signature in the failure text (assertion introspection,
+    exception messages) or in captured output fails the test, and the report shows it redacted, so CI
+    logs never carry one."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    # Sections accumulate over the phases: judge only this phase's own ("Captured stdout call", ...).
+    own = {title: content for title, content in report.sections if title.endswith(f" {report.when}")}
+    leaks = find_leaks({"exception text": report.longreprtext, **own}, [])
+    if leaks or any(find_leaks({"": content}, []) for _, content in report.sections):
+        report.sections = [(title, redact(content)) for title, content in report.sections]
+    if leaks:
+        report.longrepr = (redact(report.longreprtext) + "\n\nrdsiam leak guard: a token or SigV4 signature "
+                           f"appeared in this test's {', '.join(sorted({x.split(':')[0] for x in leaks}))} "
+                           "(shown redacted above)")
+        report.outcome = "failed"
 
 
 @pytest.fixture

@@ -1,0 +1,258 @@
+"""Secrets stay secret: the leak guard really catches a token, and failures provoked with real tokens
+around (logins refused, a server that echoes the password, an admission webhook that echoes the
+Secret, ``rdsiam check`` on broken mounts) put none into logs, Events, status, metrics, exception text
+or command output. And the Secret's shape lets an app's RBAC name exactly it.
+
+The guard itself is ``rdsiam.testing``'s: ``operator_factory`` searches every operator's DEBUG log,
+metrics page, and every Event and status in the cluster at teardown; a hook fails any test whose
+failure text or captured output shows a token or SigV4 parameters (and redacts the report).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from rdsiam._check import main as check_main
+from rdsiam.testing._fixtures_operator import find_leaks, leak_guard, redact
+from rdsiam.testing.kubectl import Kubectl
+from rdsiam.testing.kubelet import AtomicWriter
+from rdsiam.testing.operator import OperatorProcess
+from tests.fault._audit import (
+    CREDENTIAL_LABEL,
+    MANAGED_BY,
+    Audit,
+    credential,
+    decode,
+    request_refresh,
+    secret,
+    wait_for,
+)
+from tests.fault._echo import MODES, EchoServer
+from tests.fault._figures import record
+
+# A token-shaped string (not a live token) for what a webhook might echo.
+FAKE_TOKEN = ("db.cluster-x.us-east-1.rds.amazonaws.com:5432/?Action=connect&DBUser=app"
+              "&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=ASIAFAKE%2F20250101%2Fus-east-1%2Frds-db%2Faws4_request&X-Amz-Date=20250101T000000Z"
+              "&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Security-Token=IQoJb3JpZ2luX2VjEFAKEFAKEFAKE"
+              "&X-Amz-Signature=" + "5f" * 32)
+
+
+def wait_secret(kube: Any, ns: str, name: str, timeout: float = 15.0) -> dict[str, str]:
+    return decode(wait_for(f"Secret {ns}/{name}", lambda: secret(kube, ns, name), timeout=timeout))
+
+
+def condition(kube: Any, ns: str, name: str, type_: str) -> dict[str, Any] | None:
+    obj = kube.get("rdsiam.io/v1alpha1", "RdsIamCredential", name, ns) or {}
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == type_), None)
+
+
+def test_the_guard_finds_a_token_wherever_it_shows(
+    kube: Any, kubectl: Kubectl, sts: Any, rds: Any, spaces: Callable[[str], str], operator_env: dict[str, str],
+    app_user: str, tmp_path: Path,
+) -> None:
+    ns = spaces("guard")
+    op = OperatorProcess(kube.kubeconfig, operator_env, ["--namespace", ns], log_dir=str(tmp_path / "op")).start()
+    try:
+        kube.apply_manifest(credential(rds, "db", ns))
+        data = wait_secret(kube, ns, "db")
+        wait_for("Ready", lambda: condition(kube, ns, "db", "Ready"))
+    finally:
+        op.stop()
+    token = data["password"]
+    assert leak_guard([op], kubectl) == [], "a clean run must pass"
+    client = kube.client()
+    found = {}
+    # A Warning Event quoting the DSN (the token percent-encoded).
+    event = client.create(f"/api/v1/namespaces/{ns}/events", {
+        "metadata": {"generateName": "leak."}, "type": "Warning", "reason": "Leak", "message": f"dsn {data['dsn']}",
+        "involvedObject": {"kind": "RdsIamCredential", "name": "db", "namespace": ns}})
+    found["Event with the DSN"] = leak_guard([op], kubectl)
+    client.delete(f"/api/v1/namespaces/{ns}/events/{event['metadata']['name']}")
+    # A status condition quoting only the signature.
+    path = f"/apis/rdsiam.io/v1alpha1/namespaces/{ns}/rdsiamcredentials/db/status"
+    signature = token.rsplit("X-Amz-Signature=", 1)[1]
+    before = client.get(path)["status"]
+    client.patch(path, {"status": {"conditions": [{**before["conditions"][0], "message": f"sig {signature}"}]}})
+    found["status with the signature"] = leak_guard([op], kubectl)
+    client.patch(path, {"status": before})
+    # The operator's log holding the session token alone, or the Secret's data (base64).
+    session = dict(p.split("=", 1) for p in token.split("?", 1)[1].split("&"))["X-Amz-Security-Token"]
+    original = op.log_path.read_text()
+    for what, line in (("log with the session token", session),
+                       ("log with the Secret's data", base64.b64encode(token.encode()).decode())):
+        op.log_path.write_text(original + f"\nDEBUG {line}\n")
+        found[what] = leak_guard([op], kubectl)
+    op.log_path.write_text(original)
+    assert leak_guard([op], kubectl) == []
+    missed = [what for what, leaks in found.items() if not leaks]
+    assert not missed, f"the guard missed: {missed}"
+    assert found["Event with the DSN"] == ["events: SigV4 query parameters", "events: a token"]
+    assert found["status with the signature"] == ["status: a token"]
+    record("leak guard self-test", f"{len(found)} planted leaks found: " + "; ".join(
+        f"{what} -> {leaks}" for what, leaks in found.items()))
+
+
+def test_the_report_hook_fails_and_redacts_a_test_that_shows_a_token(tmp_path: Path) -> None:
+    (tmp_path / "test_shows.py").write_text(textwrap.dedent(f"""
+        import base64
+        TOKEN = {FAKE_TOKEN!r}
+
+        def test_prints_it():
+            print("token:", TOKEN)
+
+        def test_asserts_on_it():
+            assert {{"password": TOKEN}} == {{"password": "other"}}
+
+        def test_prints_a_secret_object():
+            print({{"data": {{"password": base64.b64encode(TOKEN.encode()).decode()}}}})
+
+        def test_clean():
+            print("nothing secret here")
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", "test_shows.py"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out[-2000:]
+    assert "3 failed, 1 passed" in out, out[-2000:]
+    assert out.count("rdsiam leak guard") >= 3
+    assert FAKE_TOKEN not in out and "5f" * 32 not in out and "IQoJb3JpZ2luX2VjEFAKE" not in out
+    assert find_leaks({"output": out}, [FAKE_TOKEN]) == []
+
+
+def mount(directory: Path, data: dict[str, str], **override: str) -> Path:
+    AtomicWriter(directory).write({k: v.encode() for k, v in {**data, **override}.items()})
+    return directory
+
+
+def check(directory: Path, *args: str) -> str:
+    """``rdsiam check`` as a user runs it (a process), and in-process to see any exception it raises."""
+    run = subprocess.run([sys.executable, "-m", "rdsiam.cli", "check", str(directory), *args], capture_output=True,
+                         text=True, timeout=60)
+    out = io.StringIO()
+    try:
+        check_main([str(directory), *args], out=out)
+    except Exception as exc:  # an exception is a bug; its text must not leak either
+        out.write(f"\nraised {type(exc).__name__}: {exc}")
+    return run.stdout + run.stderr + out.getvalue()
+
+
+def test_failures_with_real_tokens_around_leak_nothing(
+    kube: Any, kubectl: Kubectl, sts: Any, rds: Any, postgres: Any, spaces: Callable[[str], str],
+    operator_factory: Any, app_user: str, tmp_path: Path,
+) -> None:
+    ns, hooked = spaces("leaks"), spaces("webhook")
+    postgres.create_user("not_iam", rds_iam=False)
+    echoes = {mode: EchoServer(mode) for mode in MODES}
+    for server in echoes.values():
+        server.__enter__()
+    try:
+        op = operator_factory(args=["--namespace", ns, "--namespace", hooked])
+        # An admission webhook that denies the Secret and quotes it: the token in the DSN and in base64.
+        echo_body = f"dsn={quote(FAKE_TOKEN, safe='')} password={base64.b64encode(FAKE_TOKEN.encode()).decode()}"
+        webhook = kube.inject(rf"/namespaces/{hooked}/secrets", method="POST", status=400, times=None,
+                              reason="BadRequest", message='admission webhook "policy.example.com" denied the '
+                              f"request: {echo_body}")
+        resources = [credential(rds, "not-iam", ns, user="not_iam", verify=True),
+                     credential(rds, "no-db", ns, verify=True, database="no_such_db"),
+                     credential(rds, "webhook", hooked)]
+        for mode, server in echoes.items():
+            name = "echo-" + mode.replace(" ", "-")
+            resources.append({**credential(rds, name, ns), "spec": {
+                "dsn": f"postgresql://app_user:x@{rds.endpoint}:{server.port}/postgres?sslmode=require"
+                       "&hostaddr=127.0.0.1", "verify": True}})
+        kube.apply_manifest(resources)
+        names = [r["metadata"]["name"] for r in resources if r["metadata"]["namespace"] == ns]
+        connected = {n: wait_for(f"{n} Connected", lambda n=n: (c := condition(kube, ns, n, "Connected"))
+                                 and c["status"] == "False" and c, timeout=20) for n in names}
+        refused = wait_for("the webhook's refusal", lambda: (c := condition(kube, hooked, "webhook", "Ready"))
+                           and c["reason"] == "KubernetesError" and c)
+        assert webhook.hits >= 1 and all(s.received >= 1 for s in echoes.values())
+        tokens = [wait_secret(kube, ns, n)["password"] for n in names]
+
+        # Everything a user or an admin can read, searched now (the fixture searches again at teardown).
+        texts = {f"describe {n}": kubectl.describe("rdsiamcredential", n, ns) for n in names}
+        texts["describe webhook"] = kubectl.describe("rdsiamcredential", "webhook", hooked)
+        texts["events"] = kubectl.run("get", "events", "-A", "-o", "json")
+        texts["operator log"] = op.log()
+        texts["metrics"] = op.metrics()
+
+        # rdsiam check on mounts of those Secrets, and on broken ones holding the token in odd places.
+        checks = 0
+        for n in names:
+            data = wait_secret(kube, ns, n)
+            texts[f"check --connect {n}"] = check(mount(tmp_path / n, data), "--connect", "--timeout", "3")
+            checks += 1
+        data = wait_secret(kube, ns, "not-iam")
+        token = data["password"]
+        broken = {"token as port": {"port": token}, "token as expires-at": {"expires-at": token},
+                  "token as host": {"host": token}, "token as username": {"username": token},
+                  "dsn with a bad port": {"dsn": f"postgresql://not_iam:{quote(token, safe='')}@h:notaport/d"},
+                  "dsn that is not a URL": {"dsn": f"host=h password={token} port=x"},
+                  "dsn of another generation": {"dsn": data["dsn"].replace("Signature%3D", "Signature%3D0")},
+                  "refused connection": {"port": "1"}}
+        for what, override in broken.items():
+            texts[f"check {what}"] = check(mount(tmp_path / what.replace(" ", "-"), data, **override), "--connect",
+                                           "--timeout", "3")
+            checks += 1
+        leaks = find_leaks(texts, [*tokens, FAKE_TOKEN])
+    finally:
+        for server in echoes.values():
+            server.__exit__(None, None, None)
+    reasons = sorted({c["reason"] for c in connected.values()})
+    record("secrets stay secret", (
+        f"{len(names)} refused verify logins (reasons {reasons}; 3 from a server echoing the token whole, "
+        f"percent-encoded and cut short), a webhook echoing a token-shaped Secret ({refused['reason']}), {checks} "
+        f"`rdsiam check --connect` runs on real and broken mounts: {len(texts)} texts searched, {len(leaks)} leaks"))
+    assert not leaks, f"leaked into: {leaks}; e.g. {redact(texts[leaks[0].split(':')[0]])[:600]}"
+
+
+def test_the_secret_lets_an_app_scope_rbac_to_exactly_it(
+    kube: Any, kubectl: Kubectl, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any,
+    app_user: str,
+) -> None:
+    ns = spaces("rbac")
+    operator_factory(args=["--namespace", ns])
+    with Audit(kube, sts.lookup, [ns]) as audit:
+        kube.apply_manifest([
+            credential(rds, "orders-db", ns, target={"name": "orders-db-credentials", "labels": {"team": "orders"},
+                                                    "annotations": {"owner": "orders@example.com"}}),
+            credential(rds, "billing-db", ns)])
+        first = wait_secret(kube, ns, "orders-db-credentials")
+        wait_secret(kube, ns, "billing-db")
+        time.sleep(1.1)
+        request_refresh(kube, ns, ["orders-db"], audit)
+        wait_for("a rotation", lambda: wait_secret(kube, ns, "orders-db-credentials")["password"] != first["password"])
+    obj = secret(kube, ns, "orders-db-credentials")
+    assert obj is not None
+    meta = obj["metadata"]
+    # One stable name across rotations (written in place): a Role with resourceNames: [that name] and
+    # verbs get/watch is all a reading app needs, and the Secret kind is the plain one RBAC treats like any other.
+    written = {c.key for c in audit.snapshot() if c.kind == "Secret"}
+    assert written == {(ns, "orders-db-credentials"), (ns, "billing-db")}
+    assert obj["type"] == "Opaque"
+    assert meta["labels"] == {"team": "orders", MANAGED_BY: "rdsiam", CREDENTIAL_LABEL: "orders-db"}
+    selected = kubectl.list("secrets", ns, f"{CREDENTIAL_LABEL}=orders-db")
+    assert [s["metadata"]["name"] for s in selected] == ["orders-db-credentials"]
+    assert {s["metadata"]["name"] for s in kubectl.list("secrets", ns, f"{MANAGED_BY}=rdsiam")} == \
+        {"orders-db-credentials", "billing-db"}
+    owner = meta["ownerReferences"]
+    assert [(o["kind"], o["name"], o["controller"]) for o in owner] == [("RdsIamCredential", "orders-db", True)]
+    # Labels and annotations say who and when, never what: no token, no signature, no key in them.
+    assert set(meta["annotations"]) == {"owner", "rdsiam.io/spec-hash", "rdsiam.io/issued-at", "rdsiam.io/expires-at",
+                                        "rdsiam.io/identity"}
+    assert meta["annotations"]["rdsiam.io/identity"].startswith("arn:aws:sts::")
+    data = decode(obj)
+    assert find_leaks({"metadata": json.dumps(meta)}, [data["password"]]) == []
+    assert sorted(data) == ["dbname", "dsn", "expires-at", "host", "password", "pgpass", "port", "username"]
