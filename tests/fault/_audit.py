@@ -64,7 +64,12 @@ def decode(secret: dict[str, Any]) -> dict[str, str]:
 
 
 def managed(obj: dict[str, Any]) -> bool:
-    return ((obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) == "rdsiam"
+    """A Secret the operator wrote: its label, and an RdsIamCredential as its controller (a Secret
+    forged with the label alone is not one)."""
+    meta = obj.get("metadata") or {}
+    refs = meta.get("ownerReferences") or []
+    return (meta.get("labels") or {}).get(MANAGED_BY) == "rdsiam" and any(
+        r.get("controller") and r.get("kind") == "RdsIamCredential" for r in refs)
 
 
 def controller_uid(obj: dict[str, Any]) -> str | None:

@@ -220,7 +220,7 @@ def test_ci_values_map_to_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args.require_service_account and args.no_operator_identity and args.namespace_policy
     assert (
         args.allowed_role_arns
-        == "arn:aws:iam::123456789012:role/{namespace}-*,arn:aws:iam::123456789012:role/shared-readonly"
+        == "arn:aws:iam::123456789012:role/rdsiam/{namespace}/*,arn:aws:iam::123456789012:role/shared-readonly"
     )
     assert (args.log_level, args.concurrency, args.rotation_events) == ("debug", 32, True)
     assert args.verify_timeout == 2.5  # extraArgs come last and win

@@ -42,14 +42,6 @@ def user(postgres: PostgresServer) -> str:
     return postgres.create_user(USER)
 
 
-@pytest.fixture(autouse=True)
-def cleanup(kubectl: Kubectl, ns: str) -> Iterator[None]:
-    """Later tests' operators watch the whole cluster: leave them nothing of ours to resolve (this runs
-    after the operator fixture's teardown has searched everything for tokens)."""
-    yield
-    kubectl.run("delete", "rdsiamcredentials", "--all", "-n", ns)
-
-
 @pytest.fixture
 def operator(operator_factory: Callable[..., Any], dns: DnsServer) -> Any:
     return operator_factory(env={"RDSIAM_DNS_SERVER": dns.address})

@@ -14,7 +14,6 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,6 @@ PSQL = "/usr/bin/psql"
 @pytest.fixture(scope="module")
 def user(postgres: PostgresServer) -> str:
     return postgres.create_user(USER)
-
-
-@pytest.fixture(autouse=True)
-def cleanup(kubectl: Kubectl, ns: str) -> Iterator[None]:
-    yield  # after the operator fixture's token search
-    kubectl.run("delete", "rdsiamcredentials", "--all", "-n", ns)
 
 
 def conninfo(rds: IamPostgres, **override: str) -> str:

@@ -28,14 +28,6 @@ def users(postgres: PostgresServer) -> None:
     postgres.drop_user(UNKNOWN)
 
 
-@pytest.fixture(autouse=True)
-def cleanup(kubectl: Kubectl, ns: str) -> Iterator[None]:
-    """Later tests' operators watch the whole cluster: leave them nothing of ours to verify (this runs
-    after the operator fixture's teardown has searched everything for tokens)."""
-    yield
-    kubectl.run("delete", "rdsiamcredentials", "--all", "-n", ns)
-
-
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A port that accepts TCP connections (kernel backlog) and never answers."""

@@ -100,7 +100,10 @@ class Scheduler:
                 known["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
             return
         owner = (meta.get("labels") or {}).get(rec.CREDENTIAL_LABEL)
-        if owner and (meta.get("namespace"), owner) in self.bodies and known is not None:
+        key = (meta.get("namespace"), owner)
+        if kind != "DELETED" and key in self._running:
+            return  # the echo of the write a running refresh is making: it updates the cache itself
+        if owner and key in self.bodies and known is not None:
             self.schedule((meta["namespace"], owner), 0.0)
 
     def schedule(self, key: Key, delay: float) -> None:

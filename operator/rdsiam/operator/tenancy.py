@@ -8,7 +8,7 @@ Set by flags / Helm values. Default: permissive (single-tenant installs). Harden
   namespaces labelled ``rdsiam.io/allow-operator-identity=true``.
 - ``--allowed-role-arns PATTERN,...``: ``spec.assumeRoleArn`` must match one of these shell-style
   patterns; ``{namespace}`` in a pattern is replaced by the resource's namespace
-  (``arn:aws:iam::*:role/{namespace}-*``).
+  (``arn:aws:iam::*:role/rdsiam/{namespace}/*``).
 - ``--namespace-policy``: namespaces may narrow this further with the annotation
   ``rdsiam.io/allowed-role-arns: PATTERN,...`` (read by the operator; needs ``namespaces get``).
 

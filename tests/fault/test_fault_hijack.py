@@ -1,0 +1,115 @@
+"""A resource whose target names a Secret it did not create is refused, and nothing is overwritten:
+another resource's Secret, one that two resources race for, one forged to look managed, one another
+controller owns, and one a resource retargets onto. The audit sees every write to every Secret."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.fault._audit import (
+    CREDENTIAL_LABEL,
+    EXPIRES_ANN,
+    ISSUED_ANN,
+    MANAGED_BY,
+    Audit,
+    controller_uid,
+    credential,
+    decode,
+    login,
+    ready_reason,
+    request_refresh,
+    secret,
+    stamp,
+    wait_for,
+)
+from tests.fault._figures import record
+
+
+def conflict(kube: Any, ns: str, name: str) -> str:
+    """Wait for Ready=False SecretConflict; return its message."""
+    obj = wait_for(f"{name} SecretConflict", lambda: ready_reason(kube, ns, name) == ("False", "SecretConflict")
+                   and kube.get("rdsiam.io/v1alpha1", "RdsIamCredential", name, ns), timeout=15)
+    return next(c["message"] for c in obj["status"]["conditions"] if c["type"] == "Ready")
+
+
+def uid(kube: Any, ns: str, name: str) -> str:
+    return str((kube.get("rdsiam.io/v1alpha1", "RdsIamCredential", name, ns) or {})["metadata"]["uid"])
+
+
+def test_targets_it_did_not_create_are_refused_and_never_overwritten(
+    kube: Any, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any, app_user: str,
+) -> None:
+    ns = spaces("hijack")
+    client = kube.client()
+    operator_factory(args=["--namespace", ns])
+    with Audit(kube, sts.lookup, [ns]) as audit:
+        # The victims: a resource's own Secret, one forged to look managed, one another controller owns.
+        kube.apply_manifest(credential(rds, "owner", ns))
+        wait_for("owner Ready", lambda: ready_reason(kube, ns, "owner") == ("True", "TokenIssued"))
+        now = time.time()
+        # Forged: the labels and annotations of a managed Secret, no ownerReference (a dangling one would
+        # be garbage-collected, as by kube-controller-manager).
+        forged = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {
+            "name": "forged", "namespace": ns, "labels": {MANAGED_BY: "rdsiam", CREDENTIAL_LABEL: "thief-forged"},
+            "annotations": {ISSUED_ANN: stamp(now), EXPIRES_ANN: stamp(now + 900)}},
+            "data": {"password": base64.b64encode(b"the-real-app-password").decode()}}
+        web = kube.apply_manifest({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web",
+                                   "namespace": ns}, "spec": {"selector": {"matchLabels": {"app": "web"}},
+                                   "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                                       {"name": "web", "image": "web"}]}}}})[0]
+        deploy = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+            "name": "app-config", "namespace": ns, "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": web["metadata"]["uid"],
+                "controller": True}]}, "stringData": {"password": "hunter2"}}
+        client.create(f"/api/v1/namespaces/{ns}/secrets", forged)
+        client.create(f"/api/v1/namespaces/{ns}/secrets", deploy)
+        victims = {n: (secret(kube, ns, n) or {})["metadata"]["resourceVersion"] for n in ("owner", "forged",
+                                                                                          "app-config")}
+        started = time.time()
+        kube.apply_manifest([
+            credential(rds, "thief", ns, target={"name": "owner"}),
+            credential(rds, "thief-forged", ns, target={"name": "forged"}),
+            credential(rds, "thief-deploy", ns, target={"name": "app-config"}),
+            # Two resources racing for a Secret that does not exist yet.
+            credential(rds, "racer-1", ns, target={"name": "shared"}),
+            credential(rds, "racer-2", ns, target={"name": "shared"}),
+        ])
+        messages = {n: conflict(kube, ns, n) for n in ("thief", "thief-forged", "thief-deploy")}
+        assert f"{ns}/owner" in messages["thief"] and "RdsIamCredential/owner" in messages["thief"]
+        assert f"{ns}/forged" in messages["thief-forged"]
+        assert "Deployment/web" in messages["thief-deploy"]
+        shared = wait_for("the shared Secret", lambda: secret(kube, ns, "shared"))
+        winner_uid = controller_uid(shared)
+        winner = next(n for n in ("racer-1", "racer-2") if uid(kube, ns, n) == winner_uid)
+        loser = "racer-2" if winner == "racer-1" else "racer-1"
+        assert f"{ns}/shared" in conflict(kube, ns, loser)
+        # The legitimate owners keep working; the thieves' refresh requests change nothing.
+        request_refresh(kube, ns, ["owner", winner, "thief", loser, "thief-forged"], audit)
+        wait_for("owner and winner rotated", lambda: all(
+            audit.writes(ns, s, since=started) for s in ("owner", "shared")) and len(audit.writes(
+                ns, "owner", since=started)) >= 1, timeout=15)
+        # A resource retargeted onto another's Secret is refused too; its old Secret stays its own.
+        kube.apply_manifest(credential(rds, winner, ns, target={"name": "owner"}))
+        assert "RdsIamCredential/owner" in conflict(kube, ns, winner)
+        time.sleep(1.5)  # time for a wrong write to show
+        report = audit.report()
+    for name in ("forged", "app-config"):
+        assert not audit.writes(ns, name, since=started), f"{name} was written"
+        assert (secret(kube, ns, name) or {})["metadata"]["resourceVersion"] == victims[name]
+    assert decode(secret(kube, ns, "forged") or {}) == {"password": "the-real-app-password"}
+    assert decode(secret(kube, ns, "app-config") or {}) == {"password": "hunter2"}
+    owner_uid = uid(kube, ns, "owner")
+    for name, expected in (("owner", owner_uid), ("shared", winner_uid)):
+        changes = audit.writes(ns, name)
+        assert changes and all(controller_uid(c.obj) == expected for c in changes), f"{name} changed hands"
+        assert login(decode(secret(kube, ns, name) or {})) == app_user
+    for name in ("thief", "thief-forged", "thief-deploy", loser):
+        assert ready_reason(kube, ns, name) == ("False", "SecretConflict")
+    record("hostile targets", (
+        "another resource's Secret, a Secret forged to look managed, one owned by a Deployment, a Secret two "
+        f"resources raced for ({winner} won) and a retarget onto another's Secret: 5 refusals (SecretConflict "
+        f"naming the Secret), 0 foreign Secrets written, owners unchanged over {report.versions} versions"))
+    report.assert_clean()
