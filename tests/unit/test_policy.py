@@ -39,8 +39,11 @@ def test_expiry_margin_wins_over_a_long_interval() -> None:
     d = decide(current="fp", secret=fresh(), interval=840, now=T0)
     assert d.due == T0 + dt.timedelta(seconds=900) - policy.EXPIRY_MARGIN
     # Credentials that expire early make the token expire early: refresh before that.
-    d = decide(current="fp", secret=fresh(lifetime=300), interval=600, now=T0 + dt.timedelta(seconds=121))
+    d = decide(current="fp", secret=fresh(lifetime=300), interval=600, now=T0 + dt.timedelta(seconds=150))
     assert d.refresh and d.reason == policy.EXPIRING
+    # ...but not before half its life: re-signing with the same cached credentials gains nothing.
+    d = decide(current="fp", secret=fresh(lifetime=300), interval=600, now=T0 + dt.timedelta(seconds=121))
+    assert not d.refresh and d.due == T0 + dt.timedelta(seconds=150)
 
 
 def test_refresh_request_after_issue_only() -> None:

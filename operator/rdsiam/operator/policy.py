@@ -79,6 +79,12 @@ def decide(
         return Decision(True, REFRESH_REQUESTED, "a refresh was requested", now)
     expiring_at = secret.expires_at - margin
     if expiring_at <= now:
+        # A token capped by short-lived credentials is "expiring" from birth: re-minting it before half
+        # its life would re-sign with the same cached credentials on every wakeup.
+        half = secret.issued_at + (secret.expires_at - secret.issued_at) / 2
+        if now < half:
+            return Decision(False, FRESH, "the token is capped by short-lived credentials; "
+                            f"next refresh at half its life, {rfc3339(half)}", half)
         return Decision(True, EXPIRING, "the token is about to expire", now)
     next_interval = secret.issued_at + datetime.timedelta(seconds=max(interval - jitter, 1.0))
     if next_interval <= now:

@@ -153,12 +153,6 @@ class Reconciler:
         decision = policy.decide(
             current=fp, secret=state, interval=spec.refresh_seconds, now=now, requested_at=requested,
             jitter=policy.jitter_seconds(meta.get("uid", name), spec.refresh_seconds))
-        if decision.reason == policy.EXPIRING and state.issued_at is not None and state.expires_at is not None:
-            # A token capped by short-lived credentials is "expiring" from birth: re-minting it before half
-            # its life would re-sign with the same cached credentials, on every wakeup.
-            half = state.issued_at + (state.expires_at - state.issued_at) / 2
-            if now < half:
-                decision = dataclasses.replace(decision, refresh=False, reason=policy.FRESH, due=half)
         if not decision.refresh:
             try:
                 await self._sync_status_if_behind(body, spec, target, secret_name, state)
