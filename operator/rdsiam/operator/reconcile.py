@@ -116,6 +116,14 @@ class Reconciler:
             return await self._fail(body, reasons.INVALID_SPEC, f"Invalid spec: {str(exc).rstrip('.')}. Fix the "
                                     "field and re-apply; the operator will not retry this generation.", permanent=True)
         secret_name = spec.target.name or name
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s/%s: target %s %s:%d/%s as %s, region %s, signing for %s; DSN %s (%d chars, password %s); "
+                "%d options; Secret %s, refresh every %s", ns, name, target.engine, target.host, target.port,
+                target.database, target.username, target.region, target.signing_endpoint,
+                "given" if spec.dsn else "not given", len(spec.dsn or ""),
+                "dropped" if spec.dsn and parse_dsn(spec.dsn).had_password else "absent", len(target.options),
+                secret_name, spec.refresh_interval)
 
         key = IdentityKey(
             namespace=ns if (spec.service_account_name or spec.assume_role_arn) else None,
