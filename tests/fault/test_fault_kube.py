@@ -146,9 +146,9 @@ def test_slow_api_and_client_timeouts(
     names = [f"db{i}" for i in range(N)]
     with Audit(kube, sts.lookup, [ns]) as audit:
         op = start(kube, rds, ns, operator_factory, audit, names)
-        # Every call in the namespace takes 1.5 s; two Secret writes hang longer than the client waits (10 s).
-        timeouts = kube.inject(rf"/namespaces/{ns}/secrets/", method="PUT", latency=12.0, times=2)
-        slow = kube.inject(rf"/namespaces/{ns}/", latency=1.5, times=None, watch=False)
+        # Every call in the namespace takes 1 s; two Secret writes hang longer than the client waits (10 s).
+        timeouts = kube.inject(rf"/namespaces/{ns}/secrets/", method="PUT", latency=11.0, times=2)
+        slow = kube.inject(rf"/namespaces/{ns}/", latency=1.0, times=None, watch=False)
         requested = request_refresh(kube, ns, names, audit)
         try:
             done = converge(kube, audit, ns, names, requested, timeout=60)
@@ -160,7 +160,7 @@ def test_slow_api_and_client_timeouts(
         assert len(audit.writes(ns, name, since=requested)) == 1, name
         assert login(decode(secret(kube, ns, name) or {})) == app_user
     reasons = {r for n in names for _, s, r in audit.ready(ns, n, since=requested) if s == "False"}
-    record("Kubernetes slow responses", f"1.5 s added to every call, 2 Secret writes hung 12 s (client timeout 10 s): "
+    record("Kubernetes slow responses", f"1 s added to every call, 2 Secret writes hung 11 s (client timeout 10 s): "
            f"{N} resources Ready with fresh Secrets {done - requested:.1f} s after the request; Ready=False reasons "
            f"seen: {sorted(reasons)}; unexpected errors logged: {len(unexpected_errors(op))}")
     record("Kubernetes slow responses: audit", report.summary())

@@ -77,7 +77,7 @@ def check_admitted(target: Any) -> None:
             assert info["password"] == TOKEN and info["user"] == target.username
             assert info.get("dbname", "") == target.database and info["port"] == str(target.port)
             assert info["host"] == target.host
-        line = pgpass_line(target, TOKEN).splitlines()[0]
+        line = pgpass_line(target, TOKEN).split("\n")[0]  # libpq splits on newlines only
         fields, current, escaped = [], "", False
         for ch in line:
             if escaped:

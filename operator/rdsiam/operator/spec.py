@@ -52,6 +52,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
 
 
+_KEY_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+ANNOTATIONS_LIMIT = 256 * 1024 - 2048  # the API server's limit, less room for the operator's own annotations
+
+
+def _key_problem(key: str) -> str | None:
+    """Why ``key`` is not a valid label/annotation key (Kubernetes' qualified name), or None."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not re.fullmatch(DNS_SUBDOMAIN.strip("^$"), prefix)):
+        return "its prefix must be a DNS subdomain (lower-case letters, digits, '-' and '.')"
+    if not name or len(name) > 63 or not _KEY_NAME.fullmatch(name):
+        return "its name must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+    return None
+
+
 class TargetSpec(_Model):
     """The Secret the operator writes."""
 
@@ -61,6 +76,28 @@ class TargetSpec(_Model):
     labels: dict[str, str] = Field(default_factory=dict, description="Labels copied onto the Secret.")
     annotations: dict[str, str] = Field(
         default_factory=dict, description="Annotations copied onto the Secret.")
+
+    # The API server would refuse the Secret for ever: say so once, naming the field (InvalidSpec).
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            if problem := _key_problem(key):
+                raise ValueError(f"label key {key[:63]!r} is not valid: {problem}")
+            if len(text) > 63 or not _LABEL_VALUE.fullmatch(text):
+                raise ValueError(f"the value of label {key!r} is not valid: at most 63 letters, digits, '-', '_' or "
+                                 "'.', starting and ending with a letter or digit")
+        return value
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if problem := _key_problem(key.lower()):
+                raise ValueError(f"annotation key {key[:63]!r} is not valid: {problem}")
+        if sum(len(k) + len(v.encode()) for k, v in value.items()) > ANNOTATIONS_LIMIT:
+            raise ValueError(f"annotations total more than {ANNOTATIONS_LIMIT} bytes (the API server allows 256 KiB)")
+        return value
 
 
 class CredentialSpec(_Model):

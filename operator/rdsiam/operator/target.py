@@ -142,13 +142,26 @@ def _parse_url(text: str) -> ParsedDsn:
         key, value = unquote(key.replace("+", " ")), unquote(value.replace("+", " "))
         if key in ("password", "passwd"):
             continue  # dropped like the userinfo password
-        if key in ("user", "username") and user is None:
-            user = value
+        # libpq lets these query parameters override the URL's parts: keep one value (the URL's first),
+        # never both, or the Secret's DSN would log in as another user (or database, host) than signed for.
+        if key in ("user", "username"):
+            user = user or value or None
             continue
-        if key == "dbname" and database is None:
-            database = value
+        if key == "dbname":
+            database = database or value or None
+            continue
+        if key == "host":
+            host = host or value or None
+            continue
+        if key == "port":
+            if port is None and value:
+                if not value.isdigit():
+                    raise TargetError("spec.dsn", "has a non-numeric port")
+                port = int(value)
             continue
         options.append((key, value))
+    if host and "," in host:
+        raise TargetError("spec.dsn", "lists several hosts; give exactly one RDS endpoint")
     return ParsedDsn(
         scheme=raw_scheme, host=host, port=port, database=database or None, username=user or None,
         options=tuple(options), had_password=parts.password is not None)
@@ -238,6 +251,8 @@ def resolve(
         raise TargetError("spec.username", "contains control characters")
 
     final_db = database or parsed.database or (final_user if final_engine == POSTGRES else "")
+    if any(ord(c) < 32 for c in final_db):  # a newline would split the pgpass line in two
+        raise TargetError("spec.database" if database else "spec.dsn", "has a database name with control characters")
 
     sign_host = check_hostname("spec.signingHost", signing_host) if signing_host else final_host
     final_region = (region or region_of(sign_host) or "").lower()
