@@ -415,6 +415,13 @@ class Identities:
         return await asyncio.to_thread(self._operator_credentials, self._cache.get(key))
 
     # boto3 objects are built lazily, once.
+    def prepare(self) -> None:
+        """Import boto3 and build the session and STS clients now (no network call), so the first
+        refresh does not pay ~0.5 s for them. Blocking: run it in a thread."""
+        self._boto_session()
+        self._sts("operator")
+        self._sts("unsigned")
+
     def _boto_session(self) -> Any:
         with self._session_lock:
             if self._session is None:
