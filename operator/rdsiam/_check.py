@@ -32,7 +32,7 @@ from typing import TextIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from rdsiam import _diagnose, _pgwire
-from rdsiam._mounted import DATA_LINK, CredentialError, MountedCredential, MountWarning, Snapshot
+from rdsiam._mounted import DATA_LINK, CredentialError, MountedCredential, MountWarning, Snapshot, _human
 
 __all__ = ["DIAGNOSERS", "TokenInfo", "diagnose", "main", "parse_token", "redact"]
 
@@ -101,17 +101,6 @@ def redact(text: str, *secrets: str) -> str:
             for form in {secret, quote(secret, safe=""), quote(secret, safe="/:")}:
                 text = text.replace(form, "<token>")
     return _SIGNATURE.sub(r"\1<redacted>", text)
-
-
-def _human(seconds: float) -> str:
-    seconds = int(abs(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _is_mysql(snap: Snapshot) -> bool:
