@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.fault._audit import create_namespace
-from tests.fault._figures import FIGURES
+from tests.fault._figures import FIGURES, TOTALS
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("rdsiam: figures measured under faults and load")
         for scenario, text in FIGURES:
             terminalreporter.write_line(f"{scenario}: {text}")
+    if TOTALS:
+        terminalreporter.write_line("totals: " + ", ".join(f"{n} {what}" for what, n in TOTALS.items()))
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.fault._audit import (
     Audit,
     all_ready,
@@ -30,7 +32,7 @@ from tests.fault._audit import (
     wait_for,
     wait_settled,
 )
-from tests.fault._figures import record
+from tests.fault._figures import record, record_audit
 
 N = 6
 LEASE = "rdsiam-operator"
@@ -63,6 +65,7 @@ def unserved(kube: Any, ns: str, names: list[str], requested: float) -> list[str
     return out + ([] if all_ready(kube, ns, names) else ["not all Ready"])
 
 
+@pytest.mark.slow
 def test_leader_killed_mid_refresh_hands_over_to_exactly_one_replica(
     kube: Any, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any, app_user: str,
 ) -> None:
@@ -129,5 +132,5 @@ def test_leader_killed_mid_refresh_hands_over_to_exactly_one_replica(
     record("HA Lease API stall", (
         f"Lease reads hung 11 s on both replicas (client timeout 10 s); the Lease was renewed again "
         f"{after_stall:.1f} s after the stall began; the next refreshes came from exactly one replica"))
-    record("HA: audit", report.summary())
+    record_audit("HA", report)
     report.assert_clean()

@@ -25,7 +25,7 @@ from tests.fault._audit import (
     stamp,
     wait_for,
 )
-from tests.fault._figures import record
+from tests.fault._figures import record, record_audit
 
 
 def conflict(kube: Any, ns: str, name: str) -> str:
@@ -112,4 +112,5 @@ def test_targets_it_did_not_create_are_refused_and_never_overwritten(
         "another resource's Secret, a Secret forged to look managed, one owned by a Deployment, a Secret two "
         f"resources raced for ({winner} won) and a retarget onto another's Secret: 5 refusals (SecretConflict "
         f"naming the Secret), 0 foreign Secrets written, owners unchanged over {report.versions} versions"))
+    record_audit("hostile targets", report)
     report.assert_clean()

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.fault._audit import (
     ISSUED_ANN,
     Audit,
@@ -32,7 +34,7 @@ from tests.fault._audit import (
     wait_for,
     wait_settled,
 )
-from tests.fault._figures import record
+from tests.fault._figures import record, record_audit
 
 N = 8
 ROUNDS = 8
@@ -58,6 +60,7 @@ def lagging(kube: Any, ns: str, names: list[str], subset: list[str], requested: 
     return out + [f"{n}: status.expiresAt is not the Secret's" for n in names if not status_matches(kube, ns, n)]
 
 
+@pytest.mark.slow
 def test_sigkill_during_refreshes_loses_nothing_and_rewrites_nothing_fresh(
     kube: Any, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any, app_user: str,
 ) -> None:
@@ -117,6 +120,6 @@ def test_sigkill_during_refreshes_loses_nothing_and_rewrites_nothing_fresh(
         f"{max(stats['restart']):.1f} s, to every refresh served and status in line {max(stats['catch_up']):.1f} s "
         f"at most; fresh Secrets rewritten after a restart: {len(stats['rewritten_fresh'])}; logins after restarts: "
         f"{stats['logins']}, all accepted"))
-    record("SIGKILL during refresh: audit", report.summary())
+    record_audit("SIGKILL during refresh", report)
     assert not stats["rewritten_fresh"], stats["rewritten_fresh"]
     report.assert_clean()

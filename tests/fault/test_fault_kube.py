@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.fault._audit import (
     Audit,
     all_ready,
@@ -23,7 +25,7 @@ from tests.fault._audit import (
     secret,
     wait_for,
 )
-from tests.fault._figures import record
+from tests.fault._figures import record, record_audit
 
 N = 6
 
@@ -78,7 +80,7 @@ def test_conflicts_and_server_errors_on_every_call(
            f"on status PATCH, 500 on Event POST) during one refresh of {N} resources; all Ready with fresh "
            f"Secrets {done - requested:.1f} s after the request; Ready=False reasons seen: {sorted(reasons)}; "
            f"unexpected errors logged: {len(unexpected_errors(op))}")
-    record("Kubernetes 409/5xx: audit", report.summary())
+    record_audit("Kubernetes 409/5xx", report)
     report.assert_clean()
 
 
@@ -135,10 +137,11 @@ def test_dropped_watches_and_410_gone_on_resume_miss_nothing(
         f"{ended} watches ended normally and resumed 1.5 s later; meanwhile a Secret was deleted, a resource added "
         f"and the history compacted: {len(relists)} re-lists after 410 Gone; the Secret was back and the new "
         f"resource served {gone_recovery:.1f} s later"))
-    record("Kubernetes watches: audit", report.summary())
+    record_audit("Kubernetes watches", report)
     report.assert_clean()
 
 
+@pytest.mark.slow
 def test_slow_api_and_client_timeouts(
     kube: Any, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any, app_user: str,
 ) -> None:
@@ -146,9 +149,9 @@ def test_slow_api_and_client_timeouts(
     names = [f"db{i}" for i in range(N)]
     with Audit(kube, sts.lookup, [ns]) as audit:
         op = start(kube, rds, ns, operator_factory, audit, names)
-        # Every call in the namespace takes 1 s; two Secret writes hang longer than the client waits (10 s).
+        # Every call in the namespace takes 0.5 s; two Secret writes hang longer than the client waits (10 s).
         timeouts = kube.inject(rf"/namespaces/{ns}/secrets/", method="PUT", latency=11.0, times=2)
-        slow = kube.inject(rf"/namespaces/{ns}/", latency=1.0, times=None, watch=False)
+        slow = kube.inject(rf"/namespaces/{ns}/", latency=0.5, times=None, watch=False)
         requested = request_refresh(kube, ns, names, audit)
         try:
             done = converge(kube, audit, ns, names, requested, timeout=60)
@@ -160,9 +163,9 @@ def test_slow_api_and_client_timeouts(
         assert len(audit.writes(ns, name, since=requested)) == 1, name
         assert login(decode(secret(kube, ns, name) or {})) == app_user
     reasons = {r for n in names for _, s, r in audit.ready(ns, n, since=requested) if s == "False"}
-    record("Kubernetes slow responses", f"1 s added to every call, 2 Secret writes hung 11 s (client timeout 10 s): "
+    record("Kubernetes slow responses", f"0.5 s added to every call, 2 Secret writes hung 11 s (client timeout 10 s): "
            f"{N} resources Ready with fresh Secrets {done - requested:.1f} s after the request; Ready=False reasons "
            f"seen: {sorted(reasons)}; unexpected errors logged: {len(unexpected_errors(op))}")
-    record("Kubernetes slow responses: audit", report.summary())
+    record_audit("Kubernetes slow responses", report)
     report.assert_clean()
     assert not unexpected_errors(op)

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
+
 from rdsiam._check import main as check_main
 from rdsiam.testing._fixtures_operator import find_leaks, leak_guard, redact
 from rdsiam.testing.kubectl import Kubectl
@@ -151,6 +153,7 @@ def check(directory: Path, *args: str, process: bool = False) -> str:
     return text + out.getvalue()
 
 
+@pytest.mark.slow
 def test_failures_with_real_tokens_around_leak_nothing(
     kube: Any, kubectl: Kubectl, sts: Any, rds: Any, postgres: Any, spaces: Callable[[str], str],
     operator_factory: Any, app_user: str, tmp_path: Path,

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.fault._audit import Audit, credential, decode, login, parse_time, ready_reason, secret, unique, wait_for
-from tests.fault._figures import record
+from tests.fault._figures import record, record_audit
 from tests.fault.conftest import app_user, spaces  # noqa: F401 - fixtures
 
 N = int(os.environ.get("RDSIAM_LOAD_N", "1000"))
@@ -48,6 +48,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(OBSERVE + 300)  # the long version outlasts the suite's 300 s per test
 def test_a_thousand_resources_a_fifth_broken_the_rest_on_schedule(
     kube: Any, sts: Any, sts_faults: Any, rds: Any, spaces: Callable[[str], str],  # noqa: F811
     operator_factory: Any, app_user: str,  # noqa: F811
@@ -143,7 +144,7 @@ def test_a_thousand_resources_a_fifth_broken_the_rest_on_schedule(
            f"({sts_faults.injected['deny']} denied)")
     record("load: operator CPU", f"{cpu1 - cpu0:.1f} s during the first issue, {cpu2 - cpu1:.1f} s over the "
            f"{OBSERVE:.0f} s window ({(cpu2 - cpu1) / OBSERVE * 100:.0f}% of a core)")
-    record("load: audit", report.summary())
+    record_audit("load", report)
     assert len(first_ok) >= len(healthy)
     assert not wrong, wrong[:10]
     assert not foreign_writes

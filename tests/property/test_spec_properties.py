@@ -119,6 +119,7 @@ def judge(raw: dict[str, Any]) -> str:
     return f"admitted ({target.engine})"
 
 
+@pytest.mark.slow
 @PROFILE
 @given(specs())
 def test_every_spec_is_admitted_and_round_trips_or_is_refused_naming_the_field(raw: dict[str, Any]) -> None:
@@ -141,6 +142,38 @@ def test_reserved_characters_in_explicit_fields_survive_the_dsn(
         return
     check_admitted(target)
     STATS[f"explicit fields: round trip ({engine})"] += 1
+
+
+@pytest.mark.parametrize(("dsn", "why"), [
+    ("postgresql://app:$TOKEN@h.c.us-east-1.rds.amazonaws.com/orders?user=other", "a second user"),
+    ("postgresql://app:$TOKEN@h.c.us-east-1.rds.amazonaws.com/orders?dbname=", "an empty second dbname"),
+    ("postgresql://app:$TOKEN@h.c.us-east-1.rds.amazonaws.com/orders?host=evil.example.com&port=6432",
+     "a second host and port"),
+])
+def test_query_parameters_never_make_the_dsn_disagree_with_the_keys(dsn: str, why: str) -> None:
+    """Found by the property above: libpq lets query parameters override the URL, so a copied ``?user=``
+    made the Secret's DSN log in as another user than its ``username`` key and the token named."""
+    target = resolve(dsn=dsn)
+    info = conninfo_to_dict(build_dsn(target, TOKEN))
+    assert (target.username, target.database, target.host) == ("app", "orders", "h.c.us-east-1.rds.amazonaws.com")
+    assert (info["user"], info["dbname"], info["host"], info["port"]) == (
+        target.username, target.database, target.host, str(target.port)), why
+
+
+@pytest.mark.parametrize("raw", [
+    {"host": "h.c.us-east-1.rds.amazonaws.com", "username": "u", "database": "orders\nx"},
+    {"dsn": "postgresql://u:$TOKEN@h.c.us-east-1.rds.amazonaws.com/orders%0Ax"},
+    {"host": "h.c.us-east-1.rds.amazonaws.com", "username": "u", "target": {"labels": {"team": "a b"}}},
+    {"host": "h.c.us-east-1.rds.amazonaws.com", "username": "u", "target": {"annotations": {"a/b/c": "x"}}},
+])
+def test_what_can_never_work_is_invalid_spec_not_a_retry_loop(raw: dict[str, Any]) -> None:
+    """Found by the properties: a newline in the database name broke the pgpass line; labels and
+    annotations the API server refuses made the Secret write fail for ever (KubernetesError, retried)."""
+    assert not admission(raw)
+    with pytest.raises((SpecError, TargetError)) as err:
+        spec = parse_spec(raw)
+        resolve(dsn=spec.dsn, host=spec.host, username=spec.username, database=spec.database)
+    assert err.value.field in ("spec.database", "spec.dsn", "spec.target.labels", "spec.target.annotations")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -3,6 +3,12 @@
 ``cluster`` is the API server the scenarios run against: the emulator (``kube``) by default; the
 real-API tier overrides it with a kube-apiserver built from Go modules, the e2e tier with a real
 cluster. Everything here talks to it through ``kubectl``, so scenarios run unchanged on each.
+
+The secret-leak guard has two parts: ``operator_factory`` searches every operator's whole log (DEBUG),
+its metrics page, and every Event and status in the cluster for the tokens of every managed Secret
+(:func:`leak_guard`); and a ``pytest_runtest_makereport`` hook, active wherever this plugin is, fails
+any test whose failure text (assertion introspection, exception messages) or captured output holds a
+token or SigV4 query parameters, and redacts them from the report so CI logs never carry one.
 """
 
 from __future__ import annotations
