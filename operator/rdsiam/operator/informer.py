@@ -29,6 +29,31 @@ class Informer:
         self.synced = asyncio.Event()
         self.relists = 0
 
+    async def _watch(self, version: str) -> str:
+        """Watch from ``version``, resuming from the last version seen after a stream ends or drops;
+        return (to re-list) on 410 Gone or after repeated failures."""
+        failures = 0
+        while True:
+            try:
+                async for event in self.kube.watch_objects(self.path, version, self.label_selector):
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":  # 410 Gone after compaction, or another server-side error
+                        raise ApiError(int(obj.get("code") or 500), str(obj.get("reason", "")),
+                                       str(obj.get("message", ""))[:200])
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    failures = 0
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        self.on_event(str(kind), obj)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                status = getattr(exc, "status", None)
+                failures += 1
+                if status == 410 or failures > 3:
+                    raise
+                logger.info("%s: watch resuming from %s (%s)", self.name, version, status or type(exc).__name__)
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** failures))
+
     async def run(self) -> None:
         attempt = 0
         while True:
@@ -39,16 +64,7 @@ class Informer:
                 self.synced.set()
                 version = str((listing.get("metadata") or {}).get("resourceVersion") or "0")
                 attempt = 0
-                while True:  # re-watch from the last version after each normal end of a stream
-                    async for event in self.kube.watch_objects(self.path, version, self.label_selector):
-                        kind, obj = event.get("type"), event.get("object") or {}
-                        if kind == "ERROR":  # 410 Gone after compaction, or another server-side error
-                            raise ApiError(int(obj.get("code") or 500), str(obj.get("reason", "")),
-                                           str(obj.get("message", ""))[:200])
-                        version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                        if kind in ("ADDED", "MODIFIED", "DELETED"):
-                            self.on_event(str(kind), obj)
-                    attempt = 0
+                version = await self._watch(version)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -46,7 +46,7 @@ class OperatorProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
         env.update(self.env)
         env["KUBECONFIG"] = self.kubeconfig
-        env.setdefault("POD_NAME", f"rdsiam-test-{os.getpid()}-{self.starts}")
+        env.setdefault("POD_NAME", f"rdsiam-test-{os.getpid()}-{id(self):x}-{self.starts}")
         cmd = [sys.executable, "-m", "rdsiam.cli", "run", "--log-level", "debug",
                "--liveness", f"http://127.0.0.1:{self.health_port}/healthz", *self.args]
         if self.metrics_port:
