@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import boto3
 import pytest
 
 from rdsiam._check import main
@@ -24,28 +23,7 @@ USER, NOT_IAM, DB = "rdsiam_check_app", "rdsiam_check_pw", "rdsiam_check_db"
 def mint(sts: StsServer, rds: IamPostgres, postgres: PostgresServer) -> Callable[[str], str]:
     postgres.create_user(USER, database=DB)
     postgres.create_user(NOT_IAM, rds_iam=False, database=DB, password="not-the-token")
-    creds = boto3.client(
-        "sts",
-        endpoint_url=sts.url,
-        region_name=rds.region,
-        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
-        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    ).assume_role(RoleArn=sts.create_role("rdsiam-check-tests"), RoleSessionName="check")["Credentials"]
-    signer = boto3.client(
-        "rds",
-        region_name=rds.region,
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-    )
-
-    def mint(user: str) -> str:
-        token: str = signer.generate_db_auth_token(
-            DBHostname=rds.endpoint, Port=rds.port, DBUsername=user, Region=rds.region
-        )
-        return token
-
-    return mint
+    return sts.token_minter("rdsiam-check-tests", rds.endpoint, rds.port, rds.region)
 
 
 def _payload(rds: IamPostgres, user: str, token: str, *, expires_in: float = 900) -> dict[str, bytes]:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
 import yaml
 
@@ -33,20 +32,7 @@ POSTGRES_APPS = [
 @pytest.fixture(scope="module")
 def mount(sts: StsServer, rds: IamPostgres, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     postgres.create_user(USER, database=DB)
-    creds = boto3.client(
-        "sts",
-        endpoint_url=sts.url,
-        region_name=rds.region,
-        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
-        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    ).assume_role(RoleArn=sts.create_role("rdsiam-examples"), RoleSessionName="examples")["Credentials"]
-    token = boto3.client(
-        "rds",
-        region_name=rds.region,
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-    ).generate_db_auth_token(DBHostname=rds.endpoint, Port=rds.port, DBUsername=USER, Region=rds.region)
+    token = sts.token_minter("rdsiam-examples", rds.endpoint, rds.port, rds.region)(USER)
     path = tmp_path_factory.mktemp("examples") / "orders-db"
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)
     AtomicWriter(path).write(

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 import rdsiam
@@ -62,29 +61,7 @@ class Mount:
 def mint(sts: StsServer, rds: IamPostgres, postgres: PostgresServer) -> Callable[[str], str]:
     postgres.create_user(ALICE, database=DB)
     postgres.create_user(BOB, database=DB)
-    client = boto3.client(
-        "sts",
-        endpoint_url=sts.url,
-        region_name=rds.region,
-        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
-        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    )
-    creds = client.assume_role(RoleArn=sts.create_role("rdsiam-lib-tests"), RoleSessionName="lib")["Credentials"]
-    signer = boto3.client(
-        "rds",
-        region_name=rds.region,
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-    )
-
-    def mint(user: str) -> str:
-        token: str = signer.generate_db_auth_token(
-            DBHostname=rds.endpoint, Port=rds.port, DBUsername=user, Region=rds.region
-        )
-        return token
-
-    return mint
+    return sts.token_minter("rdsiam-lib-tests", rds.endpoint, rds.port, rds.region)
 
 
 @pytest.fixture

@@ -249,6 +249,26 @@ class StsServer:
         """The (fake) EKS OIDC issuer URL used in web identity tokens and default trust policies."""
         return f"https://oidc.eks.{self.region}.amazonaws.com/id/RDSIAMLOCALTESTCLUSTER00000000"
 
+    def token_minter(self, role_name: str, host: str, port: int, region: str | None = None) -> Callable[[str], str]:
+        """``mint(user)``: RDS IAM tokens for ``host:port``, signed (by boto3) with credentials of role
+        ``role_name`` (created if missing) assumed on this server. For tests of database code."""
+        import boto3
+
+        creds = boto3.client(
+            "sts", endpoint_url=self.url, region_name=region or self.region,
+            aws_access_key_id="AKIAIOSFODNN7EXAMPLE", aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        ).assume_role(RoleArn=self.create_role(role_name), RoleSessionName=role_name[:64])["Credentials"]
+        signer = boto3.client(
+            "rds", region_name=region or self.region, aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"],
+        )
+
+        def mint(user: str) -> str:
+            return str(signer.generate_db_auth_token(DBHostname=host, Port=port, DBUsername=user,
+                                                     Region=region or self.region))
+
+        return mint
+
     def create_role(self, name: str, trust_policy: dict[str, Any] | str | None = None) -> str:
         """Create an IAM role on this server (idempotent) and return its ARN.
 
