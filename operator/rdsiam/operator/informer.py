@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from rdsiam.operator.kubeapi import ApiError
 
@@ -29,9 +29,9 @@ class Informer:
         self.synced = asyncio.Event()
         self.relists = 0
 
-    async def _watch(self, version: str) -> str:
+    async def _watch(self, version: str) -> NoReturn:
         """Watch from ``version``, resuming from the last version seen after a stream ends or drops;
-        return (to re-list) on 410 Gone or after repeated failures."""
+        raise (so the caller re-lists) on 410 Gone or after repeated failures."""
         failures = 0
         while True:
             try:
@@ -64,7 +64,7 @@ class Informer:
                 self.synced.set()
                 version = str((listing.get("metadata") or {}).get("resourceVersion") or "0")
                 attempt = 0
-                version = await self._watch(version)
+                await self._watch(version)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
