@@ -24,23 +24,15 @@ UTC = datetime.UTC
 Key = tuple[str, str]
 
 
-def _trim(body: Any) -> dict[str, Any]:
-    """A plain-dict copy of what reconciliation needs (kopf bodies are live views)."""
+def _trim(body: dict[str, Any]) -> dict[str, Any]:
+    """What reconciliation needs of a watched object (freshly decoded JSON, owned by nobody else)."""
     meta = body.get("metadata", {})
     return {
         "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion",
                                               "annotations", "deletionTimestamp")},
-        "spec": _plain(body.get("spec") or {}),
-        "status": _plain(body.get("status") or {}),
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
     }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 class Scheduler:
@@ -66,7 +58,7 @@ class Scheduler:
 
     # ---- inputs -------------------------------------------------------------------------------
 
-    def observe(self, body: Any) -> None:
+    def observe(self, body: dict[str, Any]) -> None:
         """A watch event for a resource (kopf on.event). Schedules work only when it matters."""
         trimmed = _trim(body)
         meta = trimmed["metadata"]
