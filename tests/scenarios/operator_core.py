@@ -154,6 +154,26 @@ def test_restart_does_not_rewrite_fresh_secrets(
     kubectl.wait("the Secret back", lambda: kubectl.secret_data("r0", ns))
 
 
+def test_a_secret_edited_by_someone_else_is_repaired(
+    kubectl: Kubectl, rds: Any, operator: Any, ns: str, app_user: str,
+) -> None:
+    """The operator watches its Secrets as metadata only; a change it did not make is read back and a
+    missing key is put back at once, while a harmless one (a label) causes no rewrite."""
+    kubectl.apply(credential(rds, "edited", ns))
+    kubectl.wait("the Secret", lambda: kubectl.secret_data("edited", ns))
+    before = kubectl.get("secret", "edited", ns)
+    kubectl.run("label", "secret", "edited", "-n", ns, "team=payments")
+    time.sleep(1.5)
+    labelled = kubectl.get("secret", "edited", ns)
+    # Left alone: a rewrite replaces the whole Secret (labels included) with a new token.
+    assert before is not None and labelled is not None
+    assert labelled["metadata"]["labels"]["team"] == "payments" and labelled["data"] == before["data"]
+    kubectl.run("patch", "secret", "edited", "-n", ns, "--type=json", "-p", '[{"op": "remove", "path": "/data/dsn"}]')
+    data = kubectl.wait("the dsn key back", lambda: (d := kubectl.secret_data("edited", ns)) and "dsn" in d and d)
+    with login(data["dsn"]) as conn:
+        assert conn.execute("select current_user").fetchone() == ("app_user",)
+
+
 def test_describe_shows_conditions_and_events(
     kubectl: Kubectl, rds: Any, operator: Any, ns: str, app_user: str,
 ) -> None:

@@ -144,6 +144,41 @@ async def test_foreign_secret_is_never_touched() -> None:
     assert kube.events[-1]["type"] == "Warning"
 
 
+async def test_listed_cache_creates_without_reading_first() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    rec = reconciler(kube, ids, secret_cache={})
+    rec.secrets_listed = True  # the Secret informer has listed: a miss means "none of ours"
+    out = await rec.reconcile(resource())
+    assert out.ok and kube.calls == ["create_secret", "patch_status", "post_event"]
+
+
+async def test_listed_cache_miss_still_never_touches_a_foreign_secret() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    foreign = {"metadata": {"name": "orders", "namespace": "shop", "resourceVersion": "7"}, "data": {"x": "eQ=="}}
+    kube.secrets[("shop", "orders")] = copy.deepcopy(foreign)
+    rec = reconciler(kube, ids, secret_cache={})
+    rec.secrets_listed = True  # the foreign Secret has no managed-by label: not in the cache
+    out = await rec.reconcile(resource())
+    assert not out.ok and out.reason == reasons.SECRET_CONFLICT
+    assert kube.calls[:2] == ["create_secret", "get_secret"] and "replace_secret" not in kube.calls
+    assert kube.secrets[("shop", "orders")] == foreign
+
+
+async def test_spec_edited_in_place_is_noticed() -> None:
+    """The parsed spec is reused only while the spec is equal to the one parsed."""
+    kube, ids = FakeKube(), FakeIdentities()
+    rec = reconciler(kube, ids)
+    body = resource()
+    await rec.reconcile(body)
+    body["spec"]["username"] = "other_user"  # same dict, new content
+    out = await rec.reconcile(body)
+    assert out.refreshed
+    data = kube.secrets[("shop", "orders")]["data"]
+    assert base64.b64decode(data["username"]) == b"other_user"
+    rec.forget("shop", "orders")
+    assert not rec._parsed
+
+
 async def test_invalid_spec_is_permanent_and_names_the_field() -> None:
     kube, ids = FakeKube(), FakeIdentities()
     out = await reconciler(kube, ids).reconcile(resource({"host": "db.example.com", "username": "u"}))

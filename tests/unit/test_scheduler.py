@@ -15,7 +15,12 @@ class FakeReconciler:
         self.secrets: dict[Any, Any] = {}
         self.clock = lambda: dt.datetime.now(dt.UTC)
         self.calls: list[str] = []
+        self.forgotten: list[str] = []
+        self.secrets_listed = False
         self.fail, self.slow = fail or set(), slow or set()
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.forgotten.append(name)
 
     async def reconcile(self, body: dict[str, Any]) -> rec.Outcome:
         name = body["metadata"]["name"]
@@ -81,6 +86,7 @@ async def test_deleted_resources_are_forgotten() -> None:
     scheduler.replace_credentials([body("b")])
     await run_for(scheduler, 0.05)
     assert "a" not in fake.calls and "b" in fake.calls
+    assert fake.forgotten == ["a"]  # the reconciler drops what it kept about "a" too
 
 
 async def test_nothing_happens_before_the_caches_are_primed() -> None:
@@ -89,10 +95,11 @@ async def test_nothing_happens_before_the_caches_are_primed() -> None:
     scheduler.observe(body("a"))
     task = asyncio.create_task(scheduler.run())
     await asyncio.sleep(0.05)
-    assert fake.calls == []
+    assert fake.calls == [] and not fake.secrets_listed
     scheduler.active.set()
     scheduler.ready.set()
     await asyncio.sleep(0.05)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert fake.calls == ["a"]
+    assert fake.secrets_listed  # the Secret cache is complete from now on: misses need no GET

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 
-from rdsiam.operator.target import TargetError, build_dsn, parse_dsn, pgpass_line, region_of, resolve
+from rdsiam.operator.target import TargetError, build_dsn, parse_dsn, pgpass_line, quote_all, region_of, resolve
 
 HOST = "orders.cluster-abc123.us-east-1.rds.amazonaws.com"
 TOKEN = (
@@ -119,3 +121,10 @@ def test_pgpass_escapes_and_lists_dial_hosts() -> None:
     t = resolve(host="db.internal", username="a:b", database="d", signing_host=HOST)
     lines = pgpass_line(t, "to:k\\en", hosts=["127.0.0.1"]).splitlines()
     assert lines == ["db.internal:5432:d:a\\:b:to\\:k\\\\en", "127.0.0.1:5432:d:a\\:b:to\\:k\\\\en"]
+
+
+def test_quote_all_matches_urllib_quote() -> None:
+    samples = ["", "plain", "%", "%%25", "a b+c/d?e=f&g:h@i#j", "ü/ß", "tok%2Fen:=&?", "".join(map(chr, range(128)))]
+    token = "h.rds.amazonaws.com:5432/?Action=connect&DBUser=u&X-Amz-Security-Token=IQo%2F%2B%3D" * 20
+    for text in [*samples, token]:
+        assert quote_all(text) == quote(text, safe="")

@@ -78,9 +78,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         scope = f"/namespaces/{ns}" if ns else ""
         informers.append(Informer(kube, f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}", name=f"{PLURAL}{scope}",
                                   on_list=scheduler.replace_credentials, on_event=scheduler.credential_event))
+        # Secrets: listed whole (which keys each has), then watched as metadata only: the echo of every
+        # write the operator makes comes back without its tokens (a change by someone else is re-read).
         informers.append(Informer(kube, f"/api/v1{scope}/secrets", label_selector=MANAGED_SELECTOR,
                                   name=f"secrets{scope}", on_list=scheduler.replace_secrets,
-                                  on_event=scheduler.secret_event))
+                                  on_event=scheduler.secret_event, watch_metadata_only=True))
 
     async def mark_ready() -> None:
         await asyncio.gather(*(i.synced.wait() for i in informers))

@@ -22,8 +22,10 @@ class Informer:
     def __init__(
         self, kube: Any, path: str, *, on_list: Callable[[list[JsonDict]], None],
         on_event: Callable[[str, JsonDict], None], label_selector: str | None = None, name: str = "",
+        watch_metadata_only: bool = False,
     ) -> None:
         self.kube, self.path, self.label_selector = kube, path, label_selector
+        self.watch_metadata_only = watch_metadata_only  # LIST whole objects, WATCH PartialObjectMetadata
         self.on_list, self.on_event = on_list, on_event
         self.name = name or path
         self.synced = asyncio.Event()
@@ -35,7 +37,8 @@ class Informer:
         failures = 0
         while True:
             try:
-                async for event in self.kube.watch_objects(self.path, version, self.label_selector):
+                async for event in self.kube.watch_objects(self.path, version, self.label_selector,
+                                                           metadata_only=self.watch_metadata_only):
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":  # 410 Gone after compaction, or another server-side error
                         raise ApiError(int(obj.get("code") or 500), str(obj.get("reason", "")),

@@ -69,6 +69,9 @@ class Kube(Protocol):
     async def get_namespace(self, name: str) -> JsonDict | None: ...
 
 
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
 class KubeApi:
     """Kube over HTTP(S) with aiohttp; built from kopf's ConnectionInfo."""
 
@@ -153,8 +156,13 @@ class KubeApi:
 
     async def watch_objects(
         self, path: str, resource_version: str, label_selector: str | None = None, timeout: int = 300,
+        metadata_only: bool = False,
     ) -> AsyncIterator[JsonDict]:
-        """Yield watch events until the server ends the stream (``timeoutSeconds``) or drops it."""
+        """Yield watch events until the server ends the stream (``timeoutSeconds``) or drops it.
+
+        ``metadata_only``: events carry ``PartialObjectMetadata`` (no data), as for client-go's metadata
+        informers: the operator's own Secret writes echo back without their tokens.
+        """
         if self._session is None or self._session.closed:
             await self._request("GET", "/version")
         assert self._session is not None
@@ -164,6 +172,7 @@ class KubeApi:
             params["labelSelector"] = label_selector
         async with self._session.get(
             self.server + path, params=params, timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout + 30),
+            headers={"Accept": METADATA_ONLY} if metadata_only else None,
         ) as resp:
             if resp.status >= 400:
                 raise ApiError(resp.status, resp.reason or "", (await resp.text())[:200])

@@ -94,7 +94,9 @@ def decide(
 
 
 def rfc3339(when: datetime.datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``2026-11-21T10:00:00Z`` (whole seconds, UTC), as Kubernetes writes times."""
+    u = when if when.tzinfo is UTC else when.astimezone(UTC)
+    return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}Z"
 
 
 def parse_time(text: str | None) -> datetime.datetime | None:

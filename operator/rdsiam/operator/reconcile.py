@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import dataclasses
 import datetime
 import logging
@@ -92,13 +93,29 @@ class Reconciler:
         self.on_refresh: Callable[[dict[str, Any], str, datetime.datetime], None] | None = None
         self.on_failure: Callable[[dict[str, Any], str], None] | None = None
         self._warned: dict[str, tuple[str, str]] = {}
+        # True once ``secrets`` holds every managed Secret (the Secret informer has listed): a miss then
+        # means "no Secret of ours", so a first issue creates without reading first (a foreign Secret of
+        # that name still answers 409 and is checked before anything is written).
+        self.secrets_listed = False
+        # (namespace, name) -> the spec as last parsed, what it parsed to and, for a fixed endpoint, the
+        # target and fingerprint: refreshes of an unchanged spec skip parsing, resolving and hashing.
+        self._parsed: dict[tuple[str, str], _Parsed] = {}
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The resource is gone: drop what was kept about it."""
+        self._parsed.pop((namespace, name), None)
+        self._warned.pop(f"{namespace}/{name}", None)
 
     async def reconcile(self, body: dict[str, Any]) -> Outcome:
         meta = body.get("metadata", {})
         ns, name = meta["namespace"], meta["name"]
         now = self.clock()
+        raw = body.get("spec")
+        memo = self._parsed.get((ns, name))
+        if memo is not None and memo.raw != raw:
+            memo = None
         try:
-            spec = parse_spec(body.get("spec"))
+            spec = memo.spec if memo is not None else parse_spec(raw)
             endpoint: str | None = None  # spec.resolveCNAME: the RDS endpoint behind the host, signed for
             dial = (spec.host or (parse_dsn(spec.dsn).host if spec.dsn else None)) if spec.resolve_cname else None
             if dial and not spec.signing_host and self.resolver is not None:
@@ -109,9 +126,16 @@ class Reconciler:
                 if endpoint is None:
                     return await self._fail(body, reasons.ENDPOINT_NOT_RESOLVED,
                                             f"spec.resolveCNAME: no RDS endpoint found behind {dial}.", retry_after=5.0)
-            target = resolve(
-                dsn=spec.dsn, host=spec.host, port=spec.port, database=spec.database, username=spec.username,
-                engine=spec.engine, region=spec.region, signing_host=spec.signing_host or endpoint)
+            if memo is not None and memo.target is not None and memo.endpoint == endpoint:
+                target = memo.target
+            else:
+                target = resolve(
+                    dsn=spec.dsn, host=spec.host, port=spec.port, database=spec.database,
+                    username=spec.username, engine=spec.engine, region=spec.region,
+                    signing_host=spec.signing_host or endpoint)
+                memo = _Parsed(copy.deepcopy(raw), spec, endpoint, target,
+                               policy.fingerprint(raw or {}, spec.target.name or name))
+                self._parsed[(ns, name)] = memo
         except (SpecError, TargetError) as exc:
             return await self._fail(body, reasons.INVALID_SPEC, f"Invalid spec: {str(exc).rstrip('.')}. Fix the "
                                     "field and re-apply; the operator will not retry this generation.", permanent=True)
@@ -156,11 +180,12 @@ class Reconciler:
                 "overwrites or adopts a Secret it did not create. Delete that Secret or set spec.target.name "
                 "to a free name.", retry_after=60.0)
 
-        fp = policy.fingerprint(body.get("spec") or {}, secret_name)
+        fp = memo.fingerprint
+        interval = spec.refresh_seconds
+        jitter = policy.jitter_seconds(meta.get("uid", name), interval)
         requested = policy.parse_time((meta.get("annotations") or {}).get(REFRESH_ANN))
         decision = policy.decide(
-            current=fp, secret=state, interval=spec.refresh_seconds, now=now, requested_at=requested,
-            jitter=policy.jitter_seconds(meta.get("uid", name), spec.refresh_seconds))
+            current=fp, secret=state, interval=interval, now=now, requested_at=requested, jitter=jitter)
         if not decision.refresh:
             try:
                 await self._sync_status_if_behind(body, spec, target, secret_name, state)
@@ -245,16 +270,15 @@ class Reconciler:
                               f"expires {policy.rfc3339(expires)}.")
         if self.on_refresh is not None:
             self.on_refresh(body, decision.reason, expires)
-        jitter = policy.jitter_seconds(meta.get("uid", name), spec.refresh_seconds)
         due = policy.decide(
             current=fp, secret=_state_of(self.secrets[(ns, secret_name)], meta.get("uid")),
-            interval=spec.refresh_seconds, now=issued, jitter=jitter).due
+            interval=interval, now=issued, jitter=jitter).due
         if early:
             # Credentials that die before the token would: the expiry margin may already have passed, so
             # come back at half the token's life (the identity cache hands out new credentials by then),
             # never in a tight loop; the refresh interval still applies when it is sooner.
             floor = issued + max((expires - issued) / 2, datetime.timedelta(seconds=1))
-            by_interval = issued + datetime.timedelta(seconds=max(spec.refresh_seconds - jitter, 1.0))
+            by_interval = issued + datetime.timedelta(seconds=max(interval - jitter, 1.0))
             due = min(by_interval, max(due, floor))
         if status_behind:
             due = min(due, issued + datetime.timedelta(seconds=2))
@@ -271,12 +295,17 @@ class Reconciler:
 
     async def _secret_state(self, ns: str, name: str, meta: dict[str, Any]) -> tuple[policy.SecretState, Any]:
         cached = self.secrets.get((ns, name))
-        if cached is None:
+        # Read it when the cache cannot tell: before the informer has listed, or after someone else changed
+        # it (the metadata-only watch does not say which keys it has now).
+        if (cached is None and not self.secrets_listed) or (cached is not None and cached.get("keys") is None):
+            cached = None
             fetched = await self.kube.get_secret(ns, name)
             if fetched is not None:
                 cached = _strip_data(fetched)
-                if _owned_by(cached, meta.get("uid")):
-                    self.secrets[(ns, name)] = cached
+            if cached is not None and _owned_by(cached, meta.get("uid")):
+                self.secrets[(ns, name)] = cached
+            else:  # only our own Secrets are kept (a foreign one is checked again on each write)
+                self.secrets.pop((ns, name), None)
         return _state_of(cached, meta.get("uid")), cached
 
     def _secret_body(
@@ -434,6 +463,15 @@ class _Conflict(Exception):
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class _Parsed:
+    raw: Any  # a copy of the spec as watched (compared by value)
+    spec: CredentialSpec
+    endpoint: str | None  # the resolved RDS endpoint this target was built for (spec.resolveCNAME)
+    target: Target
+    fingerprint: str
+
+
 async def post_event(kube: Kube, namespace: str, event: dict[str, Any]) -> None:
     try:
         await kube.post_event(namespace, event)
@@ -469,12 +507,22 @@ class EventPoster:
 
 
 def _strip_data(secret: dict[str, Any]) -> dict[str, Any]:
-    """What the cache keeps of a Secret: metadata and which keys exist (never the token)."""
+    """What the cache keeps of a Secret: metadata and which keys exist (never the token).
+
+    ``keys`` is None for a ``PartialObjectMetadata`` (a metadata-only watch event): unknown until read.
+    """
     meta = secret.get("metadata", {})
+    keys: list[str] | None
+    if secret.get("kind") == "PartialObjectMetadata":
+        keys = None
+    elif "data" in secret:
+        keys = sorted((secret.get("data") or {}).keys())
+    else:
+        keys = secret.get("keys", [])
     return {
         "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion", "labels",
                                               "annotations", "ownerReferences")},
-        "keys": sorted((secret.get("data") or {}).keys() if "data" in secret else secret.get("keys", [])),
+        "keys": keys,
     }
 
 

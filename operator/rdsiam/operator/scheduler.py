@@ -77,6 +77,7 @@ class Scheduler:
         self._deadline.pop(key, None)
         self._attempts.pop(key, None)
         self.outcomes.pop(key, None)
+        self.reconciler.forget(namespace, name)
 
     def secret_event(self, kind: str, secret: dict[str, Any]) -> None:
         """Keep the Secret cache current; a deleted or foreign-modified Secret is refreshed now."""
@@ -84,13 +85,13 @@ class Scheduler:
         skey = (meta.get("namespace"), meta.get("name"))
         cache = self.reconciler.secrets
         known = cache.get(skey)
+        if known is not None and kind != "DELETED" and \
+                known["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
+            return  # the echo of a write already in the cache (with the keys it has)
         if kind == "DELETED":
             cache.pop(skey, None)
         else:
             cache[skey] = rec._strip_data(secret)
-        if known is not None and kind != "DELETED" and \
-                known["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
-            return
         owner = (meta.get("labels") or {}).get(rec.CREDENTIAL_LABEL)
         key = (meta.get("namespace"), owner)
         if kind != "DELETED" and key in self._running:
@@ -114,6 +115,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(self.concurrency)
         await self.ready.wait()
+        self.reconciler.secrets_listed = True  # both informers have listed: the Secret cache is complete
         while True:
             await self.active.wait()
             now = loop.time()

@@ -275,6 +275,24 @@ def resolve(
         region=final_region, signing_host=sign_host, scheme=scheme, options=parsed.options)
 
 
+# ``quote(s, safe="")``, faster for the long ASCII text a token is (~1.5 KB that ``quote`` walks byte by
+# byte in Python): one str.replace per distinct reserved character present, ``%`` first.
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def quote_all(text: str) -> str:
+    """Percent-encode everything but RFC 3986's unreserved characters (the same as ``quote(text, safe="")``)."""
+    if not text.isascii():
+        return quote(text, safe="")
+    reserved = set(text).difference(_UNRESERVED)
+    if "%" in reserved:
+        text = text.replace("%", "%25")
+        reserved.discard("%")
+    for char in reserved:
+        text = text.replace(char, f"%{ord(char):02X}")
+    return text
+
+
 def build_dsn(target: Target, token: str) -> str:
     """A URL DSN with the token as password, every component percent-encoded.
 
@@ -282,9 +300,9 @@ def build_dsn(target: Target, token: str) -> str:
     exactly the token, user and database.
     """
     host = f"[{target.host}]" if ":" in target.host else target.host
-    userinfo = f"{quote(target.username, safe='')}:{quote(token, safe='')}"
-    path = f"/{quote(target.database, safe='')}" if target.database else ""
-    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in target.options)
+    userinfo = f"{quote_all(target.username)}:{quote_all(token)}"
+    path = f"/{quote_all(target.database)}" if target.database else ""
+    query = "&".join(f"{quote_all(k)}={quote_all(v)}" for k, v in target.options)
     return f"{target.scheme}://{userinfo}@{host}:{target.port}{path}" + (f"?{query}" if query else "")
 
 

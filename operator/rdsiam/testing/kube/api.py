@@ -8,7 +8,6 @@ controllers do a moment later.
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +30,7 @@ from rdsiam.testing.kube.meta import (
     validate_metadata,
     validate_name,
 )
-from rdsiam.testing.kube.patching import json_patch, merge_patch, strategic_merge_patch
+from rdsiam.testing.kube.patching import json_copy, json_patch, merge_patch, strategic_merge_patch
 from rdsiam.testing.kube.resources import Registry, ResourceType
 from rdsiam.testing.kube.schema import MISSING
 from rdsiam.testing.kube.selectors import Selector
@@ -148,7 +147,7 @@ class Api:
                 "the body of the request was in an unknown format - accepted media types "
                 "include: application/json, application/yaml"
             )
-        obj = copy.deepcopy(body)
+        obj = json_copy(body)
         self._check_kind(rtype, obj)
         meta = obj.get("metadata")
         if not isinstance(meta, dict):
@@ -278,7 +277,7 @@ class Api:
         old = self._existing(rtype, namespace, name)
         if not isinstance(body, dict):
             raise err.bad_request("the body of the request was in an unknown format")
-        new = copy.deepcopy(body)
+        new = json_copy(body)
         self._check_kind(rtype, new)
         meta = new.setdefault("metadata", {})
         rv = meta.get("resourceVersion")
@@ -365,7 +364,7 @@ class Api:
             raise err.generic(404)
         new["apiVersion"], new["kind"] = rtype.api_version, rtype.kind
         if subresource == "status":
-            merged = copy.deepcopy(old)
+            merged = json_copy(old)
             merged["apiVersion"] = rtype.api_version
             if "status" in new:
                 merged["status"] = new["status"]
@@ -405,7 +404,7 @@ class Api:
             meta.pop("selfLink", None)
             if rtype.has_status:
                 if "status" in old:
-                    new["status"] = copy.deepcopy(old["status"])
+                    new["status"] = json_copy(old["status"])
                 else:
                     new.pop("status", None)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
@@ -495,7 +494,7 @@ class Api:
         if finalizers or is_namespace:
             if meta.get("deletionTimestamp") and finalizers == list(meta.get("finalizers") or []):
                 return render(old, rtype), False
-            new = copy.deepcopy(old)
+            new = json_copy(old)
             new["metadata"].setdefault("deletionTimestamp", now_rfc3339())
             new["metadata"].setdefault("deletionGracePeriodSeconds", 0)
             if finalizers:
@@ -561,7 +560,7 @@ class Api:
             self.registry.add(rtype)
         status = crd_established_status(crd)
         if crd.get("status") != status:
-            new = copy.deepcopy(crd)
+            new = json_copy(crd)
             new["status"] = status
             self.store.write(_CRDS, new, crd)
 
@@ -636,7 +635,7 @@ class Api:
             if where is None:
                 continue
             dep = self.store.tables[where[0]].objects[where[1]]
-            new = copy.deepcopy(dep)
+            new = json_copy(dep)
             new["metadata"]["ownerReferences"] = [
                 r for r in dep["metadata"].get("ownerReferences") or [] if r.get("uid") != uid
             ]
@@ -681,7 +680,7 @@ class Api:
         current = self.store.get(rtype.storage_key, namespace, name)
         if current is None or finalizer not in (current["metadata"].get("finalizers") or []):
             return
-        new = copy.deepcopy(current)
+        new = json_copy(current)
         new["metadata"]["finalizers"] = [f for f in new["metadata"]["finalizers"] if f != finalizer]
         self._update(rtype, current, new, None, False, "")
 

@@ -14,7 +14,22 @@ from typing import Any
 
 from rdsiam.testing.kube.errors import ApiError, bad_request
 
-__all__ = ["PatchError", "json_patch", "merge_patch", "strategic_merge_patch"]
+__all__ = ["PatchError", "json_copy", "json_patch", "merge_patch", "strategic_merge_patch"]
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of a JSON document, several times faster than ``copy.deepcopy`` (anything that is not
+    a dict, a list or an immutable scalar goes to ``copy.deepcopy``)."""
+    if isinstance(value, dict):
+        return {k: v if type(v) in _SCALARS else json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [v if type(v) in _SCALARS else json_copy(v) for v in value]
+    if type(value) in _SCALARS:
+        return value
+    return copy.deepcopy(value)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 class PatchError(ApiError):
@@ -30,7 +45,7 @@ class PatchError(ApiError):
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: dicts merge recursively, ``null`` deletes, anything else replaces."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return json_copy(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -38,19 +53,19 @@ def merge_patch(target: Any, patch: Any) -> Any:
         elif isinstance(value, dict):
             result[key] = merge_patch(result.get(key), value)
         else:
-            result[key] = copy.deepcopy(value)
+            result[key] = json_copy(value)
     return result
 
 
 def strategic_merge_patch(target: Any, patch: Any) -> Any:
     """A strategic merge patch with its directives interpreted, lists replaced (see module doc)."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return json_copy(patch)
     directive = patch.get("$patch")
     if directive == "delete":
         return None
     if directive == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if not k.startswith("$")}
+        return {k: json_copy(v) for k, v in patch.items() if not k.startswith("$")}
     result = dict(target) if isinstance(target, dict) else {}
     retain = patch.get("$retainKeys")
     if isinstance(retain, list):
@@ -79,7 +94,7 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
                 if not (isinstance(item, dict) and item.get("$patch") == "delete")
             ]
         else:
-            result[key] = copy.deepcopy(value)
+            result[key] = json_copy(value)
     return result
 
 
@@ -88,7 +103,7 @@ def _strip_directives(value: Any) -> Any:
         return {k: _strip_directives(v) for k, v in value.items() if not k.startswith("$")}
     if isinstance(value, list):
         return [_strip_directives(v) for v in value]
-    return copy.deepcopy(value)
+    return json_copy(value)
 
 
 # ---------------------------------------------------------------- RFC 6902
@@ -170,30 +185,30 @@ def json_patch(target: Any, operations: Any) -> Any:
     """Apply RFC 6902 operations (add, remove, replace, move, copy, test) to a copy of ``target``."""
     if not isinstance(operations, list):
         raise bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
-    doc = copy.deepcopy(target)
+    doc = json_copy(target)
     for op in operations:
         if not isinstance(op, dict) or "op" not in op:
             raise bad_request("Unexpected kind: unknown")
         kind, path = op["op"], op.get("path", "")
         if kind == "add":
-            doc = _add(doc, path, copy.deepcopy(op.get("value")))
+            doc = _add(doc, path, json_copy(op.get("value")))
         elif kind == "remove":
             _remove(doc, path)
         elif kind == "replace":
             _get(doc, path, "replace")
             if path == "":
-                doc = copy.deepcopy(op.get("value"))
+                doc = json_copy(op.get("value"))
             else:
                 parent, token = _parent(doc, path, "replace")
                 if isinstance(parent, list):
-                    parent[_index(parent, token, path, allow_end=False)] = copy.deepcopy(op.get("value"))
+                    parent[_index(parent, token, path, allow_end=False)] = json_copy(op.get("value"))
                 else:
-                    parent[token] = copy.deepcopy(op.get("value"))
+                    parent[token] = json_copy(op.get("value"))
         elif kind == "move":
             value = _remove(doc, op.get("from", ""), "move")
             doc = _add(doc, path, value, "move")
         elif kind == "copy":
-            value = copy.deepcopy(_get(doc, op.get("from", ""), "copy"))
+            value = json_copy(_get(doc, op.get("from", ""), "copy"))
             doc = _add(doc, path, value, "copy")
         elif kind == "test":
             try:

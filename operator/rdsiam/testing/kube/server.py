@@ -127,6 +127,33 @@ def _wants_table(accept: str) -> bool:
     return "as=Table" in first and "g=meta.k8s.io" in first
 
 
+def _wants_metadata(accept: str) -> str | None:
+    """``PartialObjectMetadata`` or ``PartialObjectMetadataList`` when the first media type asks for it
+    (what client-go's metadata informers send), else None."""
+    first = accept.split(",")[0] if accept else ""
+    if "g=meta.k8s.io" not in first:
+        return None
+    for part in first.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == "as" and value in ("PartialObjectMetadata", "PartialObjectMetadataList"):
+            return value
+    return None
+
+
+def _partial(obj: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+
+
+def _not_acceptable(wanted: str, rtype: ResourceType, is_list: bool) -> err.ApiError:
+    """406 for PartialObjectMetadata(List) asked of the other shape, in the real server's words."""
+    if rtype.crd is not None:
+        go_type = "*unstructured.UnstructuredList" if is_list else "*unstructured.Unstructured"
+    else:
+        go_type = f"*{rtype.group.split('.')[0] or 'core'}.{rtype.kind}{'List' if is_list else ''}"
+    what = f"a list ({go_type})" if is_list else f"not a list ({go_type})"
+    return err.ApiError(406, "NotAcceptable", f"you requested {wanted}, but the requested object is {what}")
+
+
 def _verb(method: str, rpath: ResourcePath, is_watch: bool) -> str:
     if method == "GET":
         return "watch" if is_watch else ("get" if rpath.name else "list")
@@ -374,6 +401,11 @@ class ApiHandler(kmock.KubernetesEmulator):
     def _respond_objects(
         self, raw: aiohttp.web.BaseRequest, rtype: ResourceType, obj: dict[str, Any]
     ) -> aiohttp.web.Response:
+        wanted = _wants_metadata(raw.headers.get("Accept", ""))
+        if wanted == "PartialObjectMetadata":
+            return _json(_partial(obj))
+        if wanted:
+            raise _not_acceptable(wanted, rtype, is_list=False)
         if _wants_table(raw.headers.get("Accept", "")):
             include = raw.query.get("includeObject", "Metadata")
             return _json(table(rtype, [obj], include_object=include), content_type=TABLE)
@@ -429,6 +461,14 @@ class ApiHandler(kmock.KubernetesEmulator):
             metadata["remainingItemCount"] = remaining
         elif rtype.crd is not None:
             metadata["continue"] = ""  # custom resource lists carry an empty token, built-ins none
+        wanted = _wants_metadata(raw.headers.get("Accept", ""))
+        if wanted == "PartialObjectMetadataList":
+            return _json({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                          "metadata": {k: v for k, v in metadata.items() if v != ""},
+                          # a custom resource's empty list is Go's nil slice: null
+                          "items": [_partial(o) for o in items] or (None if rtype.crd is not None else [])})
+        if wanted:
+            raise _not_acceptable(wanted, rtype, is_list=True)
         return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": metadata, "items": items})
 
     def _delete_collection(
@@ -570,7 +610,9 @@ class ApiHandler(kmock.KubernetesEmulator):
         store = backend.store
         params = raw.query
         selector = self._selector(raw, rtype, rpath)
-        as_table = _wants_table(raw.headers.get("Accept", ""))
+        as_table: bool | str = _wants_table(raw.headers.get("Accept", ""))
+        if not as_table and _wants_metadata(raw.headers.get("Accept", "")):
+            as_table = "metadata"  # PartialObjectMetadata events (a metadata informer's watch)
         bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
         send_initial = params.get("sendInitialEvents") == "true"
         timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
@@ -602,7 +644,7 @@ class ApiHandler(kmock.KubernetesEmulator):
             backend.watches.add(watcher)
 
         response = aiohttp.web.StreamResponse(status=200)
-        response.headers["Content-Type"] = TABLE if as_table else JSON
+        response.headers["Content-Type"] = TABLE if as_table is True else JSON
         response.headers["Cache-Control"] = "no-cache, private"
         response.enable_chunked_encoding()
         try:
@@ -614,7 +656,7 @@ class ApiHandler(kmock.KubernetesEmulator):
                 return response
             chunk = b"".join(self._event(rtype, "ADDED", obj, as_table) for obj in initial)
             if send_initial and bookmarks:
-                chunk += self._bookmark(rtype, initial_end=True)
+                chunk += self._bookmark(rtype, as_table == "metadata", initial_end=True)
             if chunk:
                 await response.write(chunk)
             return await self._pump(raw, response, rtype, watcher, as_table, bookmarks, timeout)
@@ -628,7 +670,7 @@ class ApiHandler(kmock.KubernetesEmulator):
         response: aiohttp.web.StreamResponse,
         rtype: ResourceType,
         watcher: Watcher,
-        as_table: bool,
+        as_table: bool | str,
         bookmarks: bool,
         timeout: float | None,
     ) -> aiohttp.web.StreamResponse:
@@ -650,10 +692,10 @@ class ApiHandler(kmock.KubernetesEmulator):
                         continue
                     if deadline is not None and loop.time() >= deadline:
                         if bookmarks:
-                            await response.write(self._bookmark(rtype))
+                            await response.write(self._bookmark(rtype, as_table == "metadata"))
                         break
                     if bookmarks:
-                        await response.write(self._bookmark(rtype))
+                        await response.write(self._bookmark(rtype, as_table == "metadata"))
                     next_bookmark = loop.time() + interval
                     continue
             else:
@@ -679,21 +721,20 @@ class ApiHandler(kmock.KubernetesEmulator):
             await response.write_eof()
         return response
 
-    def _event(self, rtype: ResourceType, kind: str, obj: dict[str, Any], as_table: bool) -> bytes:
-        rendered = render(obj, rtype)
-        payload = table(rtype, [rendered]) if as_table else rendered
+    def _event(self, rtype: ResourceType, kind: str, obj: dict[str, Any], as_table: bool | str) -> bytes:
+        """One watch line; ``as_table`` is True for Table rows, "metadata" for PartialObjectMetadata."""
+        if as_table == "metadata":
+            payload = _partial(obj)
+        else:
+            rendered = render(obj, rtype)
+            payload = table(rtype, [rendered]) if as_table else rendered
         return _dumps({"type": kind, "object": payload}) + b"\n"
 
-    def _bookmark(self, rtype: ResourceType, *, initial_end: bool = False) -> bytes:
+    def _bookmark(self, rtype: ResourceType, metadata_only: bool = False, *, initial_end: bool = False) -> bytes:
         metadata: dict[str, Any] = {"resourceVersion": str(self.backend.store.rv)}
         if initial_end:
             metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
-        return (
-            _dumps(
-                {
-                    "type": "BOOKMARK",
-                    "object": {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": metadata},
-                }
-            )
+        kind, api_version = ("PartialObjectMetadata", "meta.k8s.io/v1") if metadata_only else \
+            (rtype.kind, rtype.api_version)
+        return _dumps({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": metadata}}) \
             + b"\n"
-        )
