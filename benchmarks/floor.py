@@ -1,12 +1,17 @@
-"""The floor: only the unavoidable work per credential — sign a token with cached credentials and
-write it into the Secret once — with the operator's own HTTP client and concurrency, against the same
-server.
+"""The floor: only the unavoidable work per credential, with the operator's own HTTP client,
+concurrency and helpers, against the same server.
 
-    python benchmarks/floor.py --kubeconfig PATH --n 1000 [--namespace floor]
+    python benchmarks/floor.py --kubeconfig PATH --n 1000 [--namespace floor] [--passes create,patch,token]
 
-Two timed passes over N Secrets: ``create`` (sign + one POST: what a first issue cannot avoid) and
-``patch`` (sign + one merge PATCH of the existing Secret: what a refresh cannot avoid).
-Prints one JSON line: {"n": N, "create_s": S, "patch_s": S}.
+Each pass signs a token per Secret with cached credentials (from boto3's chain when AWS settings are in
+the environment, as the benchmark passes the operator's IRSA settings) and writes the Secret once:
+
+- ``create``: one POST of the Secret with the contents the product promises (username, password, host,
+  port, dbname, dsn, expires-at, pgpass, built by the operator's own functions): a first issue's floor.
+- ``patch``: one merge PATCH of that existing Secret with new contents: a refresh's floor.
+- ``token``: one merge PATCH of the ``password`` key alone (the least any refresh could write).
+
+Prints one JSON line: {"n": N, "create_s": S, "patch_s": S, "token_s": S}.
 """
 
 from __future__ import annotations
@@ -27,8 +32,24 @@ import yaml  # noqa: E402
 
 from rdsiam.operator.aws import Credentials, sign_token  # noqa: E402
 from rdsiam.operator.kubeapi import KubeApi  # noqa: E402
+from rdsiam.operator.policy import rfc3339  # noqa: E402
+from rdsiam.operator.target import build_dsn, pgpass_line, resolve  # noqa: E402
 
 HOST = "bench.cluster-abc123def456.us-east-1.rds.amazonaws.com"
+# Without AWS credentials in the environment: a session token as long as STS hands out for an assumed role
+# (about 1 KB; signing cost grows with it).
+SESSION_TOKEN = "IQoJb3JpZ2luX2VjE" * 60
+
+
+def cached_credentials() -> Credentials:
+    """Credentials as the operator gets them (boto3's chain: IRSA in the benchmark), fetched once."""
+    import boto3
+
+    found = boto3.Session().get_credentials()
+    if found is None:
+        return Credentials("ASIAFLOOR", "secret", SESSION_TOKEN, dt.datetime(2099, 1, 1, tzinfo=dt.UTC))
+    frozen = found.get_frozen_credentials()
+    return Credentials(frozen.access_key, frozen.secret_key, frozen.token, None)
 
 
 async def timed(n: int, concurrency: int, one: Callable[[int], Awaitable[object]]) -> float:
@@ -43,27 +64,48 @@ async def timed(n: int, concurrency: int, one: Callable[[int], Awaitable[object]
     return time.perf_counter() - start
 
 
-async def main_async(kubeconfig: str, n: int, ns: str, concurrency: int) -> dict[str, float]:
+async def main_async(kubeconfig: str, n: int, ns: str, concurrency: int, passes: list[str]) -> dict[str, float]:
     cfg = yaml.safe_load(Path(kubeconfig).read_text())
     server = cfg["clusters"][0]["cluster"]["server"]
     token = cfg["users"][0]["user"].get("token")
     kube = KubeApi(server, headers={"Authorization": f"Bearer {token}"} if token else {})
-    creds = Credentials("ASIAFLOOR", "secret", "session-token" * 40, dt.datetime(2099, 1, 1, tzinfo=dt.UTC))
+    creds = cached_credentials()
+    targets = [resolve(host=HOST, port=5432, database="app", username=f"user{i}") for i in range(n)]
 
-    def data(i: int) -> dict[str, str]:
-        tok = sign_token(creds, HOST, 5432, f"user{i}", "us-east-1")
+    def contents(i: int) -> dict[str, str]:
+        target = targets[i]
+        tok = sign_token(creds, target.signing_host, target.port, target.username, target.region)
+        data = {"username": target.username, "password": tok, "host": target.host, "port": str(target.port),
+                "dbname": target.database, "dsn": build_dsn(target, tok),
+                "expires-at": rfc3339(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)),
+                "pgpass": pgpass_line(target, tok)}
+        return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+    def password(i: int) -> dict[str, str]:
+        target = targets[i]
+        tok = sign_token(creds, target.signing_host, target.port, target.username, target.region)
         return {"password": base64.b64encode(tok.encode()).decode()}
+
+    def path(i: int) -> str:
+        return f"/api/v1/namespaces/{ns}/secrets/floor-{i:05d}"
 
     async def create(i: int) -> object:
         return await kube.create_secret(ns, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                                              "metadata": {"name": f"floor-{i:05d}", "namespace": ns},
-                                             "data": data(i)})
+                                             "data": contents(i)})
 
     async def patch(i: int) -> object:
-        return await kube._request("PATCH", f"/api/v1/namespaces/{ns}/secrets/floor-{i:05d}",
-                                   body={"data": data(i)}, content_type="application/merge-patch+json")
+        return await kube._request("PATCH", path(i), body={"data": contents(i)},
+                                   content_type="application/merge-patch+json")
 
-    result = {"n": n, "create_s": await timed(n, concurrency, create), "patch_s": await timed(n, concurrency, patch)}
+    async def patch_token(i: int) -> object:
+        return await kube._request("PATCH", path(i), body={"data": password(i)},
+                                   content_type="application/merge-patch+json")
+
+    result: dict[str, float] = {"n": n}
+    for name, one in (("create", create), ("patch", patch), ("token", patch_token)):
+        if name in passes:  # "patch" and "token" write the Secrets an earlier "create" made
+            result[f"{name}_s"] = await timed(n, concurrency, one)
     await kube.close()
     return result
 
@@ -74,8 +116,9 @@ def main() -> int:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--namespace", default="floor")
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--passes", default="create,patch,token")
     a = p.parse_args()
-    print(json.dumps(asyncio.run(main_async(a.kubeconfig, a.n, a.namespace, a.concurrency))))
+    print(json.dumps(asyncio.run(main_async(a.kubeconfig, a.n, a.namespace, a.concurrency, a.passes.split(",")))))
     return 0
 
 

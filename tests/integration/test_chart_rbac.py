@@ -155,7 +155,7 @@ def test_cluster_wide_rbac_matches_the_operators_calls(
     kube.requests.clear()
     operator = operator_factory(args=args)
 
-    kubectl.apply(credential(rds, "plain", ns))  # Secret get+create, status patch, Event, namespace get
+    kubectl.apply(credential(rds, "plain", ns))  # Secret create, status patch, Event, namespace get
     first = wait_secret(kubectl, "plain", ns)
     time.sleep(1.1)  # a new X-Amz-Date
     refresh(kubectl, "plain", ns)  # rotation: Secret update
@@ -165,7 +165,7 @@ def test_cluster_wide_rbac_matches_the_operators_calls(
     kubectl.apply(credential(rds, "conflicted", ns, target={"name": "taken"}))
     kubectl.wait(
         "SecretConflict", lambda: (c := kubectl.condition("conflicted", ns)) and c["reason"] == "SecretConflict"
-    )
+    )  # create answers 409: Secret get (whose is it?)
 
     role = sts.create_role(f"rbac-sa-{uuid.uuid4().hex[:6]}")
     kubectl.apply(
@@ -236,6 +236,11 @@ def test_namespaced_rbac_matches_the_operators_calls(
     wait_secret(kubectl, "plain", ns, differs_from=first["password"])
     kubectl.apply(credential(rds, "elsewhere", other))
     wait_secret(kubectl, "elsewhere", other)
+    kubectl.run("create", "secret", "generic", "taken", "-n", other, "--from-literal=password=mine")
+    kubectl.apply(credential(rds, "conflicted", other, target={"name": "taken"}))  # 409, then Secret get
+    kubectl.wait(
+        "SecretConflict", lambda: (c := kubectl.condition("conflicted", other)) and c["reason"] == "SecretConflict"
+    )
     kubectl.wait("the Events", lambda: kubectl.list("events", ns) and kubectl.list("events", other))
 
     # A resource outside the watched namespaces is not the operator's business (and not allowed to it).
