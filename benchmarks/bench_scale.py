@@ -120,6 +120,13 @@ def wait(what: str, fn: Any, timeout: float, interval: float = 0.25) -> float:
     raise TimeoutError(f"{what}: not within {timeout} s")
 
 
+def quiet(emu: KubeEmulator, seconds: float = 1.0) -> None:
+    """Wait until the operator has written nothing for ``seconds`` (its trailing Events are posted)."""
+    wait("the trailing Events", lambda: not any(
+        r.time > time.time() - seconds and "rdsiam-operator" in r.user_agent and r.method != "GET"
+        for r in emu.requests.snapshot()[-200:]), 600)
+
+
 def run_floor(kubeconfig: str, n: int, ns: str, aws_env: dict[str, str], passes: str) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(aws_env)
@@ -229,10 +236,8 @@ def bench(n: int, rotate_seconds: float, idle_seconds: float, rounds: int = 3) -
         writes = count.writes(since)
         issue_span, last_secret = secret_write_span(emu, since)
 
-        # 3. idle: once the trailing first-issue Events are posted (no request from the operator for 1 s).
-        wait("the trailing Events", lambda: not any(
-            r.time > time.time() - 1.0 and "rdsiam-operator" in r.user_agent and r.method != "GET"
-            for r in emu.requests[-200:]), 600)
+        # 3. idle: once the trailing first-issue Events are posted.
+        quiet(emu)
         cpu_a, _ = proc_stats(op.proc.pid)
         time.sleep(idle_seconds)
         cpu_b, rss_idle = proc_stats(op.proc.pid)
@@ -280,12 +285,15 @@ def bench(n: int, rotate_seconds: float, idle_seconds: float, rounds: int = 3) -
         }
         result["ratio_to_floor"] = result["operator_rate"] / result["floor_rate"]
 
-        # 5. rotation at a 1-minute interval.
+        # 6. rotation at a 1-minute interval.
         if rotate_seconds > 0:
+            hashes = {s["metadata"]["name"]: s["metadata"]["annotations"]["rdsiam.io/spec-hash"]
+                      for s in count.secrets(ns)}
             emu.apply_manifest(resources(n, ns, interval="1m"))  # a spec change: re-mints all at once
             wait("re-mint after spec change", lambda: all(
-                (s["metadata"].get("annotations") or {}).get("rdsiam.io/spec-hash") for s in count.secrets(ns)), 600)
-            time.sleep(5)
+                s["metadata"]["annotations"]["rdsiam.io/spec-hash"] != hashes[s["metadata"]["name"]]
+                for s in count.secrets(ns)), 600)
+            quiet(emu)  # the spec change's Events trail; the window holds routine rotations only
             since = time.time()
             cpu_r0, _ = proc_stats(op.proc.pid)
             missed, samples, oldest = 0, 0, 0.0

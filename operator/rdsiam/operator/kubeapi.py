@@ -12,7 +12,7 @@ import base64
 import json
 import re
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -88,6 +88,8 @@ class KubeApi:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self.writes = 0  # count of mutating calls, for benchmarks and tests
+        # Called with (path, status) when a mutating call fails (metrics count these).
+        self.on_write_error: Callable[[str, int], None] | None = None
 
     @classmethod
     def from_connection_info(cls, info: Any) -> KubeApi:
@@ -124,10 +126,11 @@ class KubeApi:
             ) as resp:
                 code, http_reason, text = resp.status, resp.reason, await resp.text()
         except TimeoutError:  # no answer in time: a temporary API failure like a 504, not a crash
-            raise ApiError(504, "Timeout", f"no answer from the API server within {self._timeout.total:g} s") from None
+            raise self._failed(method, path, ApiError(
+                504, "Timeout", f"no answer from the API server within {self._timeout.total:g} s")) from None
         except aiohttp.ClientError as exc:  # refused, reset, DNS, ...: the request may not have arrived
-            raise ApiError(503, "ServiceUnavailable",
-                           f"could not reach the API server ({type(exc).__name__})") from None
+            raise self._failed(method, path, ApiError(
+                503, "ServiceUnavailable", f"could not reach the API server ({type(exc).__name__})")) from None
         if code == 404 and allow_404:
             return None
         if code >= 400:
@@ -136,8 +139,14 @@ class KubeApi:
                 reason, message = status.get("reason", ""), status.get("message", "")
             except ValueError:
                 reason, message = http_reason or "", text[:200]
-            raise ApiError(code, str(reason), str(message))
+            raise self._failed(method, path, ApiError(code, str(reason), str(message)))
         return json.loads(text) if text else {}
+
+    def _failed(self, method: str, path: str, exc: ApiError) -> ApiError:
+        """Report a failed write (metrics count them by resource and status); returns ``exc`` to raise."""
+        if method != "GET" and self.on_write_error is not None:
+            self.on_write_error(path, exc.status)
+        return exc
 
     async def close(self) -> None:
         if self._session is not None:

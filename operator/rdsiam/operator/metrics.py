@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from rdsiam.operator.kubeapi import ApiError, KubeApi
+from rdsiam.operator.kubeapi import KubeApi
 from rdsiam.operator.policy import parse_time
 from rdsiam.operator.reconcile import CREDENTIAL_LABEL, EXPIRES_ANN
 
@@ -98,22 +98,7 @@ def instrument(reconciler: Any, identities: Any, scheduler: Any, kube: Any) -> N
     reconciler.on_failure = failed
     identities.on_sts_call = sts_call
     if isinstance(kube, KubeApi):
-        _count_write_errors(kube)
-
-
-def _count_write_errors(kube: KubeApi) -> None:
-    """Count failed writes at the one place every Kubernetes call goes through (KubeApi._request)."""
-    request = kube._request
-
-    async def counted(method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            return await request(method, path, **kwargs)
-        except ApiError as exc:  # also no answer (504) and no connection (503)
-            if method != "GET":
-                KUBE_WRITE_ERRORS.labels(api_resource(path), str(exc.status)).inc()
-            raise
-
-    kube._request = counted  # type: ignore[method-assign]
+        kube.on_write_error = lambda path, status: KUBE_WRITE_ERRORS.labels(api_resource(path), str(status)).inc()
 
 
 def api_resource(path: str) -> str:
