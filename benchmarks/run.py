@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/run.py [--quick]
 
---quick: N = 1,000 only and no rotation phase (about a minute); default: N = 1,000 and 5,000 with a
-150-second rotation phase at refreshInterval=1m (about ten minutes).
+--quick: N = 1,000 only and no rotation phase (about two minutes); default: N = 1,000 and 5,000 with a
+150-second rotation phase at refreshInterval=1m (about twelve minutes).
 """
 
 from __future__ import annotations

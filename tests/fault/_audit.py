@@ -144,18 +144,6 @@ class Report:
                 f"least remaining token life when replaced: {margin}")
 
 
-class _Tap:
-    """Duck-typed watcher registered on an emulator storage table (runs on the emulator's loop)."""
-
-    def __init__(self, sink: list[Change], kind: str, namespaces: set[str] | None) -> None:
-        self.sink, self.kind, self.namespaces = sink, kind, namespaces
-
-    def offer(self, event: Any) -> None:
-        ns = (event.obj.get("metadata") or {}).get("namespace")
-        if self.namespaces is None or ns in self.namespaces:
-            self.sink.append(Change(time.time(), event.type, self.kind, copy.deepcopy(event.obj)))
-
-
 class Audit:
     """Record every change of Secrets and RdsIamCredentials in ``namespaces`` (see the module doc)."""
 
@@ -164,31 +152,27 @@ class Audit:
         self.lookup = lookup
         self.namespaces = set(namespaces) if namespaces is not None else None
         self.changes: list[Change] = []
-        self._taps: list[tuple[Any, _Tap]] = []
+        self._stops: list[Callable[[], None]] = []
         self._expected_deletions: set[tuple[str, str]] = set()
 
     def __enter__(self) -> Audit:
-        def register() -> None:
-            for key, kind in ((("", "secrets"), "Secret"), ((GROUP, PLURAL), "RdsIamCredential")):
-                table = self.kube.store.table(key)
-                tap = _Tap(self.changes, kind, self.namespaces)
-                table.watchers.add(tap)
-                self._taps.append((table, tap))
-
-        self.kube.call(register)
+        for group, plural, kind in (("", "secrets", "Secret"), (GROUP, PLURAL, "RdsIamCredential")):
+            self._stops.append(self.kube.on_change(group, plural, self._recorder(kind)))
         return self
+
+    def _recorder(self, kind: str) -> Callable[[str, dict[str, Any]], None]:
+        def record(type_: str, obj: dict[str, Any]) -> None:  # on the emulator's loop, as each change commits
+            if self.namespaces is None or (obj.get("metadata") or {}).get("namespace") in self.namespaces:
+                self.changes.append(Change(time.time(), type_, kind, copy.deepcopy(obj)))
+
+        return record
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        def unregister() -> None:
-            for table, tap in self._taps:
-                table.watchers.discard(tap)
-            self._taps.clear()
-
-        if self._taps:
-            self.kube.call(unregister)
+        while self._stops:
+            self._stops.pop()()
 
     def expect_deletion(self, namespace: str, name: str) -> None:
         self._expected_deletions.add((namespace, name))
@@ -426,20 +410,3 @@ def login(data: dict[str, str]) -> str:
     return str(row[0])
 
 
-def end_watches(kube: Any, path: str) -> int:
-    """End open watch streams whose path matches ``path`` the normal way (as at ``timeoutSeconds``), so
-    clients resume from their last resourceVersion. ``kube.drop_watches`` breaks the connection instead.
-
-    The emulator has no public call for this yet; it is what ``KubeEmulator.stop`` does to each stream.
-    """
-    import re
-
-    pattern = re.compile(path)
-
-    def end() -> int:
-        watchers = [w for w in list(kube._backend.watches) if pattern.search(w.path)]
-        for watcher in watchers:
-            watcher.queue.put_nowait(None)
-        return len(watchers)
-
-    return int(kube.call(end))

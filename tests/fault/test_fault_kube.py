@@ -19,7 +19,6 @@ from tests.fault._audit import (
     all_ready,
     credential,
     decode,
-    end_watches,
     login,
     request_refresh,
     secret,
@@ -107,7 +106,7 @@ def test_dropped_watches_and_410_gone_on_resume_miss_nothing(
         # the history compacted. The emulator answers 410 Gone: the operator must re-list.
         for path in watches.strip("^$()").split("|"):
             kube.inject(rf"^{path}$", method="GET", latency=1.5, times=1, watch=True)
-        ended = end_watches(kube, watches)
+        ended = kube.end_watches(watches)
         audit.expect_deletion(ns, names[0])
         t0 = time.time()
         kube.client().delete(f"/api/v1/namespaces/{ns}/secrets/{names[0]}")

@@ -167,3 +167,29 @@ def test_dropped_watches_break_the_connection(emu: KubeEmulator, client: KubeCli
     assert emu.drop_watches(rf"/namespaces/{ns}/configmaps") == 1
     ended = stream.next()
     assert ended is None or isinstance(ended, BaseException)
+
+
+def test_ended_watches_close_cleanly_and_resume(emu: KubeEmulator, client: KubeClient, ns: str) -> None:
+    stream = Stream(client, cms(ns), timeout_seconds=30)
+    created = client.create(cms(ns), {"metadata": {"name": "a"}})
+    assert stream.summary(1) == [("ADDED", "a")]
+    assert emu.end_watches(rf"/namespaces/{ns}/configmaps") == 1
+    assert stream.next() is None  # the stream ends like a timeout: no broken connection
+    client.patch(f"{cms(ns)}/a", {"data": {"k": "v"}})
+    resumed = Stream(client, cms(ns), resource_version=created["metadata"]["resourceVersion"], timeout_seconds=1)
+    assert resumed.summary(1) == [("MODIFIED", "a")]
+
+
+def test_on_change_sees_every_committed_write(emu: KubeEmulator, client: KubeClient, ns: str) -> None:
+    seen: list[tuple[str, str, str]] = []
+    stop = emu.on_change("", "configmaps", lambda kind, obj: seen.append(
+        (kind, obj["metadata"]["name"], obj["metadata"]["resourceVersion"])))
+    emu.drop_watches()  # no watch involved: a tap on the storage
+    client.create(cms(ns), {"metadata": {"name": "b"}})
+    version = client.patch(f"{cms(ns)}/b", {"data": {"k": "v"}})["metadata"]["resourceVersion"]
+    client.delete(f"{cms(ns)}/b")
+    stop()
+    client.create(cms(ns), {"metadata": {"name": "c"}})
+    mine = [(kind, name) for kind, name, _ in seen if name in ("b", "c")]
+    assert mine == [("ADDED", "b"), ("MODIFIED", "b"), ("DELETED", "b")]
+    assert ("MODIFIED", "b", version) in seen

@@ -57,7 +57,9 @@ What behaves like kube-apiserver
     * Discovery (``/api``, ``/api/v1``, ``/apis``, ``/apis/G``, ``/apis/G/V``), ``/version``,
       ``/healthz``, a minimal ``/openapi/v3`` (paths only: enough for kubectl's default
       server-side field validation); server-side printing (``as=Table``) with CRD
-      ``additionalPrinterColumns`` and the usual built-in columns; protobuf request bodies of
+      ``additionalPrinterColumns`` and the usual built-in columns; metadata-only answers
+      (``as=PartialObjectMetadata`` for get and watch, ``as=PartialObjectMetadataList`` for list, 406
+      for the wrong shape, as a metadata informer asks); protobuf request bodies of
       the kinds ``kubectl create`` sends. So ``kubectl get/describe/apply (client- and
       server-side)/create/patch/label/wait/delete/get -w`` work with the kubeconfig at
       :attr:`KubeEmulator.kubeconfig`.
@@ -65,7 +67,9 @@ What behaves like kube-apiserver
       ``tests/integration/test_emulator_fidelity.py``): schema and CEL errors (including the
       "some validation rules were not checked" blocking error), conflicts, failed JSON patch
       tests, TokenRequest validation, name validation, selectors and discovery match.
-    * Fault injection (:meth:`KubeEmulator.inject`, :meth:`KubeEmulator.drop_watches`) and a
+    * Fault injection (:meth:`KubeEmulator.inject`, :meth:`KubeEmulator.drop_watches`), streams
+      ended the normal way (:meth:`KubeEmulator.end_watches`), a tap on every committed change
+      (:meth:`KubeEmulator.on_change`: what an audit records, which no dropped watch can hide) and a
       bounded request log with RBAC attributes (:attr:`KubeEmulator.requests`).
 
 How it relates to kmock 0.8

@@ -355,17 +355,38 @@ class KubeEmulator:
 
     def drop_watches(self, path: str | None = None) -> int:
         """Abruptly drop open watch connections (whose path matches the regex); returns how many."""
+        return self._signal_watches(path, DROP)
+
+    def end_watches(self, path: str | None = None) -> int:
+        """End open watch streams (whose path matches the regex) the normal way, as at ``timeoutSeconds``:
+        clients resume from their last resourceVersion. Returns how many."""
+        return self._signal_watches(path, None)
+
+    def _signal_watches(self, path: str | None, item: Any) -> int:
         pattern = re.compile(path) if path is not None else None
 
-        def drop() -> int:
+        def signal() -> int:
             count = 0
             for watcher in list(self._backend.watches):
                 if pattern is None or pattern.search(watcher.path):
-                    watcher.queue.put_nowait(DROP)
+                    watcher.queue.put_nowait(item)
                     count += 1
             return count
 
-        return self.call(drop)
+        return self.call(signal)
+
+    def on_change(self, group: str, plural: str, callback: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        """Call ``callback(type, object)`` for every committed change of that resource (ADDED, MODIFIED,
+        DELETED), on the emulator's loop, as it is stored: dropped watches and injected faults cannot hide a
+        write from it. ``object`` is the stored object (copy it to keep it). Returns a function that stops it.
+        """
+        tap = _ChangeTap(callback)
+        self.call(lambda: self.store.table((group, plural)).watchers.add(tap))
+
+        def stop() -> None:
+            self.call(lambda: self.store.table((group, plural)).watchers.discard(tap))
+
+        return stop
 
     def compact(self) -> int:
         """Forget the watch history; resuming from an older resourceVersion then gets 410 Gone.
@@ -394,3 +415,13 @@ def _load_documents(source: Manifest) -> list[dict[str, Any]]:
         else:
             expanded.append(doc)
     return expanded
+
+
+class _ChangeTap:
+    """A storage-table watcher that hands each committed event to a callback (see ``on_change``)."""
+
+    def __init__(self, callback: Callable[[str, dict[str, Any]], None]) -> None:
+        self.callback = callback
+
+    def offer(self, event: Any) -> None:
+        self.callback(event.type, event.obj)

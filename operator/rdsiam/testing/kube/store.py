@@ -17,7 +17,7 @@ import asyncio
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rdsiam.testing.kube.resources import StorageKey
 from rdsiam.testing.kube.selectors import Selector
@@ -36,6 +36,12 @@ class Event:
     type: str  # ADDED, MODIFIED, DELETED
     obj: dict[str, Any]
     old: dict[str, Any] | None
+
+
+class Subscriber(Protocol):
+    """Anything a table hands its committed events to (watch streams, ``KubeEmulator.on_change``)."""
+
+    def offer(self, event: Event) -> None: ...
 
 
 @dataclass(eq=False)
@@ -75,7 +81,7 @@ class Table:
         self.by_ns: dict[str, dict[str, dict[str, Any]]] = {}
         self.history: deque[Event] = deque(maxlen=history_limit)
         self.floor = 0  # events with rv <= floor are no longer available
-        self.watchers: set[Watcher] = set()
+        self.watchers: set[Subscriber] = set()
 
     def scope(self, namespace: str | None) -> Iterator[dict[str, Any]]:
         if namespace is None:
