@@ -117,6 +117,7 @@ class RequestRecord:
     name: str = ""
     status: int | None = None
     content_type: str = ""
+    accept: str = ""
     time: float = field(default_factory=time.time)
 
     @property

@@ -191,6 +191,7 @@ class ApiHandler(kmock.KubernetesEmulator):
             dict(raw.query),
             raw.headers.get("User-Agent", ""),
             content_type=raw.headers.get("Content-Type", ""),
+            accept=raw.headers.get("Accept", ""),
         )
         if rpath is not None:
             record.verb = _verb(raw.method, rpath, is_watch)
