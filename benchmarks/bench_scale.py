@@ -136,10 +136,15 @@ def run_floor(kubeconfig: str, n: int, ns: str, aws_env: dict[str, str], passes:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def secret_write_times(emu: KubeEmulator, since: float) -> list[float]:
+    """When the operator wrote Secrets after ``since``, in order."""
+    return sorted(r.time for r in emu.requests if r.time >= since and r.resource == "secrets" and r.method != "GET"
+                  and "rdsiam-operator" in r.user_agent)
+
+
 def secret_write_span(emu: KubeEmulator, since: float) -> tuple[float, float]:
     """(first to last Secret write by the operator, last write after ``since``) in seconds."""
-    times = [r.time for r in emu.requests if r.time >= since and r.resource == "secrets" and r.method != "GET"
-             and "rdsiam-operator" in r.user_agent]
+    times = secret_write_times(emu, since)
     if len(times) < 2:
         return 0.0, 0.0
     return max(times) - min(times), max(times) - since
@@ -194,8 +199,7 @@ def refresh_burst(emu: KubeEmulator, op: OperatorProcess, count: Counter, ns: st
     total = time.monotonic() - t0
     wait("all Ready after the burst", lambda: count.ready(ns) >= n, 600)
     sampler.stop()
-    times = sorted(r.time for r in emu.requests if r.time >= since and r.resource == "secrets"
-                   and r.method != "GET" and "rdsiam-operator" in r.user_agent)
+    times = secret_write_times(emu, since)
     # The middle 60% of the burst: steady refreshing, without the start-up (imports, listing) or the tail.
     a, z = times[len(times) // 5], times[len(times) * 4 // 5]
     middle = len(times) * 4 // 5 - len(times) // 5

@@ -7,7 +7,7 @@ Each pass signs a token per Secret with cached credentials (from boto3's chain w
 the environment, as the benchmark passes the operator's IRSA settings) and writes the Secret once:
 
 - ``create``: one POST of the Secret with the contents the product promises (username, password, host,
-  port, dbname, dsn, expires-at, pgpass, built by the operator's own functions): a first issue's floor.
+  port, dbname, dsn, expires-at, pgpass, built by the operator's own ``secret_data``): a first issue's floor.
 - ``patch``: one merge PATCH of that existing Secret with new contents: a refresh's floor.
 - ``token``: one merge PATCH of the ``password`` key alone (the least any refresh could write).
 
@@ -32,8 +32,8 @@ import yaml  # noqa: E402
 
 from rdsiam.operator.aws import Credentials, sign_token  # noqa: E402
 from rdsiam.operator.kubeapi import KubeApi  # noqa: E402
-from rdsiam.operator.policy import rfc3339  # noqa: E402
-from rdsiam.operator.target import build_dsn, pgpass_line, resolve  # noqa: E402
+from rdsiam.operator.reconcile import secret_data  # noqa: E402
+from rdsiam.operator.target import resolve  # noqa: E402
 
 HOST = "bench.cluster-abc123def456.us-east-1.rds.amazonaws.com"
 # Without AWS credentials in the environment: a session token as long as STS hands out for an assumed role
@@ -75,10 +75,7 @@ async def main_async(kubeconfig: str, n: int, ns: str, concurrency: int, passes:
     def contents(i: int) -> dict[str, str]:
         target = targets[i]
         tok = sign_token(creds, target.signing_host, target.port, target.username, target.region)
-        data = {"username": target.username, "password": tok, "host": target.host, "port": str(target.port),
-                "dbname": target.database, "dsn": build_dsn(target, tok),
-                "expires-at": rfc3339(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)),
-                "pgpass": pgpass_line(target, tok)}
+        data = secret_data(target, tok, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15))
         return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
 
     def password(i: int) -> dict[str, str]:

@@ -37,7 +37,9 @@ from urllib.parse import unquote
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from rdsiam.operator.target import split_pgpass
 from rdsiam.testing import sigv4
+from rdsiam.testing.kubectl import Kubectl
 
 UTC = dt.UTC
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -278,7 +280,7 @@ class Audit:
                     problems.append(f"dsn {key} differs from the {field} key")
         if "pgpass" in data:
             for line in data["pgpass"].splitlines():
-                if line and _pgpass_password(line) != token:
+                if line and split_pgpass(line)[-1] != token:
                     problems.append("a pgpass line holds another token")
         if v.annotations.get(EXPIRES_ANN) != data["expires-at"]:
             problems.append("expires-at key and annotation differ")
@@ -305,22 +307,6 @@ class Audit:
             return
         if v.real_expiry is not None and v.claimed_expiry > v.real_expiry + 1.0:
             problems.append(f"expires-at claims {v.claimed_expiry - v.real_expiry:.0f} s more than the token lives")
-
-
-def _pgpass_password(line: str) -> str:
-    fields, current, escaped = [], "", False
-    for ch in line:
-        if escaped:
-            current += ch
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ":" and len(fields) < 4:
-            fields.append(current)
-            current = ""
-        else:
-            current += ch
-    return current
 
 
 # ---- driving the stack ---------------------------------------------------------------------------
@@ -368,14 +354,8 @@ def request_refresh(kube: Any, namespace: str, names: Iterable[str], audit: Audi
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+    """``Kubectl.wait`` with the fault tier's longer default timeout."""
+    return Kubectl.wait(what, fn, timeout, interval)
 
 
 def wait_settled(what: str, problems: Callable[[], list[str]], timeout: float = 20.0) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from rdsiam.operator import policy
 from rdsiam.operator.spec import SpecError, parse_spec
-from rdsiam.operator.target import TargetError, build_dsn, pgpass_line, resolve
+from rdsiam.operator.target import TargetError, build_dsn, pgpass_line, resolve, split_pgpass
 from rdsiam.testing.kube.schema import Schema
 from tests.fault._figures import record
 from tests.property.strategies import RESERVED, specs
@@ -78,18 +78,7 @@ def check_admitted(target: Any) -> None:
             assert info.get("dbname", "") == target.database and info["port"] == str(target.port)
             assert info["host"] == target.host
         line = pgpass_line(target, TOKEN).split("\n")[0]  # libpq splits on newlines only
-        fields, current, escaped = [], "", False
-        for ch in line:
-            if escaped:
-                current, escaped = current + ch, False
-            elif ch == "\\":
-                escaped = True
-            elif ch == ":" and len(fields) < 4:
-                fields.append(current)
-                current = ""
-            else:
-                current += ch
-        assert [*fields, current] == [target.host, str(target.port), target.database or "*", target.username, TOKEN]
+        assert split_pgpass(line) == [target.host, str(target.port), target.database or "*", target.username, TOKEN]
     again = resolve(dsn=dsn, region=target.region, signing_host=target.signing_host)
     assert (again.host, again.port, again.database, again.username, again.engine, again.region, again.options) == \
         (target.host, target.port, target.database, target.username, target.engine, target.region, target.options)

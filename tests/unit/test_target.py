@@ -6,7 +6,16 @@ from urllib.parse import quote
 
 import pytest
 
-from rdsiam.operator.target import TargetError, build_dsn, parse_dsn, pgpass_line, quote_all, region_of, resolve
+from rdsiam.operator.target import (
+    TargetError,
+    build_dsn,
+    parse_dsn,
+    pgpass_line,
+    quote_all,
+    region_of,
+    resolve,
+    split_pgpass,
+)
 
 HOST = "orders.cluster-abc123.us-east-1.rds.amazonaws.com"
 TOKEN = (
@@ -121,6 +130,7 @@ def test_pgpass_escapes_and_lists_dial_hosts() -> None:
     t = resolve(host="db.internal", username="a:b", database="d", signing_host=HOST)
     lines = pgpass_line(t, "to:k\\en", hosts=["127.0.0.1"]).splitlines()
     assert lines == ["db.internal:5432:d:a\\:b:to\\:k\\\\en", "127.0.0.1:5432:d:a\\:b:to\\:k\\\\en"]
+    assert split_pgpass(lines[0]) == ["db.internal", "5432", "d", "a:b", "to:k\\en"]  # as libpq reads it
 
 
 def test_quote_all_matches_urllib_quote() -> None:

@@ -126,7 +126,7 @@ class Reconciler:
                 if endpoint is None:
                     return await self._fail(body, reasons.ENDPOINT_NOT_RESOLVED,
                                             f"spec.resolveCNAME: no RDS endpoint found behind {dial}.", retry_after=5.0)
-            if memo is not None and memo.target is not None and memo.endpoint == endpoint:
+            if memo is not None and memo.endpoint == endpoint:
                 target = memo.target
             else:
                 target = resolve(
@@ -314,17 +314,7 @@ class Reconciler:
         identity: str | None,
     ) -> dict[str, Any]:
         meta = body["metadata"]
-        data = {
-            "username": target.username,
-            "password": token,
-            "host": target.host,
-            "port": str(target.port),
-            "dbname": target.database,
-            "dsn": build_dsn(target, token),
-            "expires-at": policy.rfc3339(expires),
-        }
-        if target.engine == "postgres":
-            data["pgpass"] = pgpass_line(target, token)
+        data = secret_data(target, token, expires)
         labels = {**spec.target.labels, MANAGED_BY: MANAGER, CREDENTIAL_LABEL: meta["name"]}
         annotations = {**spec.target.annotations, FINGERPRINT_ANN: fp, ISSUED_ANN: policy.rfc3339(issued),
                        EXPIRES_ANN: policy.rfc3339(expires)}
@@ -457,6 +447,22 @@ class Reconciler:
                 422: "the API server rejected the Secret; check spec.target labels and annotations"}.get(
             exc.status, "the API server or network had a problem; retrying with backoff")
         return f"Could not {what} Secret {ns}/{name}: {exc.status} {exc.reason}: {exc.message[:300]}. {hint}."
+
+
+def secret_data(target: Target, token: str, expires: datetime.datetime) -> dict[str, str]:
+    """The Secret's keys (DESIGN's contract), in clear text: one token, every key from the same generation."""
+    data = {
+        "username": target.username,
+        "password": token,
+        "host": target.host,
+        "port": str(target.port),
+        "dbname": target.database,
+        "dsn": build_dsn(target, token),
+        "expires-at": policy.rfc3339(expires),
+    }
+    if target.engine == "postgres":
+        data["pgpass"] = pgpass_line(target, token)
+    return data
 
 
 class _Conflict(Exception):

@@ -311,6 +311,24 @@ def escape_pgpass(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
+def split_pgpass(line: str) -> list[str]:
+    """The five fields of one password-file line, unescaped as libpq reads them (``escape_pgpass`` undone;
+    the last field, the password, takes the rest of the line)."""
+    fields: list[str] = []
+    current, escaped = "", False
+    for ch in line:
+        if escaped:
+            current, escaped = current + ch, False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":" and len(fields) < 4:
+            fields.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*fields, current]
+
+
 def pgpass_line(target: Target, token: str, hosts: Sequence[str] = ()) -> str:
     """``host:port:dbname:user:token`` lines for libpq's password file (one per host the client may dial).
 
