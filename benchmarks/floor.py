@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 from rdsiam.operator.aws import Credentials, sign_token  # noqa: E402
 from rdsiam.operator.kubeapi import KubeApi  # noqa: E402
 from rdsiam.operator.reconcile import secret_data  # noqa: E402
-from rdsiam.operator.target import resolve  # noqa: E402
+from rdsiam.operator.target import Target, resolve  # noqa: E402
 
 HOST = "bench.cluster-abc123def456.us-east-1.rds.amazonaws.com"
 # Without AWS credentials in the environment: a session token as long as STS hands out for an assumed role
@@ -64,43 +64,54 @@ async def timed(n: int, concurrency: int, one: Callable[[int], Awaitable[object]
     return time.perf_counter() - start
 
 
+def targets(n: int) -> list[Target]:
+    return [resolve(host=HOST, port=5432, database="app", username=f"user{i}") for i in range(n)]
+
+
+def contents(creds: Credentials, target: Target) -> dict[str, str]:
+    """A fresh token and the Secret's data built from it (base64, as written)."""
+    tok = sign_token(creds, target.signing_host, target.port, target.username, target.region)
+    data = secret_data(target, tok, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15))
+    return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+
+def secret_path(ns: str, i: int) -> str:
+    return f"/api/v1/namespaces/{ns}/secrets/floor-{i:05d}"
+
+
+async def patch(kube: KubeApi, ns: str, creds: Credentials, target: Target, i: int) -> object:
+    """A refresh's floor: sign, then one merge PATCH of the existing Secret ``floor-i``."""
+    return await kube._request("PATCH", secret_path(ns, i), body={"data": contents(creds, target)},
+                               content_type="application/merge-patch+json")
+
+
 async def main_async(kubeconfig: str, n: int, ns: str, concurrency: int, passes: list[str]) -> dict[str, float]:
     cfg = yaml.safe_load(Path(kubeconfig).read_text())
     server = cfg["clusters"][0]["cluster"]["server"]
     token = cfg["users"][0]["user"].get("token")
     kube = KubeApi(server, headers={"Authorization": f"Bearer {token}"} if token else {})
     creds = cached_credentials()
-    targets = [resolve(host=HOST, port=5432, database="app", username=f"user{i}") for i in range(n)]
-
-    def contents(i: int) -> dict[str, str]:
-        target = targets[i]
-        tok = sign_token(creds, target.signing_host, target.port, target.username, target.region)
-        data = secret_data(target, tok, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15))
-        return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    tgts = targets(n)
 
     def password(i: int) -> dict[str, str]:
-        target = targets[i]
+        target = tgts[i]
         tok = sign_token(creds, target.signing_host, target.port, target.username, target.region)
         return {"password": base64.b64encode(tok.encode()).decode()}
-
-    def path(i: int) -> str:
-        return f"/api/v1/namespaces/{ns}/secrets/floor-{i:05d}"
 
     async def create(i: int) -> object:
         return await kube.create_secret(ns, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                                              "metadata": {"name": f"floor-{i:05d}", "namespace": ns},
-                                             "data": contents(i)})
+                                             "data": contents(creds, tgts[i])})
 
-    async def patch(i: int) -> object:
-        return await kube._request("PATCH", path(i), body={"data": contents(i)},
-                                   content_type="application/merge-patch+json")
+    async def patch_all(i: int) -> object:
+        return await patch(kube, ns, creds, tgts[i], i)
 
     async def patch_token(i: int) -> object:
-        return await kube._request("PATCH", path(i), body={"data": password(i)},
+        return await kube._request("PATCH", secret_path(ns, i), body={"data": password(i)},
                                    content_type="application/merge-patch+json")
 
     result: dict[str, float] = {"n": n}
-    for name, one in (("create", create), ("patch", patch), ("token", patch_token)):
+    for name, one in (("create", create), ("patch", patch_all), ("token", patch_token)):
         if name in passes:  # "patch" and "token" write the Secrets an earlier "create" made
             result[f"{name}_s"] = await timed(n, concurrency, one)
     await kube.close()

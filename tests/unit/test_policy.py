@@ -71,3 +71,18 @@ def test_condition_keeps_transition_time_while_unchanged() -> None:
         later, type_="Ready", status="False", reason="B", message="x", generation=2, now=T0 + dt.timedelta(hours=2)
     )
     assert flipped[0]["lastTransitionTime"] == "2026-01-01T14:00:00Z"
+
+
+def test_due_after_issue_is_what_decide_says_of_the_fresh_secret() -> None:
+    """The reconciler asks ``due_after_issue`` instead of building the new Secret's state for ``decide``."""
+    for interval in (60, 300, 600, 840):
+        for jitter in (0.0, 7.5, interval * 0.1):
+            for lifetime in (900, 600, 240, 180, 100, 12, 1):  # credentials may cap the token's life
+                for margin in (policy.EXPIRY_MARGIN, dt.timedelta(seconds=30)):
+                    state = fresh(T0, lifetime)
+                    assert state.expires_at is not None
+                    expected = decide(current="fp", secret=state, interval=interval, now=T0, jitter=jitter,
+                                      margin=margin).due
+                    due = policy.due_after_issue(T0, state.expires_at, interval=interval, jitter=jitter,
+                                                 margin=margin)
+                    assert due == expected, (interval, jitter, lifetime, margin)

@@ -12,7 +12,7 @@ import pytest
 from rdsiam.operator import reasons
 from rdsiam.operator.aws import Credentials, IdentityError, IdentityKey
 from rdsiam.operator.kubeapi import ApiError
-from rdsiam.operator.reconcile import Reconciler
+from rdsiam.operator.reconcile import Reconciler, json_copy, merge_patch
 from rdsiam.operator.tenancy import TenancyPolicy
 
 HOST = "orders.cluster-abc123.us-east-1.rds.amazonaws.com"
@@ -48,10 +48,9 @@ class FakeKube:
         self.secrets[(ns, body["metadata"]["name"])] = body
         return copy.deepcopy(body)
 
-    async def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    async def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
         self.calls.append("patch_status")
-        self.statuses.append(status)
-        return {"status": status}
+        self.statuses.append(copy.deepcopy(status))
 
     async def post_event(self, ns: str, body: dict[str, Any]) -> None:
         self.calls.append("post_event")
@@ -226,3 +225,47 @@ async def test_kubernetes_errors_are_temporary(status: int) -> None:
     kube.create_secret = broken  # type: ignore[method-assign]
     out = await reconciler(kube, ids).reconcile(resource())
     assert out.reason == reasons.KUBERNETES_ERROR and out.retry_after
+
+
+def test_merge_patch_follows_rfc_7386() -> None:
+    target = {"a": "b", "c": {"d": "e", "f": "g"}, "list": [1, 2], "keep": 1}
+    patch = {"a": "z", "c": {"f": None, "h": "i"}, "list": [3], "new": {"x": None, "y": 1}}
+    assert merge_patch(target, patch) == {"a": "z", "c": {"d": "e", "h": "i"}, "list": [3], "keep": 1,
+                                          "new": {"y": 1}}
+    assert target == {"a": "b", "c": {"d": "e", "f": "g"}, "list": [1, 2], "keep": 1}  # not changed
+    assert merge_patch({"a": 1}, ["x"]) == ["x"] and merge_patch("s", {"a": None}) == {}
+    assert merge_patch({"a": 1}, {"a": None}) == {}
+
+
+def test_json_copy_is_deep_and_equal() -> None:
+    value = {"a": [1, {"b": "c"}, None], "d": {"e": True, "f": 1.5}}
+    copied = json_copy(value)
+    assert copied == value
+    copied["a"][1]["b"] = "changed"
+    copied["d"]["e"] = False
+    assert value == {"a": [1, {"b": "c"}, None], "d": {"e": True, "f": 1.5}}
+
+
+async def test_status_view_kept_current_without_the_servers_answer() -> None:
+    """patch_status returns nothing; the body's status becomes what the merge patch makes of it."""
+    kube = FakeKube()
+    body = resource()
+    body["status"] = {"someoneElses": "kept", "identity": "arn:aws:sts::1:assumed-role/old/s",
+                      "conditions": [{"type": "Ready", "status": "False", "reason": "Throttled", "message": "m",
+                                      "lastTransitionTime": "2025-12-31T00:00:00Z"}]}
+    await reconciler(kube, FakeIdentities()).reconcile(body)
+    written = kube.statuses[-1]
+    assert body["status"] == {**written, "someoneElses": "kept"}
+    assert body["status"]["conditions"][0]["status"] == "True"
+    assert body["status"]["lastRefreshTime"] == "2026-01-01T12:00:00Z"
+
+    class Anonymous(FakeIdentities):  # credentials whose principal is unknown: status.identity null
+        async def get(self, key: IdentityKey) -> Credentials:
+            return Credentials("ASIAFAKE", "secret", "session", None, None)
+
+    body["spec"] = {**body["spec"], "database": "other"}  # a spec change: a refresh
+    body["metadata"]["generation"] = 2
+    await reconciler(kube, Anonymous(), now=T0 + dt.timedelta(minutes=1)).reconcile(body)
+    assert kube.statuses[-1]["identity"] is None  # a null in a merge patch removes the key
+    assert "identity" not in body["status"] and body["status"]["someoneElses"] == "kept"
+    assert body["status"]["lastRefreshTime"] == "2026-01-01T12:01:00Z"

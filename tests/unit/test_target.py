@@ -9,6 +9,7 @@ import pytest
 from rdsiam.operator.target import (
     TargetError,
     build_dsn,
+    check_hostname,
     parse_dsn,
     pgpass_line,
     quote_all,
@@ -138,3 +139,17 @@ def test_quote_all_matches_urllib_quote() -> None:
     token = "h.rds.amazonaws.com:5432/?Action=connect&DBUser=u&X-Amz-Security-Token=IQo%2F%2B%3D" * 20
     for text in [*samples, token]:
         assert quote_all(text) == quote(text, safe="")
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("10.0.0.7", "10.0.0.7"), ("::1", "::1"), ("[fe80::1]", "fe80::1"), ("2001:db8::5", "2001:db8::5"),
+    ("DB.Example.com.", "db.example.com"), ("999.1.1.1", "999.1.1.1"), ("10.0.0.7.nip.io", "10.0.0.7.nip.io"),
+])
+def test_check_hostname_accepts_ip_literals_and_hostnames(given: str, expected: str) -> None:
+    assert check_hostname("spec.host", given) == expected
+
+
+@pytest.mark.parametrize("given", ["", "a..b", "under_score.example.com", "[::1", "1:2:3", "-x.example.com"])
+def test_check_hostname_refuses_what_is_neither(given: str) -> None:
+    with pytest.raises(TargetError, match="spec.host"):
+        check_hostname("spec.host", given)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 from typing import Any
 
@@ -86,6 +87,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     async def mark_ready() -> None:
         await asyncio.gather(*(i.synced.wait() for i in informers))
+        settle_heap()
         scheduler.ready.set()
 
     tasks = [asyncio.create_task(i.run(), name=f"rdsiam informer {i.name}") for i in informers]
@@ -104,6 +106,20 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                  events=events)
     logger.info("rdsiam operator started (concurrency %d, leader election %s)",
                 CONFIG.concurrency, "on" if CONFIG.leader_election else "off")
+
+
+def settle_heap() -> None:
+    """Once the caches are listed: keep the cyclic garbage collector off what lives as long as the process.
+
+    The modules, kopf, aiohttp, botocore's service models and the listed objects are ~160,000 objects;
+    every full collection walked them all (~0.1 s at 3,000 resources) and a refresh burst triggered
+    one or two, while JSON-decoded bodies are freed by reference counting anyway. Freezing them and
+    collecting the young generation less often cut the collector's time in a 3,000-refresh burst from
+    0.195 s to 0.037 s (benchmarks/, issue 8). Objects created later are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 10)
 
 
 async def _warm_up(identities: Any) -> None:

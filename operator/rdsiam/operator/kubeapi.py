@@ -61,7 +61,7 @@ class Kube(Protocol):
     async def get_secret(self, namespace: str, name: str) -> JsonDict | None: ...
     async def create_secret(self, namespace: str, body: JsonDict) -> JsonDict: ...
     async def replace_secret(self, namespace: str, name: str, body: JsonDict) -> JsonDict: ...
-    async def patch_status(self, namespace: str, name: str, status: JsonDict) -> JsonDict: ...
+    async def patch_status(self, namespace: str, name: str, status: JsonDict) -> None: ...
     async def post_event(self, namespace: str, body: JsonDict) -> None: ...
     async def get_service_account(self, namespace: str, name: str) -> JsonDict | None: ...
     async def request_token(
@@ -110,7 +110,7 @@ class KubeApi:
 
     async def _request(
         self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
-        params: Mapping[str, str] | None = None, allow_404: bool = False,
+        params: Mapping[str, str] | None = None, allow_404: bool = False, decode: bool = True,
     ) -> JsonDict | None:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
@@ -124,7 +124,7 @@ class KubeApi:
                 method, self.server + path, data=data, params=params,
                 headers={"Content-Type": content_type} if data is not None else None,
             ) as resp:
-                code, http_reason, text = resp.status, resp.reason, await resp.text()
+                code, http_reason, raw = resp.status, resp.reason, await resp.read()
         except TimeoutError:  # no answer in time: a temporary API failure like a 504, not a crash
             raise self._failed(method, path, ApiError(
                 504, "Timeout", f"no answer from the API server within {self._timeout.total:g} s")) from None
@@ -135,12 +135,12 @@ class KubeApi:
             return None
         if code >= 400:
             try:
-                status = json.loads(text)
+                status = json.loads(raw)
                 reason, message = status.get("reason", ""), status.get("message", "")
             except ValueError:
-                reason, message = http_reason or "", text[:200]
+                reason, message = http_reason or "", raw[:200].decode(errors="replace")
             raise self._failed(method, path, ApiError(code, str(reason), str(message)))
-        return json.loads(text) if text else {}
+        return json.loads(raw) if raw and decode else {}
 
     def _failed(self, method: str, path: str, exc: ApiError) -> ApiError:
         """Report a failed write (metrics count them by resource and status); returns ``exc`` to raise."""
@@ -203,12 +203,12 @@ class KubeApi:
         assert result is not None
         return result
 
-    async def patch_status(self, namespace: str, name: str, status: JsonDict) -> JsonDict:
-        result = await self._request(
+    async def patch_status(self, namespace: str, name: str, status: JsonDict) -> None:
+        """Merge-patch the status subresource. The answer (the whole object) is not decoded: the caller
+        knows what it wrote, and the watch brings the object."""
+        await self._request(
             "PATCH", self.CR_PATH.format(ns=namespace, name=name) + "/status", body={"status": status},
-            content_type="application/merge-patch+json")
-        assert result is not None
-        return result
+            content_type="application/merge-patch+json", decode=False)
 
     async def post_event(self, namespace: str, body: JsonDict) -> None:
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)

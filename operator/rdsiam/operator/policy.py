@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 from typing import Any
@@ -57,6 +58,7 @@ def fingerprint(spec: dict[str, Any], secret_name: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=65536)
 def jitter_seconds(uid: str, interval: float) -> float:
     """A deterministic per-resource offset in [0, JITTER_FRACTION * interval)."""
     h = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
@@ -91,6 +93,18 @@ def decide(
         return Decision(True, INTERVAL_ELAPSED, "the refresh interval has elapsed", now)
     due = min(next_interval, expiring_at)
     return Decision(False, FRESH, f"the token is fresh until {rfc3339(due)}", due)
+
+
+def due_after_issue(
+    issued: datetime.datetime, expires: datetime.datetime, *, interval: float, jitter: float = 0.0,
+    margin: datetime.timedelta = EXPIRY_MARGIN,
+) -> datetime.datetime:
+    """When to look again right after writing a token issued at ``issued``: what ``decide`` says of
+    that fresh, complete Secret at ``issued`` (without building the Secret's state to ask it)."""
+    expiring_at = expires - margin
+    if expiring_at <= issued:
+        return max(issued, issued + (expires - issued) / 2)
+    return min(issued + datetime.timedelta(seconds=max(interval - jitter, 1.0)), expiring_at)
 
 
 def rfc3339(when: datetime.datetime) -> str:

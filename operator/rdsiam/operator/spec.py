@@ -7,6 +7,7 @@ whose message names the field path (``spec.target.name: ...``) and never echoes 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Literal
 
@@ -157,7 +158,7 @@ class CredentialSpec(_Model):
             raise ValueError(f"must be between 1m and 14m (tokens live 15m), got {value}")
         return value
 
-    @property
+    @functools.cached_property
     def refresh_seconds(self) -> float:
         return parse_duration(self.refresh_interval)
 

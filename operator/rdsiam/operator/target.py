@@ -85,11 +85,12 @@ def check_hostname(field: str, host: str) -> str:
         h = h[1:-1]
     if not h:
         raise TargetError(field, "must not be empty")
-    try:
-        ipaddress.ip_address(h)
-        return h
-    except ValueError:
-        pass
+    if ":" in h or h.replace(".", "").isdigit():  # only these can be IP literals (parsing raises otherwise)
+        try:
+            ipaddress.ip_address(h)
+            return h
+        except ValueError:
+            pass
     name = h[:-1] if h.endswith(".") else h
     if len(name) > 253:
         raise TargetError(field, f"hostname is {len(name)} characters long; DNS allows at most 253")
