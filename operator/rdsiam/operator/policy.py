@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import hashlib
 import json
 from typing import Any
@@ -58,7 +57,6 @@ def fingerprint(spec: dict[str, Any], secret_name: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=65536)
 def jitter_seconds(uid: str, interval: float) -> float:
     """A deterministic per-resource offset in [0, JITTER_FRACTION * interval)."""
     h = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
