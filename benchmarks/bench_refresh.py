@@ -82,8 +82,12 @@ async def measure(server: str, n: int, rounds: int) -> dict[str, Any]:
     scheduler.active.set()
     tasks.append(asyncio.create_task(scheduler.run()))
 
-    async def refreshed(count: int) -> None:
+    async def refreshed(count: int, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
         while reconciler.stats.refreshes < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{reconciler.stats.refreshes} of {count} refreshes after {timeout:g} s; "
+                                   f"failures: {reconciler.stats.failures}")
             await asyncio.sleep(0.005)
 
     await refreshed(n)  # first issue: every Secret exists, every spec is parsed
