@@ -10,7 +10,8 @@ one right after the other, so they meet the same machine:
 - the operator's refresh path: its own Scheduler, Reconciler, informers (LIST + WATCH of the resources
   and of their Secrets), Event poster and KubeApi client, wired as ``rdsiam run`` wires them, warm (every
   resource refreshed once before); a round moves the reconciler's clock 11 minutes on, so all N are due
-  at once and each refresh is the routine one: sign, one Secret write, one status write, no Event;
+  at once and each refresh is the routine one: sign, one Secret write, one status write, no Event; a
+  round ends when the watch echoes of all its writes are handled too;
 - the floor (``floor.py``'s PATCH pass): sign, one merge PATCH of a Secret with the same contents.
 
 Both sign with the same cached credentials (no STS here: the identity cache is a stub that returns
@@ -68,11 +69,21 @@ async def measure(server: str, n: int, rounds: int) -> dict[str, Any]:
     reconciler = Reconciler(kube, CachedIdentity(), events=events,  # type: ignore[arg-type]
                             clock=lambda: dt.datetime.now(dt.UTC) + offset)
     scheduler = Scheduler(reconciler)
+    echoes = 0  # watch events handled: each refresh echoes twice (its Secret, its resource's status)
+
+    def counted(handle: Any) -> Any:
+        def on_event(kind: str, obj: dict[str, Any]) -> None:
+            nonlocal echoes
+            echoes += 1
+            handle(kind, obj)
+        return on_event
+
     informers = [
         Informer(kube, f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}", on_list=scheduler.replace_credentials,
-                 on_event=scheduler.credential_event),
+                 on_event=counted(scheduler.credential_event)),
         Informer(kube, f"/api/v1/namespaces/{NS}/secrets", label_selector=MANAGED_SELECTOR,
-                 on_list=scheduler.replace_secrets, on_event=scheduler.secret_event, watch_metadata_only=True),
+                 on_list=scheduler.replace_secrets, on_event=counted(scheduler.secret_event),
+                 watch_metadata_only=True),
     ]
     tasks = [asyncio.create_task(i.run()) for i in informers]
     for informer in informers:
@@ -105,11 +116,14 @@ async def measure(server: str, n: int, rounds: int) -> dict[str, Any]:
 
     async def operator_pass() -> None:
         nonlocal offset
-        before = reconciler.stats.refreshes
+        before, seen = reconciler.stats.refreshes, echoes
         offset += dt.timedelta(minutes=11)  # past the interval: all due, routine refreshes
         for key in list(scheduler.bodies):
             scheduler.schedule(key, 0.0)
         await refreshed(before + n)
+        deadline = time.monotonic() + 10.0
+        while echoes < seen + 2 * n and time.monotonic() < deadline:  # the pass ends with its echoes handled
+            await asyncio.sleep(0.001)
 
     await floor_pass()  # warm the floor's side too
     results: dict[str, list[tuple[float, float]]] = {"floor": [], "operator": []}
