@@ -49,12 +49,10 @@ async def measure(server: str, n: int, rounds: int) -> dict[str, Any]:
     import floor
 
     from rdsiam.operator.aws import Credentials, IdentityKey
-    from rdsiam.operator.handlers import MANAGED_SELECTOR, settle_heap
-    from rdsiam.operator.informer import Informer
+    from rdsiam.operator.handlers import informers_for, settle_heap
     from rdsiam.operator.kubeapi import KubeApi
     from rdsiam.operator.reconcile import EventPoster, Reconciler
     from rdsiam.operator.scheduler import Scheduler
-    from rdsiam.operator.spec import GROUP, PLURAL, VERSION
 
     creds = Credentials("ASIABENCHREFRESH", "secret", floor.SESSION_TOKEN, None,
                         "arn:aws:sts::123456789012:assumed-role/rdsiam-operator/bench")
@@ -69,6 +67,7 @@ async def measure(server: str, n: int, rounds: int) -> dict[str, Any]:
     reconciler = Reconciler(kube, CachedIdentity(), events=events,  # type: ignore[arg-type]
                             clock=lambda: dt.datetime.now(dt.UTC) + offset)
     scheduler = Scheduler(reconciler)
+    informers = informers_for(kube, scheduler, NS)
     echoes = 0  # watch events handled: each refresh echoes twice (its Secret, its resource's status)
 
     def counted(handle: Any) -> Any:
@@ -78,13 +77,8 @@ async def measure(server: str, n: int, rounds: int) -> dict[str, Any]:
             handle(kind, obj)
         return on_event
 
-    informers = [
-        Informer(kube, f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}", on_list=scheduler.replace_credentials,
-                 on_event=counted(scheduler.credential_event)),
-        Informer(kube, f"/api/v1/namespaces/{NS}/secrets", label_selector=MANAGED_SELECTOR,
-                 on_list=scheduler.replace_secrets, on_event=counted(scheduler.secret_event),
-                 watch_metadata_only=True),
-    ]
+    for informer in informers:
+        informer.on_event = counted(informer.on_event)
     tasks = [asyncio.create_task(i.run()) for i in informers]
     for informer in informers:
         await informer.synced.wait()

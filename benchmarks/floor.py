@@ -34,6 +34,7 @@ import yaml  # noqa: E402
 
 from rdsiam.operator.aws import Credentials, sign_token  # noqa: E402
 from rdsiam.operator.kubeapi import KubeApi  # noqa: E402
+from rdsiam.operator.policy import rfc3339  # noqa: E402
 from rdsiam.operator.reconcile import secret_data  # noqa: E402
 from rdsiam.operator.target import Target, resolve  # noqa: E402
 
@@ -73,7 +74,7 @@ def targets(n: int) -> list[Target]:
 def contents(creds: Credentials, target: Target) -> dict[str, str]:
     """A fresh token and the Secret's data built from it (base64, as written)."""
     tok = sign_token(creds, target.signing_host, target.port, target.username, target.region)
-    data = secret_data(target, tok, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15))
+    data = secret_data(target, tok, rfc3339(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)))
     return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
 
 

@@ -14,11 +14,16 @@ import asyncio
 import dataclasses
 import gc
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from rdsiam.operator.spec import GROUP, PLURAL, VERSION
+
+if TYPE_CHECKING:
+    from rdsiam.operator.informer import Informer
+    from rdsiam.operator.kubeapi import KubeApi
+    from rdsiam.operator.scheduler import Scheduler
 
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=rdsiam"
 
@@ -48,7 +53,6 @@ STATE: dict[str, Any] = {}
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     from rdsiam.operator import metrics
     from rdsiam.operator.aws import Identities
-    from rdsiam.operator.informer import Informer
     from rdsiam.operator.kubeapi import KubeApi
     from rdsiam.operator.reconcile import EventPoster, Reconciler
     from rdsiam.operator.scheduler import Scheduler
@@ -74,16 +78,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     metrics.instrument(reconciler, identities, scheduler, kube)
     if CONFIG.metrics_port is not None:
         metrics.serve(CONFIG.metrics_port)
-    informers = []
-    for ns in CONFIG.namespaces or (None,):
-        scope = f"/namespaces/{ns}" if ns else ""
-        informers.append(Informer(kube, f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}", name=f"{PLURAL}{scope}",
-                                  on_list=scheduler.replace_credentials, on_event=scheduler.credential_event))
-        # Secrets: listed whole (which keys each has), then watched as metadata only: the echo of every
-        # write the operator makes comes back without its tokens (a change by someone else is re-read).
-        informers.append(Informer(kube, f"/api/v1{scope}/secrets", label_selector=MANAGED_SELECTOR,
-                                  name=f"secrets{scope}", on_list=scheduler.replace_secrets,
-                                  on_event=scheduler.secret_event, watch_metadata_only=True))
+    informers = [i for ns in CONFIG.namespaces or (None,) for i in informers_for(kube, scheduler, ns)]
 
     async def mark_ready() -> None:
         await asyncio.gather(*(i.synced.wait() for i in informers))
@@ -106,6 +101,22 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                  events=events)
     logger.info("rdsiam operator started (concurrency %d, leader election %s)",
                 CONFIG.concurrency, "on" if CONFIG.leader_election else "off")
+
+
+def informers_for(kube: KubeApi, scheduler: Scheduler, namespace: str | None) -> list[Informer]:
+    """The two informers feeding ``scheduler`` for one namespace (None: cluster-wide): the resources, and
+    the Secrets the operator manages."""
+    from rdsiam.operator.informer import Informer
+
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return [
+        Informer(kube, f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}", name=f"{PLURAL}{scope}",
+                 on_list=scheduler.replace_credentials, on_event=scheduler.credential_event),
+        # Secrets: listed whole (which keys each has), then watched as metadata only: the echo of every
+        # write the operator makes comes back without its tokens (a change by someone else is re-read).
+        Informer(kube, f"/api/v1{scope}/secrets", label_selector=MANAGED_SELECTOR, name=f"secrets{scope}",
+                 on_list=scheduler.replace_secrets, on_event=scheduler.secret_event, watch_metadata_only=True),
+    ]
 
 
 def settle_heap() -> None:

@@ -139,7 +139,8 @@ class Reconciler:
             return await self._fail(body, reasons.INVALID_SPEC, f"Invalid spec: {str(exc).rstrip('.')}. Fix the "
                                     "field and re-apply; the operator will not retry this generation.", permanent=True)
         secret_name = spec.target.name or name
-        if logger.isEnabledFor(logging.DEBUG):
+        debug = logger.isEnabledFor(logging.DEBUG)
+        if debug:
             logger.debug(
                 "%s/%s: target %s %s:%d/%s as %s, region %s, signing for %s; DSN %s (%d chars, password %s); "
                 "%d options; Secret %s, refresh every %s", ns, name, target.engine, target.host, target.port,
@@ -190,7 +191,6 @@ class Reconciler:
                 return Outcome(None, False, reasons.KUBERNETES_ERROR, retry_after=2.0)
             return Outcome(decision.due, True, reasons.TOKEN_ISSUED)
 
-        debug = logger.isEnabledFor(logging.DEBUG)
         if debug:
             logger.debug("Refreshing %s/%s: %s (endpoint %s, user %s, identity %s)", ns, name, decision.reason,
                          target.signing_endpoint, target.username, key.describe())
@@ -447,9 +447,9 @@ class Reconciler:
         return f"Could not {what} Secret {ns}/{name}: {exc.status} {exc.reason}: {exc.message[:300]}. {hint}."
 
 
-def secret_data(target: Target, token: str, expires: datetime.datetime | str) -> dict[str, str]:
+def secret_data(target: Target, token: str, expires_at: str) -> dict[str, str]:
     """The Secret's keys (DESIGN's contract), in clear text: one token, every key from the same generation.
-    ``expires``: the instant, or already as RFC 3339."""
+    ``expires_at``: the token's expiry in RFC 3339 (``policy.rfc3339``)."""
     data = {
         "username": target.username,
         "password": token,
@@ -457,7 +457,7 @@ def secret_data(target: Target, token: str, expires: datetime.datetime | str) ->
         "port": str(target.port),
         "dbname": target.database,
         "dsn": build_dsn(target, token),
-        "expires-at": expires if isinstance(expires, str) else policy.rfc3339(expires),
+        "expires-at": expires_at,
     }
     if target.engine == "postgres":
         data["pgpass"] = pgpass_line(target, token)
@@ -497,7 +497,11 @@ def json_copy(value: Any) -> Any:
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch of ``target`` with ``patch`` (neither is changed): what the API server
-    stores for an ``application/merge-patch+json`` request."""
+    stores for an ``application/merge-patch+json`` request.
+
+    ``rdsiam.testing.kube.patching`` has its twins (this and ``json_copy``), kept apart on purpose: the
+    operator's image does not ship the testing package's dependencies, and the emulator stays an
+    independent check of what the operator predicts the server does."""
     if not isinstance(patch, dict):
         return patch
     merged = dict(target) if isinstance(target, dict) else {}
