@@ -149,7 +149,11 @@ def test_check_hostname_accepts_ip_literals_and_hostnames(given: str, expected: 
     assert check_hostname("spec.host", given) == expected
 
 
-@pytest.mark.parametrize("given", ["", "a..b", "under_score.example.com", "[::1", "1:2:3", "-x.example.com"])
+@pytest.mark.parametrize("given", [
+    "", "a..b", "under_score.example.com", "[::1", "1:2:3", "-x.example.com", "x-.example.com",
+    "a" * 64 + ".example.com", "db\n.example.com",  # a newline inside would split a pgpass line
+    "\u212aube.example.com",  # the Kelvin sign, which lower-cases to an ASCII "k"
+])
 def test_check_hostname_refuses_what_is_neither(given: str) -> None:
     with pytest.raises(TargetError, match="spec.host"):
         check_hostname("spec.host", given)

@@ -88,6 +88,9 @@ class KubeApi:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self.writes = 0  # count of mutating calls, for benchmarks and tests
+        # resourceVersions of this client's own Secret and status writes whose watch events have not come
+        # yet (ordered: the oldest go first past OWN_WRITES_LIMIT, e.g. when an event came before the answer).
+        self._own_writes: dict[str, None] = {}
         # Called with (path, status) when a mutating call fails (metrics count these).
         self.on_write_error: Callable[[str, int], None] | None = None
 
@@ -110,8 +113,11 @@ class KubeApi:
 
     async def _request(
         self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
-        params: Mapping[str, str] | None = None, allow_404: bool = False, decode: bool = True,
+        params: Mapping[str, str] | None = None, allow_404: bool = False, decode: bool | str = True,
     ) -> JsonDict | None:
+        """One API call. ``decode``: True decodes the answer, False skips it (``{}``), ``"metadata"``
+        decodes the object's metadata alone (:func:`metadata_of`), ``"version"`` its resourceVersion
+        alone (:func:`version_of`)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 headers=self._headers, timeout=self._timeout,
@@ -140,7 +146,35 @@ class KubeApi:
             except ValueError:
                 reason, message = http_reason or "", raw[:200].decode(errors="replace")
             raise self._failed(method, path, ApiError(code, str(reason), str(message)))
-        return json.loads(raw) if raw and decode else {}
+        if not raw or not decode:
+            return {}
+        if decode == "version":
+            return {"metadata": {"resourceVersion": version_of(raw)}}
+        return metadata_of(raw) if decode == "metadata" else json.loads(raw)
+
+    def _written(self, result: JsonDict | None) -> None:
+        """Remember the resourceVersion of an own write, so its watch event is known without decoding."""
+        version = ((result or {}).get("metadata") or {}).get("resourceVersion")
+        if isinstance(version, str) and version:
+            self._own_writes[version] = None
+            if len(self._own_writes) > OWN_WRITES_LIMIT:
+                del self._own_writes[next(iter(self._own_writes))]
+
+    def own_echo(self, line: bytes) -> str | None:
+        """The resourceVersion when a watch event line is the echo of one of this client's own Secret or
+        status writes (forgotten once seen); else None. The line is searched, not decoded: an ADDED or
+        MODIFIED event naming one resourceVersion, one this client's write was answered with. A
+        resourceVersion is unique per write, so that event is the write's own and brings nothing new."""
+        if not self._own_writes or not line.startswith(_CHANGE):
+            return None
+        found = _RESOURCE_VERSION.findall(line)
+        if len(found) != 1:
+            return None
+        version = str(found[0].decode())
+        if version not in self._own_writes:
+            return None
+        del self._own_writes[version]
+        return version
 
     def _failed(self, method: str, path: str, exc: ApiError) -> ApiError:
         """Report a failed write (metrics count them by resource and status); returns ``exc`` to raise."""
@@ -171,6 +205,8 @@ class KubeApi:
 
         ``metadata_only``: events carry ``PartialObjectMetadata`` (no data), as for client-go's metadata
         informers: the operator's own Secret writes echo back without their tokens.
+        The echo of this client's own Secret or status write is not decoded: it comes as
+        ``{"type": "ECHO", "object": {"metadata": {"resourceVersion": ...}}}`` (nothing in it is news).
         """
         if self._session is None or self._session.closed:
             await self._request("GET", "/version")
@@ -190,25 +226,38 @@ class KubeApi:
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    if line.strip():
+                    if not line.strip():
+                        continue
+                    own = self.own_echo(line)
+                    if own is not None:
+                        yield {"type": "ECHO", "object": {"metadata": {"resourceVersion": own}}}
+                    else:
                         yield json.loads(line)
 
+    # A Secret write answers with the whole Secret; only its metadata (uid, resourceVersion) is decoded:
+    # the caller knows the data it wrote, and the data (three copies of the token) is most of the bytes.
     async def create_secret(self, namespace: str, body: JsonDict) -> JsonDict:
-        result = await self._request("POST", f"/api/v1/namespaces/{namespace}/secrets", body=body)
+        """Create the Secret; returns ``{"metadata": ...}`` of the created Secret."""
+        result = await self._request("POST", f"/api/v1/namespaces/{namespace}/secrets", body=body, decode="metadata")
         assert result is not None
+        self._written(result)
         return result
 
     async def replace_secret(self, namespace: str, name: str, body: JsonDict) -> JsonDict:
-        result = await self._request("PUT", f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body)
+        """Replace the Secret (optimistic: ``metadata.resourceVersion`` in ``body``); returns
+        ``{"metadata": ...}`` of the written Secret."""
+        result = await self._request(
+            "PUT", f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body, decode="metadata")
         assert result is not None
+        self._written(result)
         return result
 
     async def patch_status(self, namespace: str, name: str, status: JsonDict) -> None:
-        """Merge-patch the status subresource. The answer (the whole object) is not decoded: the caller
-        knows what it wrote, and the watch brings the object."""
-        await self._request(
+        """Merge-patch the status subresource. Of the answer (the whole object) only the resourceVersion is
+        read, so the watch event of this write is known when it comes: the caller knows what it wrote."""
+        self._written(await self._request(
             "PATCH", self.CR_PATH.format(ns=namespace, name=name) + "/status", body={"status": status},
-            content_type="application/merge-patch+json", decode=False)
+            content_type="application/merge-patch+json", decode="version"))
 
     async def post_event(self, namespace: str, body: JsonDict) -> None:
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
@@ -249,6 +298,48 @@ class KubeApi:
             "PUT", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}", body=body)
         assert result is not None
         return result
+
+
+# What may come before "metadata" in an API object's JSON for metadata_of to trust the key is the object's
+# own: kube-apiserver writes kind and apiVersion first (the emulator apiVersion, kind).
+_BEFORE_METADATA = re.compile(rb'\{\s*(?:"(?:kind|apiVersion)"\s*:\s*"[^"\\]*"\s*,\s*)*"metadata"\s*:\s*')
+_DECODER = json.JSONDecoder()
+
+
+# Every API object's JSON names its resourceVersion once, in its metadata; another occurrence (an annotation
+# or label keyed "resourceVersion") makes the text ambiguous, and it is decoded instead. Inside a JSON
+# string the quotes would be escaped, so this does not match there.
+_RESOURCE_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
+_CHANGE = (b'{"type":"ADDED",', b'{"type":"MODIFIED",')  # kube-apiserver writes watch events compactly
+OWN_WRITES_LIMIT = 2_048  # writes in flight are few (concurrency 16); older entries lost a race with their event
+
+
+def version_of(raw: bytes) -> str | None:
+    """The resourceVersion of an API object's JSON: found in the text when it occurs once, else read from
+    the decoded metadata."""
+    found = _RESOURCE_VERSION.findall(raw)
+    if len(found) == 1:
+        return str(found[0].decode())
+    version = metadata_of(raw)["metadata"].get("resourceVersion")
+    return version if isinstance(version, str) else None
+
+
+def metadata_of(raw: bytes) -> JsonDict:
+    """``{"metadata": ...}`` of an API object's JSON, decoding the metadata and nothing after it.
+
+    Only when the object starts with its metadata (after ``kind``/``apiVersion``), so the key cannot be
+    one inside another field; any other shape is decoded whole and its metadata returned."""
+    start = _BEFORE_METADATA.match(raw)
+    if start is not None:
+        try:
+            meta, _ = _DECODER.raw_decode(raw[start.end():].decode())
+        except ValueError:
+            meta = None
+        if isinstance(meta, dict):
+            return {"metadata": meta}
+    whole = json.loads(raw)
+    meta = whole.get("metadata") if isinstance(whole, dict) else None
+    return {"metadata": meta if isinstance(meta, dict) else {}}
 
 
 def _materialise(cert: str | bytes, key: str | bytes) -> tuple[str, str]:

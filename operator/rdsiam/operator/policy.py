@@ -51,9 +51,12 @@ class Decision:
     due: datetime.datetime  # when to decide again if nothing else happens
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # json.dumps would build one per call
+
+
 def fingerprint(spec: dict[str, Any], secret_name: str) -> str:
     """A short hash of everything the Secret's content depends on (any spec change re-mints)."""
-    blob = json.dumps({"spec": spec, "secret": secret_name}, sort_keys=True, separators=(",", ":"))
+    blob = _CANONICAL.encode({"spec": spec, "secret": secret_name})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -44,6 +44,7 @@ EXPIRES_ANN = "rdsiam.io/expires-at"
 IDENTITY_ANN = "rdsiam.io/identity"  # the principal ARN that signed (never keys)
 REFRESH_ANN = "rdsiam.io/refresh-requested-at"  # set by `rdsiam renew` / users to force a rotation
 SECRET_KEYS = ("username", "password", "host", "port", "dbname", "dsn", "expires-at")
+_SECRET_KEY_SET = frozenset(SECRET_KEYS)
 
 
 @dataclasses.dataclass
@@ -110,8 +111,9 @@ class Reconciler:
         ns, name = meta["namespace"], meta["name"]
         now = self.clock()
         raw = body.get("spec")
+        uid = meta.get("uid")
         memo = self._parsed.get((ns, name))
-        if memo is not None and memo.raw != raw:
+        if memo is not None and (memo.raw != raw or memo.uid != uid):
             memo = None
         try:
             spec = memo.spec if memo is not None else parse_spec(raw)
@@ -133,7 +135,8 @@ class Reconciler:
                     username=spec.username, engine=spec.engine, region=spec.region,
                     signing_host=spec.signing_host or endpoint)
                 memo = _Parsed(json_copy(raw), spec, endpoint, target,
-                               policy.fingerprint(raw or {}, spec.target.name or name), _identity_key(ns, spec))
+                               policy.fingerprint(raw or {}, spec.target.name or name), _identity_key(ns, spec),
+                               uid, policy.jitter_seconds(uid or name, spec.refresh_seconds))
                 self._parsed[(ns, name)] = memo
         except (SpecError, TargetError) as exc:
             return await self._fail(body, reasons.INVALID_SPEC, f"Invalid spec: {str(exc).rstrip('.')}. Fix the "
@@ -178,7 +181,7 @@ class Reconciler:
 
         fp = memo.fingerprint
         interval = spec.refresh_seconds
-        jitter = policy.jitter_seconds(meta.get("uid", name), interval)
+        jitter = memo.jitter
         requested = policy.parse_time((meta.get("annotations") or {}).get(REFRESH_ANN))
         decision = policy.decide(
             current=fp, secret=state, interval=interval, now=now, requested_at=requested, jitter=jitter)
@@ -221,7 +224,9 @@ class Reconciler:
                                     self._kube_message("write", ns, secret_name, exc), retry_after=1.0)
         except _Conflict as exc:
             return await self._fail(body, reasons.SECRET_CONFLICT, str(exc), retry_after=60.0)
-        self.secrets[(ns, secret_name)] = _strip_data(written)
+        # The write answers with its metadata alone; the keys are the ones just written (PUT replaces them).
+        self.secrets[(ns, secret_name)] = _strip_data({"metadata": written.get("metadata") or {},
+                                                       "data": secret["data"]})
         self.stats.refreshes += 1
         self.stats.secret_writes += 1
 
@@ -468,7 +473,9 @@ class _Conflict(Exception):
     pass
 
 
-@dataclasses.dataclass(frozen=True)
+# Never changed once built, but not frozen: a frozen dataclass's __init__ costs several times as much, and
+# one is built for every resource after each restart.
+@dataclasses.dataclass(slots=True)
 class _Parsed:
     raw: Any  # a copy of the spec as watched (compared by value)
     spec: CredentialSpec
@@ -476,9 +483,17 @@ class _Parsed:
     target: Target
     fingerprint: str
     identity: IdentityKey
+    uid: str | None  # the resource this was parsed for (a new one of the same name starts afresh)
+    jitter: float  # policy.jitter_seconds of the resource and its interval
+
+
+_OPERATOR_IDENTITY = IdentityKey()  # the operator's own identity: most specs, one key (frozen)
 
 
 def _identity_key(namespace: str, spec: CredentialSpec) -> IdentityKey:
+    if not (spec.service_account_name or spec.assume_role_arn or spec.external_id or spec.session_name
+            or spec.assume_role_duration_seconds):
+        return _OPERATOR_IDENTITY
     return IdentityKey(
         namespace=namespace if (spec.service_account_name or spec.assume_role_arn) else None,
         service_account=spec.service_account_name, role_arn=spec.assume_role_arn,
@@ -508,8 +523,10 @@ def merge_patch(target: Any, patch: Any) -> Any:
     for key, value in patch.items():
         if value is None:
             merged.pop(key, None)
-        else:
+        elif isinstance(value, dict):
             merged[key] = merge_patch(merged.get(key), value)
+        else:
+            merged[key] = value
     return merged
 
 
@@ -584,11 +601,11 @@ def _state_of(secret: dict[str, Any] | None, uid: str | None) -> policy.SecretSt
     meta = secret.get("metadata", {})
     ann = meta.get("annotations") or {}
     owned = _owned_by(secret, uid)
-    keys = set(secret.get("keys") or [])
+    keys = secret.get("keys") or ()
     return policy.SecretState(
         exists=True, owned=owned, owner=None if owned else _owner_of(secret),
         fingerprint=ann.get(FINGERPRINT_ANN), issued_at=policy.parse_time(ann.get(ISSUED_ANN)),
-        expires_at=policy.parse_time(ann.get(EXPIRES_ANN)), complete=set(SECRET_KEYS) <= keys,
+        expires_at=policy.parse_time(ann.get(EXPIRES_ANN)), complete=_SECRET_KEY_SET.issubset(keys),
         resource_version=meta.get("resourceVersion"))
 
 

@@ -42,6 +42,7 @@ class SpecError(ValueError):
         self.message = message
 
 
+@functools.lru_cache(maxsize=256)  # a handful of distinct intervals; each spec asks twice (bounds, seconds)
 def parse_duration(text: str) -> float:
     """Seconds in a Go-style duration (``10m``, ``90s``, ``1m30s``)."""
     if not _DURATION.match(text):
@@ -101,6 +102,9 @@ class TargetSpec(_Model):
         return value
 
 
+_NO_TARGET = TargetSpec()  # frozen: one instance serves every spec without a target (no validation each time)
+
+
 class CredentialSpec(_Model):
     """Desired state of an RdsIamCredential: which database login to mint tokens for."""
 
@@ -148,7 +152,7 @@ class CredentialSpec(_Model):
     verify: bool = Field(
         default=False,
         description="After issuing a token, open one connection with it and report a Connected condition.")
-    target: TargetSpec = Field(default_factory=TargetSpec, description="The Secret to write.")
+    target: TargetSpec = Field(default_factory=lambda: _NO_TARGET, description="The Secret to write.")
 
     @field_validator("refresh_interval")
     @classmethod
