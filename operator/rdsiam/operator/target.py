@@ -22,8 +22,8 @@ _SCHEMES = {
 # RDS endpoints: instance `db.abc123.us-east-1.rds.amazonaws.com`, clusters `x.cluster-abc.REGION...`,
 # `cluster-ro-`, `cluster-custom-`, proxies `p.proxy-abc.REGION...` (and proxy endpoints
 # `e.endpoint.proxy-abc.REGION...`), China `....rds.amazonaws.com.cn`, GovCloud `us-gov-west-1`.
-# DNS labels of letters, digits and '-' (not first or last), 1-63 each, lower-cased (no look-arounds and no
-# IGNORECASE: this runs for every spec, and those cost several times as much).
+# DNS labels of letters, digits and '-' (not first or last), 1-63 each, matched lower-cased: without
+# look-arounds and IGNORECASE a quarter fewer instructions, on the way every spec goes.
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+")
@@ -74,9 +74,9 @@ _NO_DSN = ParsedDsn()
 
 def region_of(host: str) -> str | None:
     """The AWS region of an RDS endpoint hostname (``LABELS.REGION.rds.amazonaws.com``, ``.cn`` too, any
-    case, one trailing dot), or None when it is not one. Taken apart rather than one regular expression
-    (a fifth of the cost; every spec is checked): tests/property/test_target_properties.py holds the
-    pattern it matches the same as."""
+    case, one trailing dot), or None when it is not one. Taken apart rather than one backtracking regular
+    expression (half the instructions; every spec is checked): tests/property/test_target_properties.py
+    holds that expression and checks both agree."""
     h = host.strip()
     if not h.isascii():
         return None

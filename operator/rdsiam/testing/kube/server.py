@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp.web
 import attrs
@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
+# What a watch's events carry, by its Accept header: the object, a Table row (kubectl get -w), or
+# PartialObjectMetadata (a metadata informer's watch).
+WatchShape = Literal["object", "table", "metadata"]
 _EVENT_FIELDS = {
     "involvedObject.kind",
     "involvedObject.namespace",
@@ -611,9 +614,8 @@ class ApiHandler(kmock.KubernetesEmulator):
         store = backend.store
         params = raw.query
         selector = self._selector(raw, rtype, rpath)
-        as_table: bool | str = _wants_table(raw.headers.get("Accept", ""))
-        if not as_table and _wants_metadata(raw.headers.get("Accept", "")):
-            as_table = "metadata"  # PartialObjectMetadata events (a metadata informer's watch)
+        accept = raw.headers.get("Accept", "")
+        shape: WatchShape = "table" if _wants_table(accept) else "metadata" if _wants_metadata(accept) else "object"
         bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
         send_initial = params.get("sendInitialEvents") == "true"
         timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
@@ -645,7 +647,7 @@ class ApiHandler(kmock.KubernetesEmulator):
             backend.watches.add(watcher)
 
         response = aiohttp.web.StreamResponse(status=200)
-        response.headers["Content-Type"] = TABLE if as_table is True else JSON
+        response.headers["Content-Type"] = TABLE if shape == "table" else JSON
         response.headers["Cache-Control"] = "no-cache, private"
         response.enable_chunked_encoding()
         try:
@@ -655,12 +657,12 @@ class ApiHandler(kmock.KubernetesEmulator):
                 await response.write(_dumps({"type": "ERROR", "object": err.expired(gone).status()}) + b"\n")
                 await response.write_eof()
                 return response
-            chunk = b"".join(self._event(rtype, "ADDED", obj, as_table) for obj in initial)
+            chunk = b"".join(self._event(rtype, "ADDED", obj, shape) for obj in initial)
             if send_initial and bookmarks:
-                chunk += self._bookmark(rtype, as_table == "metadata", initial_end=True)
+                chunk += self._bookmark(rtype, shape == "metadata", initial_end=True)
             if chunk:
                 await response.write(chunk)
-            return await self._pump(raw, response, rtype, watcher, as_table, bookmarks, timeout)
+            return await self._pump(raw, response, rtype, watcher, shape, bookmarks, timeout)
         finally:
             table_.watchers.discard(watcher)
             backend.watches.discard(watcher)
@@ -671,7 +673,7 @@ class ApiHandler(kmock.KubernetesEmulator):
         response: aiohttp.web.StreamResponse,
         rtype: ResourceType,
         watcher: Watcher,
-        as_table: bool | str,
+        shape: WatchShape,
         bookmarks: bool,
         timeout: float | None,
     ) -> aiohttp.web.StreamResponse:
@@ -693,10 +695,10 @@ class ApiHandler(kmock.KubernetesEmulator):
                         continue
                     if deadline is not None and loop.time() >= deadline:
                         if bookmarks:
-                            await response.write(self._bookmark(rtype, as_table == "metadata"))
+                            await response.write(self._bookmark(rtype, shape == "metadata"))
                         break
                     if bookmarks:
-                        await response.write(self._bookmark(rtype, as_table == "metadata"))
+                        await response.write(self._bookmark(rtype, shape == "metadata"))
                     next_bookmark = loop.time() + interval
                     continue
             else:
@@ -713,7 +715,7 @@ class ApiHandler(kmock.KubernetesEmulator):
                         raw.transport.abort()  # like a broken connection: no final chunk
                     return response
                 assert isinstance(item, tuple)
-                chunks.append(self._event(rtype, item[0], item[1], as_table))
+                chunks.append(self._event(rtype, item[0], item[1], shape))
                 if queue.empty():
                     break
                 item = queue.get_nowait()
@@ -722,13 +724,13 @@ class ApiHandler(kmock.KubernetesEmulator):
             await response.write_eof()
         return response
 
-    def _event(self, rtype: ResourceType, kind: str, obj: dict[str, Any], as_table: bool | str) -> bytes:
-        """One watch line; ``as_table`` is True for Table rows, "metadata" for PartialObjectMetadata."""
-        if as_table == "metadata":
+    def _event(self, rtype: ResourceType, kind: str, obj: dict[str, Any], shape: WatchShape) -> bytes:
+        """One watch line, its object in the ``shape`` the watch asked for."""
+        if shape == "metadata":
             payload = _partial(obj)
         else:
             rendered = render(obj, rtype)
-            payload = table(rtype, [rendered]) if as_table else rendered
+            payload = table(rtype, [rendered]) if shape == "table" else rendered
         return _dumps({"type": kind, "object": payload}) + b"\n"
 
     def _bookmark(self, rtype: ResourceType, metadata_only: bool = False, *, initial_end: bool = False) -> bytes:
