@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rdsiam.operator.kubeapi import OWN_WRITES_LIMIT, KubeApi, metadata_of, version_of
+from rdsiam.operator.kubeapi import OWN_WRITES_LIMIT, KubeApi, metadata_of
 
 META = {"name": "orders-db", "namespace": "shop", "uid": "u-1", "resourceVersion": "42",
         "annotations": {"metadata": "a key named like the field", "x": '{"metadata":{"name":"not me"}}'}}
@@ -82,8 +82,9 @@ def test_own_writes_are_bounded() -> None:
     assert kube.own_echo(event("MODIFIED", {"resourceVersion": "5"})) == "5"
 
 
-def test_version_of() -> None:
-    assert version_of(b'{"kind":"X","metadata":{"name":"a","resourceVersion":"17"},"status":{}}') == "17"
-    ambiguous = {"metadata": {"annotations": {"resourceVersion": "1"}, "resourceVersion": "18"}}
-    assert version_of(json.dumps(ambiguous, separators=(",", ":")).encode()) == "18"  # decoded
-    assert version_of(b'{"metadata":{"name":"a"}}') is None
+def test_a_write_that_changed_nothing_is_not_remembered() -> None:
+    kube = KubeApi("http://127.0.0.1:1")
+    kube._written({"metadata": {"resourceVersion": "42"}}, before="42")  # answered with the version it had
+    assert kube.own_echo(event("MODIFIED", {"name": "s", "resourceVersion": "42"})) is None
+    kube._written({"metadata": {"resourceVersion": "43"}}, before="42")
+    assert kube.own_echo(event("MODIFIED", {"name": "s", "resourceVersion": "43"})) == "43"

@@ -30,7 +30,7 @@ class Informer:
         self.name = name or path
         self.synced = asyncio.Event()
         self.relists = 0
-        # The watch echo of the operator's own write (KubeApi.own_echo): nothing to do but resume past it.
+        # The watch echo of the operator's own Secret write (KubeApi.own_echo): nothing to do but resume past it.
         self.echoes = 0
         self.on_echo: Callable[[], None] | None = None  # benchmarks count them
 

@@ -88,8 +88,8 @@ class KubeApi:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self.writes = 0  # count of mutating calls, for benchmarks and tests
-        # resourceVersions of this client's own Secret and status writes whose watch events have not come
-        # yet (ordered: the oldest go first past OWN_WRITES_LIMIT, e.g. when an event came before the answer).
+        # resourceVersions made by this client's own Secret writes whose watch events have not come yet
+        # (ordered: the oldest go first past OWN_WRITES_LIMIT, e.g. when an event came before the answer).
         self._own_writes: dict[str, None] = {}
         # Called with (path, status) when a mutating call fails (metrics count these).
         self.on_write_error: Callable[[str, int], None] | None = None
@@ -116,8 +116,7 @@ class KubeApi:
         params: Mapping[str, str] | None = None, allow_404: bool = False, decode: bool | str = True,
     ) -> JsonDict | None:
         """One API call. ``decode``: True decodes the answer, False skips it (``{}``), ``"metadata"``
-        decodes the object's metadata alone (:func:`metadata_of`), ``"version"`` its resourceVersion
-        alone (:func:`version_of`)."""
+        decodes the object's metadata alone (:func:`metadata_of`)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 headers=self._headers, timeout=self._timeout,
@@ -148,23 +147,26 @@ class KubeApi:
             raise self._failed(method, path, ApiError(code, str(reason), str(message)))
         if not raw or not decode:
             return {}
-        if decode == "version":
-            return {"metadata": {"resourceVersion": version_of(raw)}}
         return metadata_of(raw) if decode == "metadata" else json.loads(raw)
 
-    def _written(self, result: JsonDict | None) -> None:
-        """Remember the resourceVersion of an own write, so its watch event is known without decoding."""
-        version = ((result or {}).get("metadata") or {}).get("resourceVersion")
-        if isinstance(version, str) and version:
+    def _written(self, result: JsonDict, before: str | None = None) -> None:
+        """Remember the resourceVersion an own write made, so its watch event is known without decoding.
+
+        Only a write known to have changed the object makes a resourceVersion: a create, or a replace whose
+        answer moved on from the version it was conditional on (``before``). A write that changes nothing
+        answers with the object's current version, which another writer may have made: remembering that
+        would swallow their event. So a status merge patch (unconditional) is never remembered."""
+        version = (result.get("metadata") or {}).get("resourceVersion")
+        if isinstance(version, str) and version and version != before:
             self._own_writes[version] = None
             if len(self._own_writes) > OWN_WRITES_LIMIT:
                 del self._own_writes[next(iter(self._own_writes))]
 
     def own_echo(self, line: bytes) -> str | None:
-        """The resourceVersion when a watch event line is the echo of one of this client's own Secret or
-        status writes (forgotten once seen); else None. The line is searched, not decoded: an ADDED or
-        MODIFIED event naming one resourceVersion, one this client's write was answered with. A
-        resourceVersion is unique per write, so that event is the write's own and brings nothing new."""
+        """The resourceVersion when a watch event line is the echo of one of this client's own Secret writes
+        (forgotten once seen); else None. The line is searched, not decoded: an ADDED or MODIFIED event
+        naming one resourceVersion, one that a write of this client made (:meth:`_written`). A
+        resourceVersion is unique per change, so that event is the write's own and brings nothing new."""
         if not self._own_writes or not line.startswith(_CHANGE):
             return None
         found = _RESOURCE_VERSION.findall(line)
@@ -205,7 +207,7 @@ class KubeApi:
 
         ``metadata_only``: events carry ``PartialObjectMetadata`` (no data), as for client-go's metadata
         informers: the operator's own Secret writes echo back without their tokens.
-        The echo of this client's own Secret or status write is not decoded: it comes as
+        The echo of this client's own Secret write is not decoded: it comes as
         ``{"type": "ECHO", "object": {"metadata": {"resourceVersion": ...}}}`` (nothing in it is news).
         """
         if self._session is None or self._session.closed:
@@ -240,7 +242,7 @@ class KubeApi:
         """Create the Secret; returns ``{"metadata": ...}`` of the created Secret."""
         result = await self._request("POST", f"/api/v1/namespaces/{namespace}/secrets", body=body, decode="metadata")
         assert result is not None
-        self._written(result)
+        self._written(result, before="")  # a new object: its version is this write's
         return result
 
     async def replace_secret(self, namespace: str, name: str, body: JsonDict) -> JsonDict:
@@ -249,15 +251,19 @@ class KubeApi:
         result = await self._request(
             "PUT", f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body, decode="metadata")
         assert result is not None
-        self._written(result)
+        before = (body.get("metadata") or {}).get("resourceVersion")
+        if before:  # conditional: a new version is this write's (an unconditional one proves nothing)
+            self._written(result, before=str(before))
         return result
 
     async def patch_status(self, namespace: str, name: str, status: JsonDict) -> None:
-        """Merge-patch the status subresource. Of the answer (the whole object) only the resourceVersion is
-        read, so the watch event of this write is known when it comes: the caller knows what it wrote."""
-        self._written(await self._request(
+        """Merge-patch the status subresource. The answer (the whole object) is not decoded: the caller knows
+        what it wrote, and the watch brings the object. Its watch event is decoded like any other: an
+        unconditional patch that changes nothing answers with a version someone else may have made
+        (see :meth:`_written`)."""
+        await self._request(
             "PATCH", self.CR_PATH.format(ns=namespace, name=name) + "/status", body={"status": status},
-            content_type="application/merge-patch+json", decode="version"))
+            content_type="application/merge-patch+json", decode=False)
 
     async def post_event(self, namespace: str, body: JsonDict) -> None:
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
@@ -312,16 +318,6 @@ _DECODER = json.JSONDecoder()
 _RESOURCE_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
 _CHANGE = (b'{"type":"ADDED",', b'{"type":"MODIFIED",')  # kube-apiserver writes watch events compactly
 OWN_WRITES_LIMIT = 2_048  # writes in flight are few (concurrency 16); older entries lost a race with their event
-
-
-def version_of(raw: bytes) -> str | None:
-    """The resourceVersion of an API object's JSON: found in the text when it occurs once, else read from
-    the decoded metadata."""
-    found = _RESOURCE_VERSION.findall(raw)
-    if len(found) == 1:
-        return str(found[0].decode())
-    version = metadata_of(raw)["metadata"].get("resourceVersion")
-    return version if isinstance(version, str) else None
 
 
 def metadata_of(raw: bytes) -> JsonDict:
