@@ -98,7 +98,6 @@ async def measure(server: str, n: int, rounds: int, only: str | None = None) -> 
     reconciler.on_refresh = lambda body, reason, expires: tick("refreshes")
     for informer in informers:
         informer.on_event = counted(informer.on_event)
-        informer.on_echo = lambda: tick("echoes")  # an own write's echo, recognized without decoding
     tasks = [asyncio.create_task(i.run()) for i in informers]
     for informer in informers:
         await informer.synced.wait()

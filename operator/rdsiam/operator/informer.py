@@ -30,9 +30,6 @@ class Informer:
         self.name = name or path
         self.synced = asyncio.Event()
         self.relists = 0
-        # The watch echo of the operator's own Secret write (KubeApi.own_echo): nothing to do but resume past it.
-        self.echoes = 0
-        self.on_echo: Callable[[], None] | None = None  # benchmarks count them
 
     async def _watch(self, version: str) -> NoReturn:
         """Watch from ``version``, resuming from the last version seen after a stream ends or drops;
@@ -50,10 +47,6 @@ class Informer:
                     failures = 0
                     if kind in ("ADDED", "MODIFIED", "DELETED"):
                         self.on_event(str(kind), obj)
-                    elif kind == "ECHO":
-                        self.echoes += 1
-                        if self.on_echo is not None:
-                            self.on_echo()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

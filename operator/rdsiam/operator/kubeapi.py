@@ -88,9 +88,6 @@ class KubeApi:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self.writes = 0  # count of mutating calls, for benchmarks and tests
-        # resourceVersions made by this client's own Secret writes whose watch events have not come yet
-        # (ordered: the oldest go first past OWN_WRITES_LIMIT, e.g. when an event came before the answer).
-        self._own_writes: dict[str, None] = {}
         # Called with (path, status) when a mutating call fails (metrics count these).
         self.on_write_error: Callable[[str, int], None] | None = None
 
@@ -149,35 +146,6 @@ class KubeApi:
             return {}
         return metadata_of(raw) if decode == "metadata" else json.loads(raw)
 
-    def _written(self, result: JsonDict, before: str | None = None) -> None:
-        """Remember the resourceVersion an own write made, so its watch event is known without decoding.
-
-        Only a write known to have changed the object makes a resourceVersion: a create, or a replace whose
-        answer moved on from the version it was conditional on (``before``). A write that changes nothing
-        answers with the object's current version, which another writer may have made: remembering that
-        would swallow their event. So a status merge patch (unconditional) is never remembered."""
-        version = (result.get("metadata") or {}).get("resourceVersion")
-        if isinstance(version, str) and version and version != before:
-            self._own_writes[version] = None
-            if len(self._own_writes) > OWN_WRITES_LIMIT:
-                del self._own_writes[next(iter(self._own_writes))]
-
-    def own_echo(self, line: bytes) -> str | None:
-        """The resourceVersion when a watch event line is the echo of one of this client's own Secret writes
-        (forgotten once seen); else None. The line is searched, not decoded: an ADDED or MODIFIED event
-        naming one resourceVersion, one that a write of this client made (:meth:`_written`). A
-        resourceVersion is unique per change, so that event is the write's own and brings nothing new."""
-        if not self._own_writes or not line.startswith(_CHANGE):
-            return None
-        found = _RESOURCE_VERSION.findall(line)
-        if len(found) != 1:
-            return None
-        version = str(found[0].decode())
-        if version not in self._own_writes:
-            return None
-        del self._own_writes[version]
-        return version
-
     def _failed(self, method: str, path: str, exc: ApiError) -> ApiError:
         """Report a failed write (metrics count them by resource and status); returns ``exc`` to raise."""
         if method != "GET" and self.on_write_error is not None:
@@ -207,8 +175,6 @@ class KubeApi:
 
         ``metadata_only``: events carry ``PartialObjectMetadata`` (no data), as for client-go's metadata
         informers: the operator's own Secret writes echo back without their tokens.
-        The echo of this client's own Secret write is not decoded: it comes as
-        ``{"type": "ECHO", "object": {"metadata": {"resourceVersion": ...}}}`` (nothing in it is news).
         """
         if self._session is None or self._session.closed:
             await self._request("GET", "/version")
@@ -228,12 +194,7 @@ class KubeApi:
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    if not line.strip():
-                        continue
-                    own = self.own_echo(line)
-                    if own is not None:
-                        yield {"type": "ECHO", "object": {"metadata": {"resourceVersion": own}}}
-                    else:
+                    if line.strip():
                         yield json.loads(line)
 
     # A Secret write answers with the whole Secret; only its metadata (uid, resourceVersion) is decoded:
@@ -242,7 +203,6 @@ class KubeApi:
         """Create the Secret; returns ``{"metadata": ...}`` of the created Secret."""
         result = await self._request("POST", f"/api/v1/namespaces/{namespace}/secrets", body=body, decode="metadata")
         assert result is not None
-        self._written(result, before="")  # a new object: its version is this write's
         return result
 
     async def replace_secret(self, namespace: str, name: str, body: JsonDict) -> JsonDict:
@@ -251,16 +211,11 @@ class KubeApi:
         result = await self._request(
             "PUT", f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body, decode="metadata")
         assert result is not None
-        before = (body.get("metadata") or {}).get("resourceVersion")
-        if before:  # conditional: a new version is this write's (an unconditional one proves nothing)
-            self._written(result, before=str(before))
         return result
 
     async def patch_status(self, namespace: str, name: str, status: JsonDict) -> None:
-        """Merge-patch the status subresource. The answer (the whole object) is not decoded: the caller knows
-        what it wrote, and the watch brings the object. Its watch event is decoded like any other: an
-        unconditional patch that changes nothing answers with a version someone else may have made
-        (see :meth:`_written`)."""
+        """Merge-patch the status subresource. The answer (the whole object) is not decoded: the caller
+        knows what it wrote, and the watch brings the object."""
         await self._request(
             "PATCH", self.CR_PATH.format(ns=namespace, name=name) + "/status", body={"status": status},
             content_type="application/merge-patch+json", decode=False)
@@ -310,14 +265,6 @@ class KubeApi:
 # own: kube-apiserver writes kind and apiVersion first (the emulator apiVersion, kind).
 _BEFORE_METADATA = re.compile(rb'\{\s*(?:"(?:kind|apiVersion)"\s*:\s*"[^"\\]*"\s*,\s*)*"metadata"\s*:\s*')
 _DECODER = json.JSONDecoder()
-
-
-# Every API object's JSON names its resourceVersion once, in its metadata; another occurrence (an annotation
-# or label keyed "resourceVersion") makes the text ambiguous, and it is decoded instead. Inside a JSON
-# string the quotes would be escaped, so this does not match there.
-_RESOURCE_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
-_CHANGE = (b'{"type":"ADDED",', b'{"type":"MODIFIED",')  # kube-apiserver writes watch events compactly
-OWN_WRITES_LIMIT = 2_048  # writes in flight are few (concurrency 16); older entries lost a race with their event
 
 
 def metadata_of(raw: bytes) -> JsonDict:
