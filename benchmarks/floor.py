@@ -85,7 +85,7 @@ def secret_path(ns: str, i: int) -> str:
 async def patch(kube: KubeApi, ns: str, creds: Credentials, target: Target, i: int) -> object:
     """A refresh's floor: sign, then one merge PATCH of the existing Secret ``floor-i``."""
     return await kube._request("PATCH", secret_path(ns, i), body={"data": contents(creds, target)},
-                               content_type="application/merge-patch+json", decode=False)
+                               content_type="application/merge-patch+json", decode="none")
 
 
 async def main_async(kubeconfig: str, n: int, ns: str, concurrency: int, passes: list[str]) -> dict[str, float]:
@@ -102,7 +102,7 @@ async def main_async(kubeconfig: str, n: int, ns: str, concurrency: int, passes:
         return {"password": base64.b64encode(tok.encode()).decode()}
 
     async def create(i: int) -> object:
-        return await kube._request("POST", f"/api/v1/namespaces/{ns}/secrets", decode=False, body={
+        return await kube._request("POST", f"/api/v1/namespaces/{ns}/secrets", decode="none", body={
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": f"floor-{i:05d}", "namespace": ns}, "data": contents(creds, tgts[i])})
 
@@ -111,7 +111,7 @@ async def main_async(kubeconfig: str, n: int, ns: str, concurrency: int, passes:
 
     async def patch_token(i: int) -> object:
         return await kube._request("PATCH", secret_path(ns, i), body={"data": password(i)},
-                                   content_type="application/merge-patch+json", decode=False)
+                                   content_type="application/merge-patch+json", decode="none")
 
     result: dict[str, float] = {"n": n}
     for name, one in (("create", create), ("patch", patch_all), ("token", patch_token)):

@@ -13,7 +13,7 @@ import json
 import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 
@@ -70,6 +70,7 @@ class Kube(Protocol):
 
 
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+Decode = Literal["json", "metadata", "none"]  # how much of an answer KubeApi._request decodes
 
 
 class KubeApi:
@@ -110,10 +111,10 @@ class KubeApi:
 
     async def _request(
         self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
-        params: Mapping[str, str] | None = None, allow_404: bool = False, decode: bool | str = True,
+        params: Mapping[str, str] | None = None, allow_404: bool = False, decode: Decode = "json",
     ) -> JsonDict | None:
-        """One API call. ``decode``: True decodes the answer, False skips it (``{}``), ``"metadata"``
-        decodes the object's metadata alone (:func:`metadata_of`)."""
+        """One API call. ``decode``: how much of the answer to decode: ``"json"`` all of it, ``"metadata"``
+        the object's metadata alone (:func:`metadata_of`), ``"none"`` nothing (``{}``)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 headers=self._headers, timeout=self._timeout,
@@ -142,7 +143,7 @@ class KubeApi:
             except ValueError:
                 reason, message = http_reason or "", raw[:200].decode(errors="replace")
             raise self._failed(method, path, ApiError(code, str(reason), str(message)))
-        if not raw or not decode:
+        if not raw or decode == "none":
             return {}
         return metadata_of(raw) if decode == "metadata" else json.loads(raw)
 
@@ -218,7 +219,7 @@ class KubeApi:
         knows what it wrote, and the watch brings the object."""
         await self._request(
             "PATCH", self.CR_PATH.format(ns=namespace, name=name) + "/status", body={"status": status},
-            content_type="application/merge-patch+json", decode=False)
+            content_type="application/merge-patch+json", decode="none")
 
     async def post_event(self, namespace: str, body: JsonDict) -> None:
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
