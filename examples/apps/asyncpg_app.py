@@ -7,7 +7,7 @@ import ssl
 from rdsiam.integrations import asyncpg as rdsiam_asyncpg
 
 MOUNT = os.environ.get("RDSIAM_MOUNT", "/var/run/secrets/rdsiam/orders-db")
-CA = os.environ.get("RDS_CA_BUNDLE", "/etc/rds-ca.pem")  # the RDS CA bundle
+CA = os.environ.get("RDS_CA_BUNDLE", "/etc/rds/global-bundle.pem")  # the RDS CA bundle
 CONNECT_HOST = os.environ.get("DB_CONNECT_HOST")  # optional: dial this instead of the mount's host
 
 

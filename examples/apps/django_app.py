@@ -17,7 +17,7 @@ settings.configure(
             "OPTIONS": {
                 "rdsiam_path": MOUNT,  # NAME, USER, HOST, PORT and the token come from here
                 "sslmode": os.environ.get("PGSSLMODE", "verify-full"),
-                "sslrootcert": os.environ.get("RDS_CA_BUNDLE", "/etc/rds-ca.pem"),
+                "sslrootcert": os.environ.get("RDS_CA_BUNDLE", "/etc/rds/global-bundle.pem"),
                 "pool": {"min_size": 1, "max_size": 10},  # Django 5.1+: new connections get fresh tokens
             },
         }

@@ -1,7 +1,7 @@
 """psycopg 3 + psycopg_pool: a pool whose every new connection uses the current token.
 
 The Secret is mounted as a volume (see deployment.yaml); TLS settings come from the usual
-libpq environment (PGSSLMODE=verify-full, PGSSLROOTCERT=/etc/rds-ca.pem).
+libpq environment (PGSSLMODE=verify-full, PGSSLROOTCERT=/etc/rds/global-bundle.pem).
 """
 
 import os

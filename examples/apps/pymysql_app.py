@@ -5,7 +5,7 @@ import os
 from rdsiam.integrations import pymysql as rdsiam_pymysql
 
 MOUNT = os.environ.get("RDSIAM_MOUNT", "/var/run/secrets/rdsiam/orders-db")
-CA = os.environ.get("RDS_CA_BUNDLE", "/etc/rds-ca.pem")  # the RDS CA bundle: verify the server
+CA = os.environ.get("RDS_CA_BUNDLE", "/etc/rds/global-bundle.pem")  # the RDS CA bundle: verify the server
 
 conn = rdsiam_pymysql.connect(MOUNT, ssl_ca=CA)
 with conn.cursor() as cur:

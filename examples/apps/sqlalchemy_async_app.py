@@ -9,7 +9,7 @@ import sqlalchemy
 from rdsiam.integrations import sqlalchemy as rdsiam_sa
 
 MOUNT = os.environ.get("RDSIAM_MOUNT", "/var/run/secrets/rdsiam/orders-db")
-CA = os.environ.get("RDS_CA_BUNDLE", "/etc/rds-ca.pem")  # the RDS CA bundle
+CA = os.environ.get("RDS_CA_BUNDLE", "/etc/rds/global-bundle.pem")  # the RDS CA bundle
 CONNECT_HOST = os.environ.get("DB_CONNECT_HOST")  # optional: dial this instead of the mount's host
 
 

@@ -211,7 +211,8 @@ def diagnose(error_text: str, snapshot: Snapshot) -> list[str]:
 class _Report:
     out: TextIO
     problems: list[str] = field(default_factory=list)
-    secret: str = ""  # the mounted password: redacted from every line, whichever key it turns up in
+    # The mounted password: redacted from every line, whichever key it turns up in (and from the repr).
+    secret: str = field(default="", repr=False)
 
     def line(self, label: str, text: str) -> None:
         print(f"{label + ':':<11} {redact(text, self.secret)}", file=self.out)

@@ -87,10 +87,13 @@ def test_deployment_mounts_the_secret_as_a_volume() -> None:
     for container in pod["containers"]:
         for mount in container["volumeMounts"]:
             assert "subPath" not in mount and "subPathExpr" not in mount
-            assert "secret" in volumes[mount["name"]]
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        assert env["RDSIAM_MOUNT"] == container["volumeMounts"][0]["mountPath"]
+        assert "secret" in mounts[env["RDSIAM_MOUNT"]]
         assert not any("valueFrom" in e for e in container.get("env", []))  # no Secret in env vars
+        # the CA bundle the scripts verify the server with is mounted where they look for it
+        for name in ("PGSSLROOTCERT", "RDS_CA_BUNDLE"):
+            assert "configMap" in mounts[env[name].rpartition("/")[0]], name
 
 
 def test_every_example_is_tested() -> None:

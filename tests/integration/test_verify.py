@@ -137,7 +137,9 @@ def test_connected_condition_explains_each_outcome(
     }
     quiet = resource("quiet", ns, rds_dsn(rds, GOOD))
     del quiet["spec"]["verify"]
-    kubectl.apply([c[0] for c in cases.values()] + [quiet])
+    # MySQL is not probed: Connected says so (Unknown), with no Warning Event on each refresh.
+    mysql = resource("mysql", ns, f"mysql://{GOOD}@{OTHER_ENDPOINT}:3306/app")
+    kubectl.apply([c[0] for c in cases.values()] + [quiet, mysql])
 
     for name, (_, reason, fragments) in cases.items():
         cond = wait_condition(kubectl, name, ns)
@@ -155,6 +157,13 @@ def test_connected_condition_explains_each_outcome(
 
     seen = kubectl.wait("Warning Events", lambda: (w := warnings()) and len(w) >= len(cases) - 1 and w)
     assert seen == {name: reason for name, (_, reason, _) in cases.items() if name != "good"}
+
+    cond = wait_condition(kubectl, "mysql", ns)
+    assert (cond["status"], cond["reason"]) == ("Unknown", "NotSupported")
+    assert "PostgreSQL only" in cond["message"]
+    kubectl.wait("the mysql resource's TokenIssued Event (posted after a Warning would be)",
+                 lambda: "TokenIssued" in kubectl.describe("rdsiamcredential", "mysql", ns).split("Events:")[-1])
+    assert "mysql" not in warnings()
 
     text = kubectl.describe("rdsiamcredential", "wrong-signing-host", ns)
     assert "Connected" in text and "LoginRejected" in text

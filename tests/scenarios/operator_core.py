@@ -175,6 +175,10 @@ def test_a_secret_edited_by_someone_else_is_repaired(
     data = kubectl.wait("the dsn key back", lambda: (d := kubectl.secret_data("edited", ns)) and "dsn" in d and d)
     with login(data["dsn"]) as conn:
         assert conn.execute("select current_user").fetchone() == ("app_user",)
+    # pgpass too: a PostgreSQL Secret without it is incomplete.
+    kubectl.run("patch", "secret", "edited", "-n", ns, "--type=json", "-p",
+                '[{"op": "remove", "path": "/data/pgpass"}]')
+    kubectl.wait("the pgpass key back", lambda: "pgpass" in (kubectl.secret_data("edited", ns) or {}))
 
 
 def test_describe_shows_conditions_and_events(

@@ -124,3 +124,13 @@ def test_message_numbers_causes_and_stays_event_sized() -> None:
     assert len(message) <= 1024  # Events carry at most 1024 characters of it
     single = _diagnose.Diagnosis("X", "Summary.", ("one cause",))
     assert single.message == "Summary. Check: one cause."
+
+
+def test_the_check_report_keeps_the_password_out_of_its_repr() -> None:
+    import io
+
+    from rdsiam._check import _Report
+
+    report = _Report(io.StringIO(), secret="tok-Hunter2-signature")
+    shown = repr(report)
+    assert "Hunter2" not in shown

@@ -45,3 +45,24 @@ def test_metadata_of_without_metadata_or_not_an_object() -> None:
     with pytest.raises(ValueError):
         metadata_of(b'{"kind":"Secret","metadata":{"name":')
 
+
+
+# A token-shaped string (not a live token), as an admission webhook might quote a Secret's data.
+_TOKEN_SHAPED = ("orders.cluster-abc.us-east-1.rds.amazonaws.com:5432/?Action=connect&DBUser=app&"
+                 "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=ASIAEXAMPLE%2F20260101%2Fus-east-1%2Frds-db"
+                 "%2Faws4_request&X-Amz-Date=20260101T000000Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host&"
+                 "X-Amz-Signature=" + "ab12" * 16)
+
+
+@pytest.mark.parametrize("shape", ["as sent", "glued to a letter", "cut mid-group", "glued and cut"])
+def test_scrub_redacts_base64_of_a_token_however_it_is_cut(shape: str) -> None:
+    import base64
+
+    from rdsiam.operator.kubeapi import scrub
+
+    encoded = base64.b64encode(_TOKEN_SHAPED.encode()).decode()
+    quoted = {"as sent": encoded, "glued to a letter": "x" + encoded, "cut mid-group": encoded[:-5],
+              "glued and cut": "ab" + encoded[:-3]}[shape]
+    text = scrub(f'admission webhook "policy.example.com" denied the request: data.password: {quoted} is not allowed')
+    leaked = "ab12ab12" in text or quoted in text
+    assert not leaked and "<redacted>" in text and "policy.example.com" in text

@@ -163,6 +163,27 @@ async def test_listed_cache_miss_still_never_touches_a_foreign_secret() -> None:
     assert kube.secrets[("shop", "orders")] == foreign
 
 
+async def test_a_secret_known_without_a_version_is_read_before_it_is_replaced() -> None:
+    """Every replace is conditional: a cached Secret without a resourceVersion (no real server answers
+    so, but a write must not hinge on that) is read first, its owner checked, and its version sent."""
+    kube, ids = FakeKube(), FakeIdentities()
+    rec = reconciler(kube, ids)
+    await rec.reconcile(resource())
+    rec.secrets[("shop", "orders")]["metadata"]["resourceVersion"] = None
+    sent: list[Any] = []
+    replace = kube.replace_secret
+
+    async def recording(ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        sent.append(body["metadata"].get("resourceVersion"))
+        return await replace(ns, name, body)
+
+    kube.replace_secret = recording  # type: ignore[method-assign]
+    kube.calls.clear()
+    out = await rec.reconcile(resource({"host": HOST, "username": "other"}, generation=2))
+    assert out.refreshed and kube.calls[:2] == ["get_secret", "replace_secret"]
+    assert sent == ["1"]  # the version the first issue's create made
+
+
 async def test_spec_edited_in_place_is_noticed() -> None:
     """The parsed spec is reused only while the spec is equal to the one parsed."""
     kube, ids = FakeKube(), FakeIdentities()
@@ -269,3 +290,62 @@ async def test_status_view_kept_current_without_the_servers_answer() -> None:
     assert kube.statuses[-1]["identity"] is None  # a null in a merge patch removes the key
     assert "identity" not in body["status"] and body["status"]["someoneElses"] == "kept"
     assert body["status"]["lastRefreshTime"] == "2026-01-01T12:01:00Z"
+
+
+async def test_an_unexpected_error_is_reported_by_its_type_alone_and_retried() -> None:
+    """A reconciliation that raises (a bug) is a failure like any other: Ready=False, reason InternalError,
+    a Warning Event, a retry with backoff; the exception's text (it may hold anything) is not shown."""
+    import asyncio
+
+    from rdsiam.operator.scheduler import Scheduler
+
+    kube = FakeKube()
+    reconciler = Reconciler(kube, FakeIdentities(), clock=lambda: T0)  # type: ignore[arg-type]
+
+    async def broken(body: dict[str, Any]) -> Any:
+        raise KeyError("text that must not reach status or Events")
+
+    reconciler.reconcile = broken  # type: ignore[method-assign]
+    scheduler = Scheduler(reconciler)
+    body = resource()
+    scheduler.observe(body)
+    scheduler.ready.set()
+    scheduler.active.set()
+    task = asyncio.create_task(scheduler.run())
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if kube.events:
+            break
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await scheduler.drain()
+
+    ready = kube.statuses[-1]["conditions"][0]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", reasons.INTERNAL_ERROR)
+    assert "Unexpected KeyError" in ready["message"] and "must not" not in ready["message"]
+    assert [(e["type"], e["reason"]) for e in kube.events] == [("Warning", reasons.INTERNAL_ERROR)]
+    assert "must not" not in kube.events[0]["message"]
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    outcome = scheduler.outcomes[key]
+    assert not outcome.ok and outcome.reason == reasons.INTERNAL_ERROR and outcome.retry_after == 10.0
+
+
+async def test_a_refused_write_quoting_the_secret_shows_none_of_its_values() -> None:
+    """Behind ``kubeapi.scrub``: whatever of the written Secret a refusal quotes verbatim (here the token and
+    the pgpass line, as if scrub had missed them) is cut out of status, the Event and the log."""
+    kube, ids = FakeKube(), FakeIdentities()
+    quoted: list[str] = []
+
+    async def refuse(ns: str, body: dict[str, Any]) -> dict[str, Any]:
+        values = [base64.b64decode(body["data"][k]).decode() for k in ("password", "pgpass")]
+        quoted.extend(values)
+        exc = ApiError(400, "BadRequest", "denied")
+        exc.message = f'admission webhook "policy.example.com" denied: {values[0]} / {body["data"]["pgpass"]}'
+        raise exc
+
+    kube.create_secret = refuse  # type: ignore[method-assign]
+    out = await reconciler(kube, ids).reconcile(resource())
+    assert not out.ok and out.reason == reasons.KUBERNETES_ERROR
+    shown = [kube.statuses[-1]["conditions"][0]["message"], kube.events[-1]["message"]]
+    leaked = any(q in text or q[-64:] in text for q in quoted for text in shown)
+    assert not leaked and all("policy.example.com" in text and "<redacted>" in text for text in shown)

@@ -93,6 +93,17 @@ def test_bad_targets_name_the_field_and_never_echo_passwords(kwargs: dict[str, s
     assert ":p@" not in str(err.value)
 
 
+def test_a_keyword_dsn_whose_password_holds_a_url_is_read_as_keywords() -> None:
+    """Only a scheme followed by "://" makes a URL: the password below is dropped like any other, and a
+    keyword string that is wrong in other ways never has its text named back in the error."""
+    t = resolve(dsn=f"host={HOST} user=app password=Hunter2-Real://pw dbname=shop")
+    assert (t.host, t.username, t.database) == (HOST, "app", "shop")
+    assert "Hunter2" not in repr(t)
+    with pytest.raises(TargetError) as err:
+        resolve(dsn="user=app password=Hunter2-Real://pw")  # no host
+    assert "hunter2" not in str(err.value).lower()
+
+
 USERS = ["app_user", "a@b", "c:d", "e%f", "g/h", "ü ser"]
 
 

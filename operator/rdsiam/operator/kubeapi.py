@@ -29,12 +29,18 @@ def scrub(text: str) -> str:
     request (a Secret's DSN, or its data in base64), and these messages go into status, Events and logs."""
 
     def base64_run(match: re.Match[str]) -> str:
-        run = match.group(0)
-        try:
-            decoded = base64.b64decode(run + "=" * (-len(run) % 4))
-        except ValueError:
-            return run
-        return "<redacted>" if b"X-Amz-" in decoded else run
+        run = match.group(0).rstrip("=")
+        # At each of the four alignments (the run may be glued to a letter before it) and cut to whole
+        # groups of four (a run may end mid-group): base64 of a token shows "X-Amz-" at one of them.
+        for start in range(4):
+            chunk = run[start:]
+            chunk = chunk[:len(chunk) - len(chunk) % 4]
+            try:
+                if b"X-Amz-" in base64.b64decode(chunk):
+                    return "<redacted>"
+            except ValueError:
+                continue
+        return match.group(0)
 
     return _SIGV4.sub(r"\1<redacted>", _BASE64_RUN.sub(base64_run, text))
 

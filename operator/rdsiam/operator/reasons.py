@@ -12,7 +12,7 @@ KUBERNETES_ERROR = "KubernetesError"
 IDENTITY_NOT_ALLOWED = "IdentityNotAllowed"
 SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
 SERVICE_ACCOUNT_NOT_ANNOTATED = "ServiceAccountNotAnnotated"
-PENDING = "Pending"
+INTERNAL_ERROR = "InternalError"  # a bug or an unexpected failure in the operator (see its log)
 ENDPOINT_NOT_RESOLVED = "EndpointNotResolved"  # spec.resolveCNAME found no RDS endpoint behind the host
 
 # Reasons of the `Connected` condition (spec.verify).

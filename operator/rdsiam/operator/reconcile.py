@@ -21,6 +21,8 @@ from rdsiam.operator.aws import Identities, IdentityError, IdentityKey, sign_tok
 from rdsiam.operator.kubeapi import ApiError, Kube
 from rdsiam.operator.spec import GROUP, KIND, VERSION, CredentialSpec, SpecError, parse_spec
 from rdsiam.operator.target import (
+    MYSQL,
+    POSTGRES,
     Target,
     TargetError,
     build_dsn,
@@ -42,9 +44,10 @@ FINGERPRINT_ANN = "rdsiam.io/spec-hash"
 ISSUED_ANN = "rdsiam.io/issued-at"
 EXPIRES_ANN = "rdsiam.io/expires-at"
 IDENTITY_ANN = "rdsiam.io/identity"  # the principal ARN that signed (never keys)
-REFRESH_ANN = "rdsiam.io/refresh-requested-at"  # set by `rdsiam renew` / users to force a rotation
+REFRESH_ANN = "rdsiam.io/refresh-requested-at"  # set by users (kubectl annotate) to force a rotation
 SECRET_KEYS = ("username", "password", "host", "port", "dbname", "dsn", "expires-at")
-_SECRET_KEY_SET = frozenset(SECRET_KEYS)
+# The keys a complete Secret has, by engine (``secret_data``): a Secret missing one gets a new token now.
+_SECRET_KEY_SETS = {POSTGRES: frozenset((*SECRET_KEYS, "pgpass")), MYSQL: frozenset(SECRET_KEYS)}
 
 
 @dataclasses.dataclass
@@ -167,7 +170,7 @@ class Reconciler:
                                     permanent=not refusal.depends_on_namespace, retry_after=60.0)
 
         try:
-            state, current = await self._secret_state(ns, secret_name, meta)
+            state, current = await self._secret_state(ns, secret_name, meta, _SECRET_KEY_SETS[target.engine])
         except ApiError as exc:
             return await self._fail(body, reasons.KUBERNETES_ERROR, self._kube_message("read", ns, secret_name, exc),
                                     retry_after=2.0)
@@ -221,7 +224,7 @@ class Reconciler:
                 # Someone else wrote it between our read and write: re-read and decide again soon.
                 self.secrets.pop((ns, secret_name), None)
             return await self._fail(body, reasons.KUBERNETES_ERROR,
-                                    self._kube_message("write", ns, secret_name, exc), retry_after=1.0)
+                                    self._kube_message("write", ns, secret_name, exc, sent=secret), retry_after=1.0)
         except _Conflict as exc:
             return await self._fail(body, reasons.SECRET_CONFLICT, str(exc), retry_after=60.0)
         # The write answers with its metadata alone; the keys are the ones just written (PUT replaces them).
@@ -252,7 +255,7 @@ class Reconciler:
             c_status, c_reason, c_message = connected
             conditions = policy.condition(conditions, type_="Connected", status=c_status, reason=c_reason,
                                           message=c_message, generation=meta.get("generation"), now=issued)
-            if c_status != "True":
+            if c_status == "False":  # "Unknown" (MySQL: not probed) is in the condition, not a Warning each time
                 await self._event(body, "Warning", c_reason, c_message)
         elif not spec.verify:  # verify switched off: no stale Connected condition
             conditions = [c for c in conditions if c.get("type") != "Connected"]
@@ -296,7 +299,10 @@ class Reconciler:
         return self.tenancy.check(namespace=ns, role_arn=spec.assume_role_arn,
                                   service_account=spec.service_account_name, namespace_obj=namespace_obj)
 
-    async def _secret_state(self, ns: str, name: str, meta: dict[str, Any]) -> tuple[policy.SecretState, Any]:
+    async def _secret_state(
+        self, ns: str, name: str, meta: dict[str, Any], keys: frozenset[str],
+    ) -> tuple[policy.SecretState, Any]:
+        """The Secret as the cache (or a read) has it; ``keys``: the keys a complete one has."""
         cached = self.secrets.get((ns, name))
         # Read it when the cache cannot tell: before the informer has listed, or after someone else changed
         # it (the metadata-only watch does not say which keys it has now).
@@ -309,7 +315,7 @@ class Reconciler:
                 self.secrets[(ns, name)] = cached
             else:  # only our own Secrets are kept (a foreign one is checked again on each write)
                 self.secrets.pop((ns, name), None)
-        return _state_of(cached, meta.get("uid")), cached
+        return _state_of(cached, meta.get("uid"), keys), cached
 
     def _secret_body(
         self, body: dict[str, Any], spec: CredentialSpec, target: Target, secret_name: str, token: str,
@@ -339,14 +345,16 @@ class Reconciler:
     async def _write_secret(
         self, ns: str, name: str, secret: dict[str, Any], state: policy.SecretState, meta: dict[str, Any],
     ) -> dict[str, Any]:
-        if state.exists:
+        if state.exists and state.resource_version:  # conditional: a 409 if anyone wrote it since
             return await self.kube.replace_secret(ns, name, secret)
-        try:
-            return await self.kube.create_secret(ns, secret)
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-        # It appeared meanwhile: only ever replace it when it is ours.
+        if not state.exists:
+            try:
+                return await self.kube.create_secret(ns, secret)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+        # It appeared meanwhile, or no version of it is known (never an unconditional write): read it, and
+        # only ever replace it when it is ours.
         existing = await self.kube.get_secret(ns, name)
         if existing is None or not _owned_by(existing, meta.get("uid")):
             owner = _owner_of(existing) if existing else None
@@ -417,6 +425,18 @@ class Reconciler:
             return Outcome(None, False, reason)
         return Outcome(None, False, reason, retry_after=retry_after or 5.0)
 
+    async def internal_error(self, body: dict[str, Any], exc: Exception) -> Outcome:
+        """A reconciliation that raised (a bug, or a failure nobody foresaw): said in status and a Warning
+        Event like any other failure, by the exception's type alone (its text may hold anything), and
+        retried with backoff. Never raises: reporting must not fail the scheduler."""
+        message = (f"Unexpected {type(exc).__name__} in the operator while reconciling; the operator's log has "
+                   "the traceback (please report it). Retrying with backoff.")
+        try:
+            return await self._fail(body, reasons.INTERNAL_ERROR, message, retry_after=10.0)
+        except Exception as again:  # a body too malformed to report on, or the report itself failing
+            logger.error("Could not report an internal error: %s", type(again).__name__)
+            return Outcome(None, False, reasons.INTERNAL_ERROR, retry_after=10.0)
+
     async def _patch_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         meta = body["metadata"]
         await self.kube.patch_status(meta["namespace"], meta["name"], status)
@@ -444,12 +464,20 @@ class Reconciler:
         await post_event(self.kube, meta["namespace"], event)
 
     @staticmethod
-    def _kube_message(what: str, ns: str, name: str, exc: ApiError) -> str:
+    def _kube_message(what: str, ns: str, name: str, exc: ApiError, sent: dict[str, Any] | None = None) -> str:
+        """``sent``: the Secret written; any of its values the answer quotes verbatim (an admission webhook
+        may), as sent or decoded, is cut out before the text goes to status, Events and the log
+        (``kubeapi.scrub`` has already cut what looks like a token)."""
+        text = exc.message
+        for value in ((sent or {}).get("data") or {}).values():
+            for shown in (value, base64.b64decode(value).decode(errors="replace")):
+                if len(shown) >= 16:  # a port or a short user name is no secret, and would cut too much
+                    text = text.replace(shown, "<redacted>")
         hint = {403: "check the operator's RBAC for secrets (get, create, update)",
                 409: "someone else changed it at the same moment; retrying",
                 422: "the API server rejected the Secret; check spec.target labels and annotations"}.get(
             exc.status, "the API server or network had a problem; retrying with backoff")
-        return f"Could not {what} Secret {ns}/{name}: {exc.status} {exc.reason}: {exc.message[:300]}. {hint}."
+        return f"Could not {what} Secret {ns}/{name}: {exc.status} {exc.reason}: {text[:300]}. {hint}."
 
 
 def secret_data(target: Target, token: str, expires_at: str) -> dict[str, str]:
@@ -464,7 +492,7 @@ def secret_data(target: Target, token: str, expires_at: str) -> dict[str, str]:
         "dsn": build_dsn(target, token),
         "expires-at": expires_at,
     }
-    if target.engine == "postgres":
+    if target.engine == POSTGRES:
         data["pgpass"] = pgpass_line(target, token)
     return data
 
@@ -595,7 +623,7 @@ def _owner_of(secret: dict[str, Any]) -> str | None:
     return f"{ctrl.get('kind')}/{ctrl.get('name')}" if ctrl else None
 
 
-def _state_of(secret: dict[str, Any] | None, uid: str | None) -> policy.SecretState:
+def _state_of(secret: dict[str, Any] | None, uid: str | None, required: frozenset[str]) -> policy.SecretState:
     if secret is None:
         return policy.SecretState()
     meta = secret.get("metadata", {})
@@ -605,7 +633,7 @@ def _state_of(secret: dict[str, Any] | None, uid: str | None) -> policy.SecretSt
     return policy.SecretState(
         exists=True, owned=owned, owner=None if owned else _owner_of(secret),
         fingerprint=ann.get(FINGERPRINT_ANN), issued_at=policy.parse_time(ann.get(ISSUED_ANN)),
-        expires_at=policy.parse_time(ann.get(EXPIRES_ANN)), complete=_SECRET_KEY_SET.issubset(keys),
+        expires_at=policy.parse_time(ann.get(EXPIRES_ANN)), complete=required.issubset(keys),
         resource_version=meta.get("resourceVersion"))
 
 

@@ -148,7 +148,7 @@ class Scheduler:
                 outcome = await self.reconciler.reconcile(body)
             except Exception as exc:  # a bug or an unexpected failure must not stop the others
                 logger.exception("Unexpected error reconciling %s/%s: %s", key[0], key[1], type(exc).__name__)
-                outcome = rec.Outcome(None, False, "InternalError", retry_after=10.0)
+                outcome = await self.reconciler.internal_error(body, exc)
             self.outcomes[key] = outcome
             if key not in self.bodies:
                 return

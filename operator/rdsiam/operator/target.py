@@ -123,6 +123,12 @@ def check_hostname(field: str, host: str) -> str:
     return lower
 
 
+# A URL starts with a scheme (RFC 3986: a letter, then letters, digits, "+", "-", "."; kept short) and "://".
+# Anything else with "://" in it is a keyword string whose value has one, say "password=a://b": parsed as
+# keywords (the password dropped), never named back in an error.
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://")
+
+
 def parse_dsn(dsn: str) -> ParsedDsn:
     """Parse a URL (``postgresql://``, ``postgres://``, ``mysql://``) or libpq keyword DSN.
 
@@ -131,7 +137,7 @@ def parse_dsn(dsn: str) -> ParsedDsn:
     text = dsn.strip()
     if not text:
         raise TargetError("spec.dsn", "is empty")
-    if "://" in text:
+    if _URL_START.match(text):
         return _parse_url(text)
     if "=" in text:
         return _parse_keywords(text)
@@ -139,7 +145,7 @@ def parse_dsn(dsn: str) -> ParsedDsn:
 
 
 def _parse_url(text: str) -> ParsedDsn:
-    raw_scheme = text.split("://", 1)[0].lower()
+    raw_scheme = text.split("://", 1)[0].lower()  # a scheme's characters only (_URL_START): safe to name
     base = raw_scheme.split("+", 1)[0]
     if base not in _SCHEMES:
         raise TargetError(
