@@ -137,7 +137,8 @@ class CredentialSpec(_Model):
         description="ExternalId for AssumeRole.")
     session_name: str | None = Field(
         default=None, alias="sessionName", min_length=2, max_length=64, pattern=r"^[A-Za-z0-9+=,.@_-]+$",
-        description="RoleSessionName for AssumeRole; default rdsiam-NAMESPACE-NAME (truncated).")
+        description="RoleSessionName for AssumeRole; default rdsiam-NAMESPACE, plus -SERVICEACCOUNT with "
+        "serviceAccountName (truncated to 64).")
     assume_role_duration_seconds: int | None = Field(
         default=None, alias="assumeRoleDurationSeconds", ge=900, le=43200,
         description="DurationSeconds for AssumeRole; default 3600 (chained role sessions max 1 h).")
