@@ -28,13 +28,14 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 __all__ = [
     "CredentialError",
     "CredentialExpired",
     "CredentialIncomplete",
     "CredentialMissing",
+    "CredentialUnreadable",
     "MountedCredential",
     "MountWarning",
     "Snapshot",
@@ -78,6 +79,17 @@ class CredentialIncomplete(CredentialError):
     def __init__(self, message: str, path: str, missing: tuple[str, ...] = ()) -> None:
         super().__init__(message, path)
         self.missing = missing
+
+
+class CredentialUnreadable(CredentialError):
+    """The mount exists but this process is not allowed to read it (file or directory mode).
+
+    ``filename`` is the file or directory that could not be opened.
+    """
+
+    def __init__(self, message: str, path: str, filename: str) -> None:
+        super().__init__(message, path)
+        self.filename = filename
 
 
 class CredentialExpired(CredentialError):
@@ -179,6 +191,8 @@ def _read_at(dir_fd: int, name: str) -> bytes | None:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         raise _Gone() from None
+    except PermissionError:
+        raise _Denied() from None
     try:
         chunks = [os.read(fd, _CHUNK)]
         while len(chunks[-1]) == _CHUNK:  # a short read of a regular file is its end
@@ -192,6 +206,41 @@ def _read_at(dir_fd: int, name: str) -> bytes | None:
 
 class _Gone(Exception):
     """The generation directory vanished mid-read (kubelet swapped and cleaned up)."""
+
+
+class _Denied(Exception):
+    """The file's mode does not let this process read it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Unread:
+    """Why the key ``name`` could not be read: ``"gone"``, ``"denied"`` or ``"not-text"``."""
+
+    name: str
+    why: Literal["gone", "denied", "not-text"]
+
+
+def _read_keys(dir_fd: int, names: list[str]) -> dict[str, str] | _Unread:
+    """The text of each file ``names`` in the open directory (nested directories skipped).
+
+    A failure is returned, not raised, so that no traceback holds this frame and with it
+    the values already read (the token).
+    """
+    values: dict[str, str] = {}
+    for name in names:
+        try:
+            raw = _read_at(dir_fd, name)
+        except _Gone:
+            return _Unread(name, "gone")
+        except _Denied:
+            return _Unread(name, "denied")
+        if raw is None:
+            continue  # a nested directory (`items[].path` with a slash): not ours
+        try:
+            values[name] = _strip(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return _Unread(name, "not-text")
+    return values
 
 
 class _Missing(Exception):
@@ -215,6 +264,7 @@ class MountedCredential:
     straddle a rotation; use :meth:`snapshot` to get all keys of one generation.
 
     Accesses raise :class:`CredentialMissing` (no such directory),
+    :class:`CredentialUnreadable` (file modes forbid this user to read the mount),
     :class:`CredentialIncomplete` (keys missing or malformed) and
     :class:`CredentialExpired` (``expires-at`` is past, unless ``allow_expired``).
     A mount without ``..data`` (``subPath`` or copied files) works but warns once
@@ -262,9 +312,9 @@ class MountedCredential:
     def _current(self) -> Snapshot:
         try:
             target = os.readlink(self._data_link)
-        except FileNotFoundError:
-            return self._current_plain()
-        except OSError:  # ..data exists but is no symlink: someone copied the directory
+        except PermissionError:  # the mount directory is not searchable by this user
+            raise self._unreadable(self.path) from None
+        except OSError:  # no ..data, or ..data is no symlink (someone copied the directory)
             return self._current_plain()
         snap = self._snap
         if snap is not None and snap.generation == target:
@@ -313,6 +363,16 @@ class MountedCredential:
             exc.missing,
         )
 
+    def _unreadable(self, filename: str) -> CredentialUnreadable:
+        return CredentialUnreadable(
+            f"rdsiam: permission denied reading {filename} (this process runs as uid {os.geteuid()}, "
+            f"gid {os.getegid()}): the mounted Secret is not readable by this user. Check the "
+            "volume's defaultMode (0400 lets only the files' owner, root, read them; use 0440 with the "
+            "pod's securityContext.fsGroup, or 0444) and the pod's securityContext runAsUser and fsGroup",
+            self.path,
+            filename,
+        )
+
     def _current_plain(self) -> Snapshot:
         if not os.path.isdir(self.path):
             hint = (
@@ -352,25 +412,36 @@ class MountedCredential:
             dir_fd = os.open(directory, _DIR_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             raise _Gone() from None
+        except PermissionError:
+            raise self._unreadable(directory) from None
         try:
-            names = os.listdir(dir_fd)
-            present = {n for n in names if not n.startswith("..")}
+            present = sorted(n for n in os.listdir(dir_fd) if not n.startswith(".."))
             missing = tuple(k for k in REQUIRED_KEYS if k not in present)
             if missing:
-                raise _Missing(missing, tuple(sorted(present)))
-            values: dict[str, str] = {}
-            for name in present:
-                raw = _read_at(dir_fd, name)
-                if raw is None:
-                    continue  # a nested directory (`items[].path` with a slash): not ours
-                try:
-                    values[name] = _strip(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise CredentialIncomplete(
-                        f"rdsiam: {self.path}/{name} is not UTF-8 text", self.path
-                    ) from None
+                raise _Missing(missing, tuple(present))
+            values = _read_keys(dir_fd, present)
         finally:
             os.close(dir_fd)
+        if isinstance(values, _Unread):
+            raise self._unread_error(values)
+        try:
+            return self._parse(values, generation, atomic=atomic)
+        finally:
+            # The Snapshot keeps its own references: empty the dict so that a traceback that
+            # captures local variables (Sentry, Django's debug page) cannot show the token.
+            values.clear()
+
+    def _unread_error(self, unread: _Unread) -> Exception:
+        if unread.why == "gone":
+            return _Gone()
+        if unread.why == "denied":
+            return self._unreadable(os.path.join(self.path, unread.name))
+        return CredentialIncomplete(f"rdsiam: {self.path}/{unread.name} is not UTF-8 text", self.path)
+
+    def _parse(self, values: dict[str, str], generation: str, *, atomic: bool) -> Snapshot:
+        missing = tuple(k for k in REQUIRED_KEYS if k not in values)
+        if missing:  # a required key that is a directory
+            raise _Missing(missing, tuple(sorted(values)))
         try:
             port = int(values["port"])
         except ValueError:
@@ -383,8 +454,7 @@ class MountedCredential:
                 expires_at = _parse_expires_at(values["expires-at"])
             except ValueError:
                 raise CredentialIncomplete(
-                    f"rdsiam: {self.path}/expires-at is not an RFC 3339 instant: "
-                    f"{values['expires-at'][:40]!r}",
+                    f"rdsiam: {self.path}/expires-at is not an RFC 3339 instant: {values['expires-at'][:40]!r}",
                     self.path,
                 ) from None
         known = set(REQUIRED_KEYS) | set(OPTIONAL_KEYS)
@@ -436,7 +506,7 @@ class MountedCredential:
 
     @property
     def host(self) -> str:
-        """The database host name (the RDS endpoint the token is signed for)."""
+        """The host clients connect to: the RDS endpoint, or the CNAME in front of it (signingHost)."""
         return self.snapshot().host
 
     @property

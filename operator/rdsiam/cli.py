@@ -37,6 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     handlers.CONFIG.lease_namespace = args.lease_namespace
     handlers.CONFIG.lease_name = args.lease_name
     handlers.CONFIG.verify_timeout = args.verify_timeout
+    handlers.CONFIG.verify_ca_file = args.verify_ca_file
     handlers.CONFIG.rotation_events = args.rotation_events
     handlers.CONFIG.tenancy = TenancyPolicy(
         allow_operator_identity=not args.no_operator_identity,
@@ -103,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--namespace-policy", action="store_true",
                      help="honour the rdsiam.io/allowed-role-arns annotation on namespaces")
     run.add_argument("--verify-timeout", type=float, default=5.0, help="seconds for spec.verify logins")
+    run.add_argument("--verify-ca-file", default=None, metavar="PATH",
+                     help="CA bundle (the RDS one) to check servers with when a DSN's sslrootcert (the app's "
+                     "path) is not readable here; without it, such a login is not attempted")
     run.add_argument("--rotation-events", action="store_true",
                      help="post a Normal Event for every routine rotation too (default: first issue, changes, "
                      "recoveries and failures only)")

@@ -199,6 +199,36 @@ def test_fixing_the_cause_turns_connected_true_and_switching_verify_off_removes_
     kubectl.wait("Connected removed", lambda: kubectl.condition("later", ns, "Connected") is None, timeout=20)
 
 
+def test_a_server_whose_certificate_cannot_be_checked_gets_no_token(
+    kubectl: Kubectl, rds: IamPostgres, postgres: PostgresServer, operator_factory: Callable[..., Any], ns: str,
+) -> None:
+    """The DSN asks for verify-full with the app's CA path, which the operator's pod cannot read: without
+    --verify-ca-file the operator does not log in at all (no token to an unchecked server)."""
+    user = "rdsiam_verify_noca"
+    postgres.create_user(user)
+    operator_factory()
+    query = f"sslmode=verify-full&sslrootcert=/nonexistent/app/global-bundle.pem&hostaddr={rds.hostaddr}"
+    kubectl.apply(resource("noca", ns, rds_dsn(rds, user, query=query)))
+    cond = wait_condition(kubectl, "noca", ns)
+    assert (cond["status"], cond["reason"]) == ("Unknown", "CertificateNotVerifiable")
+    assert "/nonexistent/app/global-bundle.pem" in cond["message"] and "--verify-ca-file" in cond["message"]
+    assert not [a for a in rds.login_log if a.user == user]  # nothing was sent
+
+
+def test_the_operators_ca_bundle_checks_the_server_when_the_apps_path_is_not_readable(
+    kubectl: Kubectl, rds: IamPostgres, postgres: PostgresServer, operator_factory: Callable[..., Any], ns: str,
+) -> None:
+    user = "rdsiam_verify_withca"
+    postgres.create_user(user)
+    operator_factory(args=["--verify-ca-file", str(rds.ca_file)])
+    query = f"sslmode=verify-full&sslrootcert=/nonexistent/app/global-bundle.pem&hostaddr={rds.hostaddr}"
+    kubectl.apply(resource("withca", ns, rds_dsn(rds, user, query=query)))
+    cond = wait_condition(kubectl, "withca", ns)
+    assert (cond["status"], cond["reason"]) == ("True", "Connected"), cond
+    assert f"checked against the operator's CA bundle {rds.ca_file}" in cond["message"]
+    assert any(a.user == user and a.accepted for a in rds.login_log)
+
+
 def test_verify_latency(
     kubectl: Kubectl, rds: IamPostgres, operator_factory: Callable[..., Any], ns: str, users: None
 ) -> None:

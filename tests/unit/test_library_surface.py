@@ -53,12 +53,14 @@ def test_public_names() -> None:
         "CredentialExpired",
         "CredentialIncomplete",
         "CredentialMissing",
+        "CredentialUnreadable",
         "MountWarning",
         "MountedCredential",
         "Snapshot",
         "__version__",
     }
     assert issubclass(rdsiam.CredentialExpired, rdsiam.CredentialError)
+    assert issubclass(rdsiam.CredentialUnreadable, rdsiam.CredentialError)
     assert rdsiam.__version__
 
 

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,129 @@ def test_malformed_values(tmp_path: Path, key: str, value: str, message: str) ->
     AtomicWriter(tmp_path).write(data)
     with pytest.raises(rdsiam.CredentialIncomplete, match=message):
         rdsiam.MountedCredential(tmp_path, clock=lambda: NOW).snapshot()
+
+
+def _traceback_text(exc: BaseException) -> str:
+    """What an error reporter that records local variables (Sentry, Django's debug page) shows."""
+    return "".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format())
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("port", b"fifty"), ("expires-at", b"tomorrow"), ("username", b"\xffuser"), ("pgpass", b"\xfe")],
+)
+def test_errors_after_the_token_was_read_keep_it_out_of_traceback_locals(
+    tmp_path: Path, key: str, value: bytes
+) -> None:
+    AtomicWriter(tmp_path).write({**payload(1), key: value})  # keys are read in name order
+    with pytest.raises(rdsiam.CredentialIncomplete) as info:
+        rdsiam.MountedCredential(tmp_path, clock=lambda: NOW).snapshot()
+    text = _traceback_text(info.value)
+    leaked = "X-Amz-Signature=sig1" in text
+    assert "directory = " in text  # the reader's local variables are in the text
+    assert not leaked, "the token is in the traceback's local variables"
+
+
+def _deny(monkeypatch: pytest.MonkeyPatch, denied: str) -> None:
+    """Make ``os.open`` of ``denied`` (a key name or a directory path) fail as for a 0400 file."""
+    real_open = os.open
+
+    def open_(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if str(path) == denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr("rdsiam._mounted.os.open", open_)
+
+
+@pytest.mark.parametrize("writer", [AtomicWriter, PlainWriter])
+def test_an_unreadable_key_file_says_which_and_what_to_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: type[AtomicWriter | PlainWriter]
+) -> None:
+    writer(tmp_path).write(payload(1))
+    _deny(monkeypatch, "username")  # read after password: the token is already in memory
+    with pytest.raises(rdsiam.CredentialUnreadable) as info:
+        rdsiam.MountedCredential(tmp_path, clock=lambda: NOW).snapshot()
+    message = str(info.value)
+    assert f"permission denied reading {tmp_path / 'username'}" in message
+    assert "defaultMode" in message and "fsGroup" in message and "runAsUser" in message
+    assert isinstance(info.value, rdsiam.CredentialError) and info.value.path == str(tmp_path)
+    assert info.value.filename == str(tmp_path / "username")
+    text = _traceback_text(info.value)
+    assert "PermissionError" not in text  # one error, no chained OSError
+    leaked = "sig1" in text
+    assert not leaked, "the token is in the error or its traceback's local variables"
+
+
+def test_an_unreadable_directory_says_which_and_what_to_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    AtomicWriter(tmp_path).write(payload(1))
+    generation = str(tmp_path / os.readlink(tmp_path / "..data"))
+    _deny(monkeypatch, generation)
+    with pytest.raises(rdsiam.CredentialUnreadable, match=r"permission denied reading .*defaultMode") as info:
+        rdsiam.MountedCredential(tmp_path, clock=lambda: NOW).snapshot()
+    assert info.value.filename == generation
+
+    # A mount directory this user may not search: ``..data`` cannot even be resolved.
+    def readlink(path: str) -> str:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr("rdsiam._mounted.os.readlink", readlink)
+    with pytest.raises(rdsiam.CredentialUnreadable) as info:
+        rdsiam.MountedCredential(tmp_path, clock=lambda: NOW).snapshot()
+    assert info.value.filename == str(tmp_path) and "fsGroup" in str(info.value)
+
+
+NOBODY = 65534
+
+
+def _read_as_nobody(mount: Path) -> str:
+    """What reading ``mount`` raises in a forked child that runs as uid/gid 65534 (root reads any file
+    whatever its mode, and the tests run as root in CI): the exception's type and message."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(rfd)
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                rdsiam.MountedCredential(mount, clock=lambda: NOW).snapshot()
+                said = "read it"
+            except Exception as exc:
+                said = f"{type(exc).__name__}: {exc}"
+            os.write(wfd, said.encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as pipe:
+        said = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return said
+
+
+@pytest.mark.parametrize("where", ["files", "directory"])
+def test_a_mount_this_user_may_not_read(where: str) -> None:
+    """As in a pod with defaultMode 0400, a non-root runAsUser and no fsGroup: real file modes, read by
+    another user (uid 65534: as root, a forked child that drops to it)."""
+    base = Path(tempfile.mkdtemp(prefix="rdsiam-perm-"))  # not pytest's tmp_path: that is 0700, root's
+    mount = base / "orders-db"
+    try:
+        base.chmod(0o755)
+        AtomicWriter(mount, default_mode=0o000 if where == "files" else 0o644).write(payload(1))
+        mount.chmod(0o000 if where == "directory" else 0o755)
+        if os.geteuid() == 0:
+            said = _read_as_nobody(mount)
+        else:
+            try:
+                rdsiam.MountedCredential(mount, clock=lambda: NOW).snapshot()
+                said = "read it"
+            except Exception as exc:
+                said = f"{type(exc).__name__}: {exc}"
+        assert said.startswith("CredentialUnreadable: rdsiam: permission denied reading"), said
+        assert str(mount) in said and "fsGroup" in said
+    finally:
+        mount.chmod(0o755)
+        shutil.rmtree(base)
 
 
 def test_expired_token_says_where_and_how_long_ago(tmp_path: Path) -> None:

@@ -15,13 +15,19 @@ or, for an engine you build yourself::
     rdsiam_sa.attach(engine, MOUNT)
 
 The URL carries user, host, port and database read from the mount, and no password. A
-``do_connect`` listener sets the password (and, for engines made by this module, user, host,
-port and database unless ``connect_args`` overrides them) from the mount's current generation
-in the per-connect copy of the parameters SQLAlchemy hands it (the engine's own parameters
-are never mutated), so the pool never freezes a token. With ``retry`` (default) the listener
-also makes the connection itself, so that a rejected login is tried once more when the
-mount already holds a newer token; listeners registered after it then do not run
-(pass ``retry=False`` if you rely on them).
+``do_connect`` listener makes each new DBAPI connection itself, with the password (and, for
+engines made by this module, user, host, port and database unless ``connect_args`` overrides
+them) of the mount's current generation, so the pool never freezes a token. It works on its
+own copy of the parameters SQLAlchemy hands it (SQLAlchemy 2.0 hands every connect the same
+dict) and never changes them. With ``retry`` (default) a rejected login is tried once more
+when the mount already holds a newer token. ``do_connect`` listeners registered before it
+run first and may change the parameters; listeners registered after it do not run.
+
+With PyMySQL (``mysql+pymysql``, ``mariadb+pymysql``) or aiomysql, TLS is always on as in
+:mod:`rdsiam.integrations.pymysql`: RDS asks for the token in clear text, so when neither
+``connect_args`` nor the URL set ``ssl`` (or another of PyMySQL's ``ssl*`` arguments), the
+connection is encrypted without verifying the server. Pass ``connect_args={"ssl": {"ca": ...}}``
+to verify it. Other MySQL drivers get no TLS setting from rdsiam.
 
 An alternative without events is ``creator``/``async_creator``::
 
@@ -37,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from rdsiam._mounted import MountedCredential, Snapshot
 from rdsiam.integrations._common import as_credential
+from rdsiam.integrations.pymysql import _SSL_KEYS, _encrypt_only
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Dialect, Engine
@@ -51,6 +58,9 @@ _PROBE: dict[str, Any] = {
     "port": 65001,
     "database": "rdsiam-probe-db",
 }
+
+# DBAPIs whose ``ssl=`` takes PyMySQL's arguments, an ``ssl.SSLContext`` among them.
+_PYMYSQL_LIKE = frozenset({"pymysql", "aiomysql"})
 
 
 def url(
@@ -110,27 +120,30 @@ def attach(
     if all_fields:
         _args, from_url = dialect.create_connect_args(sync_engine.url)
 
-    def apply(snap: Snapshot, cparams: dict[str, Any]) -> None:
-        cparams[keys["password"]] = snap.password
+    # One context for every connection: it verifies nothing, so it holds no state to refresh.
+    tls = _encrypt_only() if dialect.driver in _PYMYSQL_LIKE else None
+
+    def params_for(snap: Snapshot, cparams: Mapping[str, Any]) -> dict[str, Any]:
+        params = dict(cparams)
+        params[keys["password"]] = snap.password
         current = {"username": snap.username, "host": snap.host, "port": snap.port, "database": snap.dbname}
         for name, value in current.items():
             key = keys.get(name)
             # Replace only what came from the URL, not what connect_args set.
-            if key is not None and key in from_url and cparams.get(key) == from_url[key]:
-                cparams[key] = str(value) if isinstance(from_url[key], str) else value
+            if key is not None and key in from_url and params.get(key) == from_url[key]:
+                params[key] = str(value) if isinstance(from_url[key], str) else value
+        if tls is not None and not any(key in params for key in _SSL_KEYS):
+            params["ssl"] = tls
+        return params
 
     def do_connect(dialect: Dialect, conn_rec: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
-        # cargs/cparams are SQLAlchemy's per-connect copies: setting a key here changes this
-        # one connection attempt only, never the engine's shared parameters.
-        if not retry:
-            apply(credential.snapshot(), cparams)
-            return None
-
+        # SQLAlchemy 2.0 passes every connect the same cparams dict (2.1 a copy): writing to it
+        # would leak one generation into the next and race between threads, so connect here
+        # with a copy and return the connection.
         def attempt(snap: Snapshot) -> Any:
-            apply(snap, cparams)
-            return dialect.connect(*cargs, **cparams)
+            return dialect.connect(*cargs, **params_for(snap, cparams))
 
-        return credential.with_retry(attempt)
+        return credential.with_retry(attempt) if retry else attempt(credential.snapshot())
 
     event.listen(sync_engine, "do_connect", do_connect)
 

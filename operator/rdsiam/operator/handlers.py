@@ -41,6 +41,7 @@ class Config:
     lease_namespace: str | None = None
     lease_name: str = "rdsiam-operator"
     verify_timeout: float = 5.0
+    verify_ca_file: str | None = None  # the RDS CA bundle, for a DSN's sslrootcert the operator cannot read
     rotation_events: bool = False
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
 
@@ -72,8 +73,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     identities = Identities(kube)
     events = EventPoster(kube)
     reconciler = Reconciler(kube, identities, tenancy=CONFIG.tenancy, events=events,
-                            verifier=make_verifier(CONFIG.verify_timeout), resolver=make_resolver(),
-                            rotation_events=CONFIG.rotation_events)
+                            verifier=make_verifier(CONFIG.verify_timeout, CONFIG.verify_ca_file),
+                            resolver=make_resolver(), rotation_events=CONFIG.rotation_events)
     scheduler = Scheduler(reconciler, concurrency=CONFIG.concurrency)
     metrics.instrument(reconciler, identities, scheduler, kube)
     if CONFIG.metrics_port is not None:

@@ -25,6 +25,8 @@ CONNECT_TIMEOUT = "ConnectTimeout"
 CONNECTION_REFUSED = "ConnectionRefused"
 NETWORK_ERROR = "NetworkError"
 VERIFY_FAILED = "VerifyFailed"
+NOT_SUPPORTED = "NotSupported"  # Connected=Unknown: MySQL is not probed
+CERTIFICATE_NOT_VERIFIABLE = "CertificateNotVerifiable"  # Connected=Unknown: no CA to check the server with
 
 # Event reasons for successful work.
 ROTATED = "TokenRotated"

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rdsiam import _diagnose, _pgwire
+from rdsiam.operator import reasons
 from rdsiam.operator.reconcile import IDENTITY_ANN
 from rdsiam.operator.target import Target, is_rds_hostname
 
@@ -20,27 +21,37 @@ MAX_CNAME_CHAIN = 8  # longer chains are a loop or a mistake
 DNS_LIFETIME = 3.0  # seconds per lookup
 
 
-def make_verifier(timeout: float = 5.0) -> Verifier:
+def make_verifier(timeout: float = 5.0, ca_file: str | None = None) -> Verifier:
     """Log in with the Secret's token the way the app would (TLS per the DSN's sslmode), run SELECT 1.
 
-    Returns ``(status, reason, message)`` for the ``Connected`` condition. An ``sslrootcert`` path from
-    the DSN that the operator pod cannot read (it lives in the app's pod) is not used: the login is then
-    encrypted but the server certificate is not verified, and the message says so.
+    Returns ``(status, reason, message)`` for the ``Connected`` condition. The token goes only where the app
+    would send it: when the DSN asks for the server's certificate to be verified (``verify-ca``,
+    ``verify-full``) with an ``sslrootcert`` the operator's pod cannot read (it is the app's path), the
+    server is checked against ``ca_file`` (``--verify-ca-file``: the operator's own copy of the RDS CA
+    bundle); without one, nothing is sent and the condition says why (``Unknown``).
     """
 
     async def verify(target: Target, secret: dict[str, Any]) -> tuple[str, str, str]:
         if target.engine != "postgres":
-            return "Unknown", "NotSupported", "spec.verify supports PostgreSQL only; MySQL is not probed."
+            return "Unknown", reasons.NOT_SUPPORTED, "spec.verify supports PostgreSQL only; MySQL is not probed."
         options = dict(target.options)
         sslmode = options.get("sslmode") or "prefer"  # libpq's default, what the app gets without one
         rootcert = options.get("sslrootcert")
         note = ""
         if rootcert and rootcert != "system" and not os.access(rootcert, os.R_OK):
-            note = (f" The server certificate was not verified: sslrootcert {rootcert} is not readable in the "
-                    "operator's pod (it is the app's path).")
-            rootcert = None
-            if sslmode in ("verify-ca", "verify-full"):
-                sslmode = "require"
+            if sslmode not in ("verify-ca", "verify-full"):
+                rootcert = None  # not used by libpq at these modes either
+            elif ca_file and os.access(ca_file, os.R_OK):
+                note = (f" The server certificate was checked against the operator's CA bundle {ca_file} "
+                        f"(--verify-ca-file): sslrootcert {rootcert} is the app's path.")
+                rootcert = ca_file
+            else:
+                return "Unknown", reasons.CERTIFICATE_NOT_VERIFIABLE, (
+                    f"Not probed: the DSN asks for sslmode={sslmode} with sslrootcert {rootcert}, which is not "
+                    "readable in the operator's pod (it is the app's path), and the operator sends a token only "
+                    "to a server whose certificate it can verify. Give the operator the RDS CA bundle: mount it "
+                    "(chart: extraVolumes/extraVolumeMounts) and pass --verify-ca-file=PATH (chart: extraArgs)"
+                    + (f"; {ca_file} is not readable" if ca_file else "") + ".")
         identity = (secret.get("metadata", {}).get("annotations") or {}).get(IDENTITY_ANN, "")
         token = base64.b64decode(secret["data"]["password"]).decode()
         try:
