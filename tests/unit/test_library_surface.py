@@ -127,3 +127,36 @@ def test_psycopg_kwargs_are_fresh_per_call(tmp_path: Path) -> None:
     first["password"] = "mutated by a caller"
     writer.write(secret_payload(username="a", password="t2", host="h", port=5432, dbname="d"))
     assert kwargs()["password"] == "t2"
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_a_host_given_in_the_conninfo_wins_over_the_mounts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, driver: str,
+) -> None:
+    """Settings in the conninfo/DSN string win like keyword arguments do (an RDS Proxy named there is
+    dialled, not silently the mount's host); keywords win over the string; a password in it is refused."""
+    import psycopg
+    import psycopg2
+
+    from rdsiam.integrations import psycopg as rp
+    from rdsiam.integrations import psycopg2 as rp2
+
+    AtomicWriter(tmp_path).write(secret_payload(username="a", password="t1", host="h", port=5432, dbname="d"))
+    seen: list[dict[str, object]] = []
+
+    def capture(*args: object, **kwargs: object) -> str:
+        assert not any(args), args  # everything as keywords: nothing left for libpq to merge silently
+        seen.append(kwargs)
+        return "connection"
+
+    if driver == "psycopg":
+        monkeypatch.setattr(psycopg.Connection, "connect", capture)
+        connect = rp.connect
+    else:
+        monkeypatch.setattr(psycopg2, "connect", capture)
+        connect = rp2.connect
+    assert connect(tmp_path, "host=proxy.example port=6432 sslmode=require", dbname="kw") == "connection"
+    assert seen[-1] == {"user": "a", "host": "proxy.example", "port": "6432", "dbname": "kw", "sslmode": "require",
+                        "password": "t1"}
+    with pytest.raises(TypeError, match="read from the mounted Secret"):
+        connect(tmp_path, "host=proxy.example password=frozen")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from rdsiam._mounted import MountedCredential
 
@@ -14,7 +15,7 @@ def as_credential(cred: MountedCredential | str | os.PathLike[str]) -> MountedCr
     return MountedCredential(cred)
 
 
-def reject_password(kwargs: dict[str, object], where: str) -> None:
+def reject_password(kwargs: Mapping[str, object], where: str) -> None:
     """Refuse a password passed next to the mount: it would freeze the token."""
     for key in ("password", "passwd"):
         if key in kwargs:

@@ -22,8 +22,9 @@ once when the mount already holds a newer token)::
         connection_class=rdsiam_psycopg.connection_class(MOUNT), kwargs={"sslmode": "require"}, open=True
     )
 
-``user``, ``host``, ``port`` and ``dbname`` come from the mount unless given; the password
-always does (passing one is an error). Other keyword arguments go to ``psycopg.connect``.
+``user``, ``host``, ``port`` and ``dbname`` come from the mount unless given, as keyword arguments
+or in ``conninfo``; the password always does (passing one is an error). Other settings go to
+``psycopg.connect``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,22 @@ def params(snap: Snapshot, overrides: dict[str, Any] | None = None) -> dict[str,
     return out
 
 
+def _given(conninfo: str, kwargs: dict[str, Any], where: str | None) -> dict[str, Any]:
+    """The caller's settings: ``conninfo``'s (a libpq string or URL) and ``kwargs``, which win over it as in
+    psycopg. Both win over the mount's user, host, port and dbname (passed on as keywords, the mount's
+    would silently win over ``conninfo``'s). A password in ``conninfo`` is refused (``where``: the caller's
+    name) or, for a connection class handed whatever a pool passes, dropped."""
+    if not conninfo:
+        return kwargs
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(conninfo)
+    if where is not None:
+        reject_password(given, where)
+    given.pop("password", None)
+    return {**given, **kwargs}
+
+
 def connect(
     cred: MountedCredential | str | os.PathLike[str],
     conninfo: str = "",
@@ -70,10 +87,11 @@ def connect(
     import psycopg
 
     reject_password(kwargs, "rdsiam.integrations.psycopg.connect")
+    given = _given(conninfo, kwargs, "rdsiam.integrations.psycopg.connect")
     credential = as_credential(cred)
 
     def attempt(snap: Snapshot) -> psycopg.Connection[Any]:
-        return psycopg.Connection.connect(conninfo, **params(snap, kwargs))
+        return psycopg.Connection.connect("", **params(snap, given))
 
     return credential.with_retry(attempt) if retry else attempt(credential.snapshot())
 
@@ -89,10 +107,11 @@ async def connect_async(
     import psycopg
 
     reject_password(kwargs, "rdsiam.integrations.psycopg.connect_async")
+    given = _given(conninfo, kwargs, "rdsiam.integrations.psycopg.connect_async")
     credential = as_credential(cred)
 
     async def attempt(snap: Snapshot) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(conninfo, **params(snap, kwargs))
+        return await psycopg.AsyncConnection.connect("", **params(snap, given))
 
     return await (credential.with_retry_async(attempt) if retry else attempt(credential.snapshot()))
 
@@ -133,9 +152,10 @@ def connection_class(
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
             kwargs.pop("password", None)
+            given = _given(conninfo, kwargs, None)
 
             def attempt(snap: Snapshot) -> Any:
-                return super(RdsIamConnection, cls).connect(conninfo, **params(snap, kwargs))
+                return super(RdsIamConnection, cls).connect("", **params(snap, given))
 
             return credential.with_retry(attempt) if retry else attempt(credential.snapshot())
 
@@ -159,9 +179,10 @@ def async_connection_class(
         @classmethod
         async def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
             kwargs.pop("password", None)
+            given = _given(conninfo, kwargs, None)
 
             async def attempt(snap: Snapshot) -> Any:
-                return await super(RdsIamAsyncConnection, cls).connect(conninfo, **params(snap, kwargs))
+                return await super(RdsIamAsyncConnection, cls).connect("", **params(snap, given))
 
             if retry:
                 return await credential.with_retry_async(attempt)

@@ -33,6 +33,19 @@ if TYPE_CHECKING:
 __all__ = ["SimpleConnectionPool", "ThreadedConnectionPool", "connect"]
 
 
+def _given(dsn: str | None, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """The caller's settings: ``dsn``'s (a libpq string or URL) and ``kwargs``, which win over it as in
+    psycopg2. Both win over the mount's user, host, port and dbname (passed on as keywords, the mount's
+    would silently win over the DSN's). A password in ``dsn`` is refused."""
+    if not dsn:
+        return kwargs
+    import psycopg2.extensions
+
+    given: dict[str, Any] = psycopg2.extensions.parse_dsn(dsn)
+    reject_password(given, where)
+    return {**given, **kwargs}
+
+
 def connect(
     cred: MountedCredential | str | os.PathLike[str],
     dsn: str | None = None,
@@ -47,10 +60,11 @@ def connect(
     import psycopg2
 
     reject_password(kwargs, "rdsiam.integrations.psycopg2.connect")
+    given = _given(dsn, kwargs, "rdsiam.integrations.psycopg2.connect")
     credential = as_credential(cred)
 
     def attempt(snap: Snapshot) -> psycopg2.extensions.connection:
-        return psycopg2.connect(dsn, **params(snap, kwargs))
+        return psycopg2.connect(**params(snap, given))
 
     return credential.with_retry(attempt) if retry else attempt(credential.snapshot())
 
@@ -67,8 +81,10 @@ class _MountedKwargs:
         return params(pool._rdsiam.snapshot(), pool.__dict__["_rdsiam_kwargs"])
 
     def __set__(self, pool: Any, value: dict[str, Any]) -> None:
-        reject_password(value, f"rdsiam.integrations.psycopg2.{type(pool).__name__}")
-        pool.__dict__["_rdsiam_kwargs"] = dict(value)
+        where = f"rdsiam.integrations.psycopg2.{type(pool).__name__}"
+        reject_password(value, where)
+        kwargs = dict(value)
+        pool.__dict__["_rdsiam_kwargs"] = _given(kwargs.pop("dsn", None), kwargs, where)
 
 
 _pool_classes: dict[str, type] = {}
