@@ -207,11 +207,14 @@ def test_a_server_whose_certificate_cannot_be_checked_gets_no_token(
     user = "rdsiam_verify_noca"
     postgres.create_user(user)
     operator_factory()
-    query = f"sslmode=verify-full&sslrootcert=/nonexistent/app/global-bundle.pem&hostaddr={rds.hostaddr}"
-    kubectl.apply(resource("noca", ns, rds_dsn(rds, user, query=query)))
-    cond = wait_condition(kubectl, "noca", ns)
-    assert (cond["status"], cond["reason"]) == ("Unknown", "CertificateNotVerifiable")
-    assert "/nonexistent/app/global-bundle.pem" in cond["message"] and "--verify-ca-file" in cond["message"]
+    # verify-full, and require with a root certificate (libpq then checks the CA: verify-ca)
+    for name, mode in (("noca", "verify-full"), ("noca-require", "require")):
+        query = f"sslmode={mode}&sslrootcert=/nonexistent/app/global-bundle.pem&hostaddr={rds.hostaddr}"
+        kubectl.apply(resource(name, ns, rds_dsn(rds, user, query=query)))
+    for name in ("noca", "noca-require"):
+        cond = wait_condition(kubectl, name, ns)
+        assert (cond["status"], cond["reason"]) == ("Unknown", "CertificateNotVerifiable"), cond
+        assert "/nonexistent/app/global-bundle.pem" in cond["message"] and "--verify-ca-file" in cond["message"]
     assert not [a for a in rds.login_log if a.user == user]  # nothing was sent
 
 

@@ -39,19 +39,20 @@ def make_verifier(timeout: float = 5.0, ca_file: str | None = None) -> Verifier:
         rootcert = options.get("sslrootcert")
         note = ""
         if rootcert and rootcert != "system" and not os.access(rootcert, os.R_OK):
-            if sslmode not in ("verify-ca", "verify-full"):
-                rootcert = None  # not used by libpq at these modes either
+            if sslmode not in ("require", "verify-ca", "verify-full"):
+                rootcert = None  # prefer, allow, disable: libpq verifies nothing either
             elif ca_file and os.access(ca_file, os.R_OK):
                 note = (f" The server certificate was checked against the operator's CA bundle {ca_file} "
                         f"(--verify-ca-file): sslrootcert {rootcert} is the app's path.")
                 rootcert = ca_file
-            else:
+            else:  # the app verifies the server (libpq: require with a root certificate is verify-ca)
                 return "Unknown", reasons.CERTIFICATE_NOT_VERIFIABLE, (
-                    f"Not probed: the DSN asks for sslmode={sslmode} with sslrootcert {rootcert}, which is not "
-                    "readable in the operator's pod (it is the app's path), and the operator sends a token only "
-                    "to a server whose certificate it can verify. Give the operator the RDS CA bundle: mount it "
-                    "(chart: extraVolumes/extraVolumeMounts) and pass --verify-ca-file=PATH (chart: extraArgs)"
-                    + (f"; {ca_file} is not readable" if ca_file else "") + ".")
+                    f"Not probed: the app checks the server's certificate (sslmode={sslmode}, sslrootcert "
+                    f"{rootcert}), that file is not readable in the operator's pod (it is the app's path), and "
+                    "the operator sends a token only to a server it can check as the app would. Give the "
+                    "operator the RDS CA bundle: mount it (chart: extraVolumes/extraVolumeMounts) and pass "
+                    "--verify-ca-file=PATH (chart: extraArgs)" + (f"; {ca_file} is not readable" if ca_file else "")
+                    + ".")
         identity = (secret.get("metadata", {}).get("annotations") or {}).get(IDENTITY_ANN, "")
         token = base64.b64decode(secret["data"]["password"]).decode()
         try:
