@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import os
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal, Protocol
 
@@ -76,6 +79,11 @@ class Kube(Protocol):
 
 
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+# The pod's ServiceAccount token, projected by the kubelet and replaced before it expires (hourly, by
+# default): read again every minute, as client-go does, and at once after a 401.
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+TOKEN_REREAD_SECONDS = 60.0
+logger = logging.getLogger("rdsiam.kubeapi")
 Decode = Literal["json", "metadata", "none"]  # how much of an answer KubeApi._request decodes
 
 
@@ -86,10 +94,18 @@ class KubeApi:
 
     def __init__(
         self, server: str, *, headers: Mapping[str, str] | None = None, ssl_context: ssl.SSLContext | bool = True,
-        timeout: float = 10.0, connections: int = 32,
+        timeout: float = 10.0, connections: int = 32, token_file: str | None = None,
     ) -> None:
+        """``token_file``: a bearer token file read again every minute and after a 401 (the in-cluster
+        ServiceAccount token, which the kubelet rotates); it replaces any ``Authorization`` in ``headers``."""
         self.server = server.rstrip("/")
         self._headers = {"Accept": "application/json", "User-Agent": "rdsiam-operator", **(headers or {})}
+        self._token_file = token_file
+        self._auth: dict[str, str] = {}  # {"Authorization": ...} from token_file, sent with each request
+        self._auth_read_at = -TOKEN_REREAD_SECONDS
+        if token_file is not None:
+            self._headers.pop("Authorization", None)
+            self._read_token()
         self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
@@ -113,7 +129,31 @@ class KubeApi:
                 ctx.load_cert_chain(str(info.certificate_path), str(info.private_key_path))
             elif info.certificate_data and info.private_key_data:
                 ctx.load_cert_chain(*_materialise(info.certificate_data, info.private_key_data))
-        return cls(info.server, headers=info.as_http_headers(), ssl_context=ctx)
+        # In the cluster (kopf read the projected ServiceAccount token): keep reading that file.
+        token_file = SERVICE_ACCOUNT_TOKEN if info.token and _file_holds(SERVICE_ACCOUNT_TOKEN, info.token) else None
+        return cls(info.server, headers=info.as_http_headers(), ssl_context=ctx, token_file=token_file)
+
+    def _read_token(self) -> bool:
+        """Read ``token_file`` again; True when the token changed. A failed read keeps the last token."""
+        assert self._token_file is not None
+        self._auth_read_at = time.monotonic()
+        try:
+            with open(self._token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            logger.warning("Could not read the API token file %s (%s); keeping the last token", self._token_file,
+                           type(exc).__name__)
+            return False
+        fresh = {"Authorization": f"Bearer {token}"} if token else {}
+        changed = fresh != self._auth
+        self._auth = fresh
+        return changed
+
+    def _auth_headers(self) -> dict[str, str]:
+        """The per-request ``Authorization`` (empty without a token file: the session's headers carry it)."""
+        if self._token_file is not None and time.monotonic() - self._auth_read_at >= TOKEN_REREAD_SECONDS:
+            self._read_token()
+        return self._auth
 
     async def _request(
         self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
@@ -129,11 +169,10 @@ class KubeApi:
         if method != "GET":
             self.writes += 1
         try:
-            async with self._session.request(
-                method, self.server + path, data=data, params=params,
-                headers={"Content-Type": content_type} if data is not None else None,
-            ) as resp:
-                code, http_reason, raw = resp.status, resp.reason, await resp.read()
+            code, http_reason, raw = await self._send(method, path, data, content_type, params)
+            if code == 401 and self._token_file is not None and self._read_token():
+                # The kubelet rotated the token since it was last read: once more with the new one.
+                code, http_reason, raw = await self._send(method, path, data, content_type, params)
         except TimeoutError:  # no answer in time: a temporary API failure like a 504, not a crash
             raise self._failed(method, path, ApiError(
                 504, "Timeout", f"no answer from the API server within {self._timeout.total:g} s")) from None
@@ -152,6 +191,18 @@ class KubeApi:
         if not raw or decode == "none":
             return {}
         return metadata_of(raw) if decode == "metadata" else json.loads(raw)
+
+    async def _send(
+        self, method: str, path: str, data: str | None, content_type: str, params: Mapping[str, str] | None,
+    ) -> tuple[int, str | None, bytes]:
+        assert self._session is not None
+        headers = self._auth_headers()
+        if data is not None:
+            headers = {**headers, "Content-Type": content_type}
+        async with self._session.request(
+            method, self.server + path, data=data, params=params, headers=headers or None,
+        ) as resp:
+            return resp.status, resp.reason, await resp.read()
 
     def _failed(self, method: str, path: str, exc: ApiError) -> ApiError:
         """Report a failed write (metrics count them by resource and status); returns ``exc`` to raise."""
@@ -190,10 +241,13 @@ class KubeApi:
                   "timeoutSeconds": str(timeout)}
         if label_selector:
             params["labelSelector"] = label_selector
+        headers = {**self._auth_headers(), **({"Accept": METADATA_ONLY} if metadata_only else {})}
         async with self._session.get(
             self.server + path, params=params, timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout + 30),
-            headers={"Accept": METADATA_ONLY} if metadata_only else None,
+            headers=headers or None,
         ) as resp:
+            if resp.status == 401 and self._token_file is not None:
+                self._read_token()  # the informer watches again soon, with the token read now
             if resp.status >= 400:
                 raise ApiError(resp.status, resp.reason or "", (await resp.text())[:200])
             buffer = b""
@@ -274,6 +328,14 @@ _BEFORE_METADATA = re.compile(rb'\{\s*(?:"(?:kind|apiVersion)"\s*:\s*"[^"\\]*"\s
 _DECODER = json.JSONDecoder()
 
 
+def _file_holds(path: str, text: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() == text
+    except OSError:
+        return False
+
+
 def metadata_of(raw: bytes) -> JsonDict:
     """``{"metadata": ...}`` of an API object's JSON, decoding the metadata and nothing after it.
 
@@ -294,7 +356,6 @@ def metadata_of(raw: bytes) -> JsonDict:
 
 def _materialise(cert: str | bytes, key: str | bytes) -> tuple[str, str]:
     """load_cert_chain needs files: write inline kubeconfig credentials to private temp files."""
-    import os
     import tempfile
 
     paths = []
