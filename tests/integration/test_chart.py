@@ -38,6 +38,7 @@ VALUE_SETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         (),
         {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}, "crds": {"keep": False}},
     ),
+    "pdb-max-unavailable-zero": ((), {"podDisruptionBudget": {"enabled": True, "maxUnavailable": 0}}),
     "digest-pdb-max-unavailable": (
         (),
         {
@@ -259,6 +260,8 @@ def test_metrics_service_and_servicemonitor() -> None:
         "maxUnavailable": 1,
         "selector": pdb["spec"]["selector"],
     }
+    # 0 (no voluntary disruption at all) is a value, not "unset"
+    assert one(rendered("pdb-max-unavailable-zero"), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 0
 
 
 # ---- RBAC shape (the cross-check with real API calls is in test_chart_rbac.py) ---------------

@@ -628,6 +628,23 @@ def _quote(*args: Any) -> str:
     return " ".join(json.dumps(_go_str(a), ensure_ascii=False) for a in args if a is not None)
 
 
+def _kind_is(kind: str, value: Any) -> bool:
+    """Sprig's ``kindIs``: Go's reflect kind of a value (Helm reads every YAML number as float64)."""
+    if value is None:
+        actual = "invalid"
+    elif isinstance(value, bool):
+        actual = "bool"
+    elif isinstance(value, int | float):
+        actual = "float64"
+    elif isinstance(value, str):
+        actual = "string"
+    elif isinstance(value, list):
+        actual = "slice"
+    else:
+        actual = "map"
+    return actual == kind
+
+
 def _default(default: Any, *value: Any) -> Any:
     return value[0] if value and _truth(value[0]) else default
 
@@ -669,6 +686,7 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "list": lambda *a: list(a),
     "dict": lambda *a: {str(a[i]): (a[i + 1] if i + 1 < len(a) else "") for i in range(0, len(a), 2)},
     "hasKey": lambda d, key: isinstance(d, dict) and key in d,
+    "kindIs": _kind_is,
     "toString": _go_str,
     "int": _to_int,
     "toYaml": _to_yaml,
