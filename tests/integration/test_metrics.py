@@ -113,3 +113,40 @@ def test_metrics_follow_refreshes_expiry_sts_and_write_errors(
 )
 def test_write_errors_are_labelled_by_resource_never_by_name(path: str, resource: str) -> None:
     assert api_resource(path) == resource
+
+
+def test_one_expiry_series_per_resource_for_long_names_and_renamed_targets(
+    kubectl: Kubectl,
+    rds: Any,
+    namespace: str,
+    app_user: str,  # noqa: F811
+    operator_factory: Callable[..., OperatorProcess],
+) -> None:
+    """A name longer than a label value may be (63) still gets its Secret; renaming spec.target.name leaves
+    the old Secret (owned, so deleted with the resource) but not a second, stale expiry series."""
+    ns = namespace
+    operator = operator_factory()
+    long_name = "orders-" + "x" * 70
+    kubectl.apply([credential(rds, long_name, ns), credential(rds, "renamed", ns, target={"name": "first"})])
+    kubectl.wait("the long name's Secret", lambda: kubectl.secret_data(long_name, ns))
+    kubectl.wait("the first Secret", lambda: kubectl.secret_data("first", ns))
+    label = kubectl.get("secret", long_name, ns)["metadata"]["labels"]["rdsiam.io/credential"]  # type: ignore[index]
+    assert len(label) <= 63 and label.startswith("orders-xxx")
+
+    kubectl.apply(credential(rds, "renamed", ns, target={"name": "second"}))
+    kubectl.wait("the second Secret", lambda: kubectl.secret_data("second", ns))
+    assert kubectl.secret_data("first", ns) is not None  # left in place (documented), never refreshed again
+
+    def series(page: str, name: str) -> list[float]:
+        """Every sample of the gauge for ``name`` on the page as served (duplicates kept)."""
+        return [s.value for family in text_string_to_metric_families(page) for s in family.samples
+                if s.name == "rdsiam_token_expiry_seconds" and s.labels == {"namespace": ns, "name": name}]
+
+    page = kubectl.wait("both series", lambda: (p := operator.metrics()) and series(p, "renamed")
+                        and series(p, long_name) and p)
+    assert len(series(page, "renamed")) == 1 and len(series(page, long_name)) == 1
+    second = kubectl.secret_data("second", ns)
+    assert second is not None
+    expires = datetime.datetime.fromisoformat(second["expires-at"].replace("Z", "+00:00"))
+    left = (expires - datetime.datetime.now(datetime.UTC)).total_seconds()
+    assert abs(series(page, "renamed")[0] - left) < 5.0  # the current Secret's token, not the old one's

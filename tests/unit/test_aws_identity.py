@@ -24,6 +24,7 @@ from botocore.stub import Stubber
 
 from rdsiam.operator import reasons
 from rdsiam.operator.aws import (
+    BACKOFF_CAP,
     CREDENTIAL_REFRESH_AHEAD,
     MIN_FALLBACK_SECONDS,
     Credentials,
@@ -437,3 +438,20 @@ async def test_identities_whose_credentials_expired_are_forgotten() -> None:
     clock.advance(901)
     await ids.get(ASSUMED)
     assert gone not in ids._cache and ASSUMED in ids._cache
+
+
+async def test_days_of_failures_keep_a_capped_backoff() -> None:
+    """After a day of transient STS failures (attempt > 1024, where 2 ** attempt overflows a float) the
+    backoff is still the cap: no OverflowError in place of a retry."""
+    clock = Clock()
+    fetch = FakeFetch(clock)
+    ids = Identities(clock=clock)
+    ids._fetch = fetch  # type: ignore[method-assign]
+    fetch.fail = client_error("Throttling")
+    with pytest.raises(IdentityError):
+        await ids.get(ASSUMED)
+    failure = ids._failures[ASSUMED]
+    ids._failures[ASSUMED] = dataclasses.replace(failure, attempt=5000, retry_at=clock())
+    with pytest.raises(IdentityError) as err:
+        await ids.get(ASSUMED)
+    assert err.value.retry_after is not None and err.value.retry_after <= BACKOFF_CAP

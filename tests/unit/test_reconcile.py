@@ -349,3 +349,9 @@ async def test_a_refused_write_quoting_the_secret_shows_none_of_its_values() -> 
     shown = [kube.statuses[-1]["conditions"][0]["message"], kube.events[-1]["message"]]
     leaked = any(q in text or q[-64:] in text for q in quoted for text in shown)
     assert not leaked and all("policy.example.com" in text and "<redacted>" in text for text in shown)
+
+
+def test_backoff_after_days_of_failures_is_the_cap() -> None:
+    from rdsiam.operator.reconcile import backoff
+
+    assert all(150.0 <= backoff(attempt, 5.0) <= 300.0 for attempt in (9, 1024, 10**6))

@@ -104,6 +104,20 @@ def test_a_keyword_dsn_whose_password_holds_a_url_is_read_as_keywords() -> None:
     assert "hunter2" not in str(err.value).lower()
 
 
+@pytest.mark.parametrize(
+    ("dsn", "says"),
+    [
+        (f"postgresql://u@{HOST}/db?port=²", "non-numeric port"),  # isdigit() but not int()
+        (f"postgresql://u@{HOST}/db?hostaddr=10.0.0.1%0Aevil", "control characters"),  # a second pgpass line
+        (f"postgresql://u@{HOST}/d%ffb", "not UTF-8"),  # not silently U+FFFD
+        (f"host={HOST} user=u hostaddr='10.0.0.1\nevil'", "control characters"),  # a real newline, quoted
+    ],
+)
+def test_odd_dsn_values_are_spec_errors_not_crashes(dsn: str, says: str) -> None:
+    with pytest.raises(TargetError, match=says):
+        resolve(dsn=dsn)
+
+
 USERS = ["app_user", "a@b", "c:d", "e%f", "g/h", "ü ser"]
 
 

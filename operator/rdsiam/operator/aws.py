@@ -306,7 +306,7 @@ class Identities:
             now = self._clock()
             previous = self._failures.get(key)
             attempt = previous.attempt + 1 if previous else 0
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * self._jitter()
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 30)) * self._jitter()  # no float overflow
             retry_at = now + datetime.timedelta(seconds=delay)
             self._failures[key] = _Failure(error, attempt, retry_at)
             logger.warning("Credentials for %s: %s (attempt %d); next STS call for it in %.1f s",

@@ -7,7 +7,6 @@ Each method maps to one RBAC rule in ``charts/rdsiam/templates/rbac.yaml``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -83,6 +82,9 @@ METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 # default): read again every minute, as client-go does, and at once after a 401.
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 TOKEN_REREAD_SECONDS = 60.0
+# A LIST of every managed Secret (with their data) or resource: tens of thousands of objects take longer
+# than the client's 10 s for one call. Not paginated yet (limit/continue).
+LIST_TIMEOUT = aiohttp.ClientTimeout(total=120.0)
 logger = logging.getLogger("rdsiam.kubeapi")
 Decode = Literal["json", "metadata", "none"]  # how much of an answer KubeApi._request decodes
 
@@ -158,9 +160,11 @@ class KubeApi:
     async def _request(
         self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
         params: Mapping[str, str] | None = None, allow_404: bool = False, decode: Decode = "json",
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> JsonDict | None:
         """One API call. ``decode``: how much of the answer to decode: ``"json"`` all of it, ``"metadata"``
-        the object's metadata alone (:func:`metadata_of`), ``"none"`` nothing (``{}``)."""
+        the object's metadata alone (:func:`metadata_of`), ``"none"`` nothing (``{}``). ``timeout``: other
+        than the client's (a LIST of thousands of objects takes longer than one write)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 headers=self._headers, timeout=self._timeout,
@@ -169,13 +173,14 @@ class KubeApi:
         if method != "GET":
             self.writes += 1
         try:
-            code, http_reason, raw = await self._send(method, path, data, content_type, params)
+            code, http_reason, raw = await self._send(method, path, data, content_type, params, timeout)
             if code == 401 and self._token_file is not None and self._read_token():
                 # The kubelet rotated the token since it was last read: once more with the new one.
-                code, http_reason, raw = await self._send(method, path, data, content_type, params)
+                code, http_reason, raw = await self._send(method, path, data, content_type, params, timeout)
         except TimeoutError:  # no answer in time: a temporary API failure like a 504, not a crash
             raise self._failed(method, path, ApiError(
-                504, "Timeout", f"no answer from the API server within {self._timeout.total:g} s")) from None
+                504, "Timeout", f"no answer from the API server within {(timeout or self._timeout).total:g} s")
+            ) from None
         except aiohttp.ClientError as exc:  # refused, reset, DNS, ...: the request may not have arrived
             raise self._failed(method, path, ApiError(
                 503, "ServiceUnavailable", f"could not reach the API server ({type(exc).__name__})")) from None
@@ -194,6 +199,7 @@ class KubeApi:
 
     async def _send(
         self, method: str, path: str, data: str | None, content_type: str, params: Mapping[str, str] | None,
+        timeout: aiohttp.ClientTimeout | None,
     ) -> tuple[int, str | None, bytes]:
         assert self._session is not None
         headers = self._auth_headers()
@@ -201,6 +207,7 @@ class KubeApi:
             headers = {**headers, "Content-Type": content_type}
         async with self._session.request(
             method, self.server + path, data=data, params=params, headers=headers or None,
+            timeout=timeout or self._timeout,
         ) as resp:
             return resp.status, resp.reason, await resp.read()
 
@@ -221,7 +228,7 @@ class KubeApi:
     # Informers: LIST then WATCH of RdsIamCredentials and of managed Secrets (list, watch).
     async def list_objects(self, path: str, label_selector: str | None = None) -> JsonDict:
         params = {"labelSelector": label_selector} if label_selector else None
-        result = await self._request("GET", path, params=params)
+        result = await self._request("GET", path, params=params, timeout=LIST_TIMEOUT)
         assert result is not None
         return result
 
@@ -365,9 +372,3 @@ def _materialise(cert: str | bytes, key: str | bytes) -> tuple[str, str]:
             f.write(blob.encode() if isinstance(blob, str) else blob)
         paths.append(path)
     return paths[0], paths[1]
-
-
-async def sleep_backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> None:
-    import random
-
-    await asyncio.sleep(min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2))

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from rdsiam.operator.kubeapi import KubeApi
 from rdsiam.operator.policy import parse_time
-from rdsiam.operator.reconcile import CREDENTIAL_LABEL, EXPIRES_ANN
+from rdsiam.operator.reconcile import EXPIRES_ANN
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REFRESHES = Counter(
@@ -57,13 +57,21 @@ class _Expiry:
             "Seconds until the resource's current token expires.",
             labels=["namespace", "name"],
         )
+        # One series per resource, from the Secret its spec names now (a Secret left behind by a renamed
+        # spec.target.name is not counted: it would report its stale token as this resource's).
         secrets = self.scheduler.reconciler.secrets if self.scheduler else {}
-        for secret in list(secrets.values()):
+        for (ns, name), body in list(self.scheduler.bodies.items()) if self.scheduler else []:
+            target = (body.get("spec") or {}).get("target") or {}
+            secret = secrets.get((ns, target.get("name") or name))
+            if secret is None:
+                continue
             meta = secret["metadata"]
-            owner = (meta.get("labels") or {}).get(CREDENTIAL_LABEL)
+            uid = body["metadata"].get("uid")
+            if not any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or []):
+                continue  # not this resource's (a foreign Secret of that name)
             when = parse_time((meta.get("annotations") or {}).get(EXPIRES_ANN))
-            if owner and when:
-                family.add_metric([meta["namespace"], owner], (when - now).total_seconds())
+            if when:
+                family.add_metric([ns, name], (when - now).total_seconds())
         yield family
         resources = GaugeMetricFamily("rdsiam_resources", "RdsIamCredential resources known.")
         resources.add_metric([], len(self.scheduler.bodies) if self.scheduler else 0)

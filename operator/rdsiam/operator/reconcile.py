@@ -10,6 +10,7 @@ import asyncio
 import base64
 import dataclasses
 import datetime
+import hashlib
 import logging
 import os
 import random
@@ -323,7 +324,7 @@ class Reconciler:
     ) -> dict[str, Any]:
         meta = body["metadata"]
         data = secret_data(target, token, expires_at)
-        labels = {**spec.target.labels, MANAGED_BY: MANAGER, CREDENTIAL_LABEL: meta["name"]}
+        labels = {**spec.target.labels, MANAGED_BY: MANAGER, CREDENTIAL_LABEL: label_value(meta["name"])}
         annotations = {**spec.target.annotations, FINGERPRINT_ANN: fp, ISSUED_ANN: issued_at,
                        EXPIRES_ANN: expires_at}
         if identity:
@@ -612,6 +613,14 @@ def _strip_data(secret: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def label_value(name: str) -> str:
+    """A resource's name as the value of the ``rdsiam.io/credential`` label: label values are at most 63
+    characters and names up to 253, so a longer name is cut and a hash of the whole appended."""
+    if len(name) <= 63:
+        return name
+    return f"{name[:54].rstrip('.-')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
 def _owned_by(secret: dict[str, Any] | None, uid: str | None) -> bool:
     refs = (secret or {}).get("metadata", {}).get("ownerReferences") or []
     return uid is not None and any(r.get("uid") == uid for r in refs)
@@ -639,4 +648,5 @@ def _state_of(secret: dict[str, Any] | None, uid: str | None, required: frozense
 
 def backoff(attempt: int, minimum: float, cap: float = 300.0) -> float:
     """Exponential backoff with full jitter, never below ``minimum``."""
-    return max(minimum, min(cap, 2.0 ** attempt) * random.uniform(0.5, 1.0))
+    # The exponent is capped: a resource failing for days reaches attempt 1024, where 2.0 ** attempt overflows.
+    return max(minimum, min(cap, 2.0 ** min(attempt, 30)) * random.uniform(0.5, 1.0))

@@ -160,14 +160,14 @@ def _parse_url(text: str) -> ParsedDsn:
     if "," in netloc:
         raise TargetError("spec.dsn", "lists several hosts; give exactly one RDS endpoint")
     host = parts.hostname
-    user = unquote(parts.username) if parts.username else None
-    database = unquote(parts.path[1:]) if parts.path and parts.path != "/" else None
+    user = _unquote(parts.username) if parts.username else None
+    database = _unquote(parts.path[1:]) if parts.path and parts.path != "/" else None
     options: list[tuple[str, str]] = []
     for item in parts.query.split("&") if parts.query else []:
         if not item:
             continue
         key, _, value = item.partition("=")
-        key, value = unquote(key.replace("+", " ")), unquote(value.replace("+", " "))
+        key, value = _unquote(key.replace("+", " ")), _unquote(value.replace("+", " "))
         if key in ("password", "passwd"):
             continue  # dropped like the userinfo password
         # libpq lets these query parameters override the URL's parts: keep one value (the URL's first),
@@ -183,7 +183,7 @@ def _parse_url(text: str) -> ParsedDsn:
             continue
         if key == "port":
             if port is None and value:
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):
                     raise TargetError("spec.dsn", "has a non-numeric port")
                 port = int(value)
             continue
@@ -193,6 +193,14 @@ def _parse_url(text: str) -> ParsedDsn:
     return ParsedDsn(
         scheme=raw_scheme, host=host, port=port, database=database or None, username=user or None,
         options=tuple(options), had_password=parts.password is not None)
+
+
+def _unquote(text: str) -> str:
+    """Percent-decoding that refuses bytes which are not UTF-8 (``unquote`` would turn them into U+FFFD)."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise TargetError("spec.dsn", "has percent-encoded bytes that are not UTF-8 text") from None
 
 
 _KW_TOKEN = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
@@ -281,6 +289,8 @@ def resolve(
     final_db = database or parsed.database or (final_user if final_engine == POSTGRES else "")
     if any(ord(c) < 32 for c in final_db):  # a newline would split the pgpass line in two
         raise TargetError("spec.database" if database else "spec.dsn", "has a database name with control characters")
+    if any(ord(c) < 32 for _, value in parsed.options for c in value):  # hostaddr gets a pgpass line too
+        raise TargetError("spec.dsn", "has an option value with control characters")
 
     sign_host = check_hostname("spec.signingHost", signing_host) if signing_host else final_host
     final_region = (region or region_of(sign_host) or "").lower()
