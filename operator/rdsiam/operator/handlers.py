@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gc
 import logging
 from typing import TYPE_CHECKING, Any
@@ -110,13 +111,17 @@ def informers_for(kube: KubeApi, scheduler: Scheduler, namespace: str | None) ->
     from rdsiam.operator.informer import Informer
 
     scope = f"/namespaces/{namespace}" if namespace else ""
+    # A listing replaces what the scheduler holds of this namespace only: with several watched namespaces,
+    # each pair of informers lists its own.
     return [
         Informer(kube, f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}", name=f"{PLURAL}{scope}",
-                 on_list=scheduler.replace_credentials, on_event=scheduler.credential_event),
+                 on_list=functools.partial(scheduler.replace_credentials, namespace=namespace),
+                 on_event=scheduler.credential_event),
         # Secrets: listed whole (which keys each has), then watched as metadata only: the echo of every
         # write the operator makes comes back without its tokens (a change by someone else is re-read).
         Informer(kube, f"/api/v1{scope}/secrets", label_selector=MANAGED_SELECTOR, name=f"secrets{scope}",
-                 on_list=scheduler.replace_secrets, on_event=scheduler.secret_event, watch_metadata_only=True),
+                 on_list=functools.partial(scheduler.replace_secrets, namespace=namespace),
+                 on_event=scheduler.secret_event, watch_metadata_only=True),
     ]
 
 

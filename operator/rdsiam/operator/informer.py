@@ -16,6 +16,11 @@ from rdsiam.operator.kubeapi import ApiError
 
 logger = logging.getLogger("rdsiam.informer")
 JsonDict = dict[str, Any]
+# A watch stream ended by the server within SHORT_STREAM seconds of opening is resumed at once the first
+# time, then after 0.25 s, doubling for each such stream in a row up to 5 s; a longer-lived stream resets it.
+SHORT_STREAM = 5.0
+SHORT_STREAM_BACKOFF = 0.25
+SHORT_STREAM_BACKOFF_CAP = 5.0
 
 
 class Informer:
@@ -33,9 +38,16 @@ class Informer:
 
     async def _watch(self, version: str) -> NoReturn:
         """Watch from ``version``, resuming from the last version seen after a stream ends or drops;
-        raise (so the caller re-lists) on 410 Gone or after repeated failures."""
-        failures = 0
+        raise (so the caller re-lists) on 410 Gone or after repeated failures.
+
+        A stream the server ends normally is resumed at once, unless several in a row lived less than
+        ``SHORT_STREAM`` seconds: then after a delay that doubles with each (a server or proxy closing
+        every watch as soon as it opens would otherwise be asked again and again, at full speed).
+        """
+        loop = asyncio.get_running_loop()
+        failures = short = 0
         while True:
+            opened = loop.time()
             try:
                 async for event in self.kube.watch_objects(self.path, version, self.label_selector,
                                                            metadata_only=self.watch_metadata_only):
@@ -47,6 +59,16 @@ class Informer:
                     failures = 0
                     if kind in ("ADDED", "MODIFIED", "DELETED"):
                         self.on_event(str(kind), obj)
+                if loop.time() - opened >= SHORT_STREAM:
+                    short = 0
+                    continue
+                short += 1
+                if short == 1:
+                    continue  # once may be a coincidence (the server's timeout came due): resume at once
+                if short == 2:
+                    logger.info("%s: the server ends watches as soon as they open; resuming after a delay",
+                                self.name)
+                await asyncio.sleep(min(SHORT_STREAM_BACKOFF_CAP, SHORT_STREAM_BACKOFF * 2 ** min(short - 2, 20)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -73,6 +95,7 @@ class Informer:
             except Exception as exc:
                 status = getattr(exc, "status", None)
                 logger.info("%s: watch restarting (%s)", self.name, status or type(exc).__name__)
-                delay = min(30.0, 0.5 * 2 ** attempt) if status != 410 else 0.0
+                # (exponent capped: hours of failures must not overflow a float and end the informer)
+                delay = min(30.0, 0.5 * 2 ** min(attempt, 20)) if status != 410 else 0.0
                 attempt += 1
                 await asyncio.sleep(delay)

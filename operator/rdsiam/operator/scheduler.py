@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rdsiam.operator import reconcile as rec
+from rdsiam.operator.spec import KIND
 
 logger = logging.getLogger("rdsiam.scheduler")
 UTC = datetime.UTC
@@ -66,6 +67,7 @@ class Scheduler:
         old = self.bodies.get(key)
         self.bodies[key] = trimmed
         if meta.get("deletionTimestamp"):
+            self._deadline.pop(key, None)  # being deleted: nothing more to do (its heap entry is skipped)
             return
         if old is None or _changed(old, trimmed):
             self._attempts.pop(key, None)
@@ -80,7 +82,9 @@ class Scheduler:
         self.reconciler.forget(namespace, name)
 
     def secret_event(self, kind: str, secret: dict[str, Any]) -> None:
-        """Keep the Secret cache current; a deleted or foreign-modified Secret is refreshed now."""
+        """Keep the Secret cache current. A deleted Secret is written again now; a change someone else made
+        is read back at once, and a Secret missing a key is rewritten then, while other edits (a label, a
+        value) wait for the next refresh."""
         meta = secret.get("metadata", {})
         skey = (meta.get("namespace"), meta.get("name"))
         cache = self.reconciler.secrets
@@ -92,18 +96,25 @@ class Scheduler:
             cache.pop(skey, None)
         else:
             cache[skey] = rec._strip_data(secret)
-        owner = (meta.get("labels") or {}).get(rec.CREDENTIAL_LABEL)
-        key = (meta.get("namespace"), owner)
+        key = (str(meta.get("namespace")), _owner(meta))
         if kind != "DELETED" and key in self._running:
             return  # the echo of the write a running refresh is making: it updates the cache itself
-        if owner and key in self.bodies and known is not None:
-            self.schedule((meta["namespace"], owner), 0.0)
+        body = self.bodies.get(key)
+        if body is not None and known is not None and not body["metadata"].get("deletionTimestamp"):
+            self.schedule(key, 0.0)
 
     def schedule(self, key: Key, delay: float) -> None:
+        """Run ``key`` in ``delay`` seconds (unless it is due earlier); while it runs: again once it ends.
+
+        Every ``_deadline`` has its heap entry: it is dropped when that entry is taken.
+        """
+        if key in self._running:
+            self._dirty.add(key)  # the run in progress may have read the old body: run again when it ends
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, delay)
         current = self._deadline.get(key)
-        if current is not None and current <= deadline and key not in self._running:
+        if current is not None and current <= deadline:
             return  # already due earlier
         self._deadline[key] = deadline
         heapq.heappush(self._heap, (deadline, next(self._seq), key))
@@ -123,10 +134,10 @@ class Scheduler:
                 deadline, _, key = heapq.heappop(self._heap)
                 if self._deadline.get(key) != deadline:
                     continue  # superseded
+                del self._deadline[key]
                 if key in self._running:
                     self._dirty.add(key)
                     continue
-                del self._deadline[key]
                 await slots.acquire()
                 self._running.add(key)
                 task = asyncio.create_task(self._one(key, slots), name=f"rdsiam {key[0]}/{key[1]}")
@@ -140,40 +151,44 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _one(self, key: Key, slots: asyncio.Semaphore) -> None:
+        delay: float | None = None  # when to come back (None: when the resource changes)
         try:
             body = self.bodies.get(key)
-            if body is None:
-                return
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return  # gone, or being deleted: the garbage collector is removing its Secret
             try:
                 outcome = await self.reconciler.reconcile(body)
             except Exception as exc:  # a bug or an unexpected failure must not stop the others
                 logger.exception("Unexpected error reconciling %s/%s: %s", key[0], key[1], type(exc).__name__)
                 outcome = await self.reconciler.internal_error(body, exc)
-            self.outcomes[key] = outcome
-            if key not in self.bodies:
+            if key not in self.bodies:  # deleted meanwhile: keep nothing about it (a failure this run
+                self.reconciler.forget(*key)  # reported after forget() was called noted itself again)
                 return
+            self.outcomes[key] = outcome
             if outcome.ok:
                 self._attempts.pop(key, None)
                 if outcome.next_due is not None:
                     delay = (outcome.next_due - self.clock()).total_seconds()
-                    self.schedule(key, delay)
             elif outcome.retry_after is not None:
                 attempt = self._attempts.get(key, 0)
                 self._attempts[key] = attempt + 1
-                self.schedule(key, rec.backoff(attempt, outcome.retry_after))
+                delay = rec.backoff(attempt, outcome.retry_after)
         finally:
             self._running.discard(key)
             slots.release()
-            if key in self._dirty:
+            if key in self._dirty:  # changed while it ran: again now, whatever this run concluded
                 self._dirty.discard(key)
-                self.schedule(key, 0.0)
+                delay = 0.0
+            if delay is not None and key in self.bodies:
+                self.schedule(key, delay)
 
     # ---- informer callbacks ------------------------------------------------------------------
 
-    def replace_credentials(self, items: list[dict[str, Any]]) -> None:
-        """A full listing: forget resources that are gone, observe the rest."""
+    def replace_credentials(self, items: list[dict[str, Any]], namespace: str | None = None) -> None:
+        """A full listing of ``namespace`` (None: all of them): forget its resources that are gone, observe
+        the rest. Resources of other namespaces (listed by their own informers) are left alone."""
         present = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
-        for key in [k for k in self.bodies if k not in present]:
+        for key in [k for k in self.bodies if k not in present and (namespace is None or k[0] == namespace)]:
             self.forget(*key)
         for item in items:
             self.observe(item)
@@ -185,21 +200,34 @@ class Scheduler:
         else:
             self.observe(obj)
 
-    def replace_secrets(self, items: list[dict[str, Any]]) -> None:
+    def replace_secrets(self, items: list[dict[str, Any]], namespace: str | None = None) -> None:
+        """A full listing of the managed Secrets of ``namespace`` (None: all of them): it replaces what the
+        cache holds for that namespace only."""
         fresh = {(i["metadata"]["namespace"], i["metadata"]["name"]): rec._strip_data(i) for i in items}
         cache = self.reconciler.secrets
-        gone = [k for k in cache if k not in fresh]
-        cache.clear()
+        gone = [(k, cache.pop(k)) for k in [k for k in cache if k not in fresh
+                                            and (namespace is None or k[0] == namespace)]]
         cache.update(fresh)
-        for ns, name in gone:  # deleted while the watch was down: recreate
-            owner = next((k for k, b in self.bodies.items() if k[0] == ns and _secret_name(b) == name), None)
-            if owner is not None:
-                self.schedule(owner, 0.0)
+        for (ns, name), known in gone:  # deleted while the watch was down: recreate
+            key = (ns, _owner(known["metadata"]))
+            body = self.bodies.get(key)
+            if body is not None and _secret_name(body) == name and not body["metadata"].get("deletionTimestamp"):
+                self.schedule(key, 0.0)
 
     async def drain(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _owner(meta: dict[str, Any]) -> str:
+    """The name of the RdsIamCredential a Secret belongs to ("" if none): its controller reference
+    (PartialObjectMetadata carries it too), else the ``rdsiam.io/credential`` label (whose value is cut
+    short for long names)."""
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == KIND:
+            return str(ref.get("name") or "")
+    return str((meta.get("labels") or {}).get(rec.CREDENTIAL_LABEL) or "")
 
 
 def _secret_name(body: dict[str, Any]) -> str:
