@@ -6,14 +6,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-pg_bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-if ! command -v initdb >/dev/null 2>&1 && [ -z "$pg_bindir" ]; then missing+=(postgresql); fi
+# The server's initdb, not just the directory: postgresql-client creates /usr/lib/postgresql/N/bin too.
+pg_initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)
+if ! command -v initdb >/dev/null 2>&1 && [ -z "$pg_initdb" ]; then missing+=(postgresql); fi
 if ! command -v psql >/dev/null 2>&1; then missing+=(postgresql-client); fi
 if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then missing+=(mariadb-server); fi
 if ! command -v kubectl >/dev/null 2>&1; then missing+=(kubernetes-client); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "setup: need root (or sudo) to install: ${missing[*]}; install them, or run as root" >&2
+      exit 1
+    fi
+    SUDO="sudo"
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
@@ -24,10 +32,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.rdsiam-setup
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing Python dependencies into .venv"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -U "pip>=25.1"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e . --group test
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  echo "setup: installing Python dependencies into .venv (versions pinned by constraints.txt)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -U "pip>=25.1"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e . --group test
   touch "$stamp"
 fi
 echo "setup: ready"

@@ -4,8 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-if command -v go >/dev/null 2>&1 && [ "${RDSIAM_SKIP_REALAPI_BUILD:-}" != "1" ]; then
-  scripts/build-realapi.sh || echo "test: real-API build failed; that tier will skip (see the log above)"
+if [ "${RDSIAM_SKIP_REALAPI_BUILD:-}" = "1" ]; then
+  echo "test: RDSIAM_SKIP_REALAPI_BUILD=1: the real-API tier uses what is built already, or skips"
+elif ! command -v go >/dev/null 2>&1; then
+  echo "test: go not found: the real-API tier (kube-apiserver built from Go modules) will skip"
+else
+  # Bounded: a stalled Go module proxy must not hold CI (a cold build takes ~10 minutes here).
+  timeout 1500 scripts/build-realapi.sh || echo "test: real-API build failed or timed out; that tier will skip (see above)"
 fi
 .venv/bin/ruff check operator tests benchmarks
 .venv/bin/lint-imports

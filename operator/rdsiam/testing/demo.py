@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,11 +29,17 @@ def step(text: str) -> None:
     print(f"\n{BOLD}==> {text}{RESET}", flush=True)
 
 
-def show(cmd: list[str], env: dict[str, str]) -> str:
+class DemoError(Exception):
+    """A step the rest of the demo needs did not work: said in one line, with where to look."""
+
+
+def show(cmd: list[str], env: dict[str, str], *, required: bool = False) -> str:
     print(f"{DIM}$ {' '.join(cmd)}{RESET}", flush=True)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     text = out.stdout + out.stderr
     print(text.rstrip(), flush=True)
+    if required and out.returncode != 0:
+        raise DemoError(f"'{' '.join(cmd[:3])} ...' failed (exit {out.returncode}); see its output above")
     return text
 
 
@@ -55,6 +62,19 @@ def wait_for(what: str, fn: Any, timeout: float = 20.0) -> Any:
 
 
 def main() -> int:
+    """Run the demo; on failure one line says what failed and where the operator's log is (kept)."""
+    work = Path(tempfile.mkdtemp(prefix="rdsiam-demo-"))
+    try:
+        _demo(work)
+    except (DemoError, TimeoutError, subprocess.CalledProcessError, OSError) as exc:
+        print(f"\n{RED}Demo failed: {exc}{RESET}\n  work directory, with the operator's log: {work}", file=sys.stderr)
+        return 1
+    if not os.environ.get("RDSIAM_DEMO_KEEP"):
+        shutil.rmtree(work, ignore_errors=True)  # fake AWS credentials and the log (RDSIAM_DEMO_KEEP=1 keeps them)
+    return 0
+
+
+def _demo(work: Path) -> None:
     import psycopg
 
     from rdsiam.testing.kube import KubeEmulator
@@ -64,7 +84,6 @@ def main() -> int:
     from rdsiam.testing.sts import StsServer
 
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="rdsiam-demo-"))
     step("Starting the local stack: Kubernetes API emulator, STS (moto), PostgreSQL behind an IAM check")
     with KubeEmulator() as kube, StsServer() as sts, PostgresServer() as pg, IamPostgres(pg, sts.lookup) as rds:
         pg.execute("CREATE DATABASE orders")
@@ -75,7 +94,7 @@ def main() -> int:
         print(f"  'RDS' endpoint           {rds.endpoint}:{rds.port} (TLS, IAM tokens only)")
 
         step("Installing the CRD (kubectl apply -f crds/)")
-        show(["kubectl", "apply", "--validate=false", "-f", str(ROOT / "crds")], env)
+        show(["kubectl", "apply", "--validate=false", "-f", str(ROOT / "crds")], env, required=True)
 
         step("Starting the operator (rdsiam run) with IRSA credentials for role rdsiam-operator")
         role = sts.create_role("rdsiam-operator")
@@ -91,9 +110,9 @@ def main() -> int:
             print(f"  {DIM}(hostaddr=127.0.0.1 makes libpq dial loopback while verifying TLS for the RDS name){RESET}")
             path = work / "orders-db.yaml"
             path.write_text(yaml.safe_dump(manifest))
-            show(["kubectl", "create", "namespace", "shop"], env)
+            show(["kubectl", "create", "namespace", "shop"], env, required=True)
             applied = time.monotonic()
-            show(["kubectl", "apply", "--validate=false", "-f", str(path)], env)
+            show(["kubectl", "apply", "--validate=false", "-f", str(path)], env, required=True)
 
             step("Waiting for the Secret")
             secret = wait_for("Secret shop/orders-db", lambda: kubectl_json(env, "-n", "shop", "get", "secret",
@@ -146,7 +165,6 @@ def main() -> int:
             operator.stop()
     print(f"\n{BOLD}Demo finished in {time.monotonic() - started:.1f} s.{RESET} "
           "Next: README.md, 'Install on a cluster'.")
-    return 0
 
 
 def _reason(env: dict[str, str]) -> str | None:
