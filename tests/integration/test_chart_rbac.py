@@ -119,7 +119,8 @@ def check(everything: Iterable[RequestRecord], granted: list[Grant]) -> None:
     denied = sorted({(r.method, r.path, r.rbac) for r in requests if not any(g.allows(r) for g in granted)})
     assert not denied, f"the chart's RBAC does not allow these calls of the operator: {denied}"
     # Checked by admission, not called: blockOwnerDeletion in the Secret's ownerReference needs update on the
-    # owner's finalizers where the OwnerReferencesPermissionEnforcement plugin runs (OpenShift).
+    # owner's finalizers where the OwnerReferencesPermissionEnforcement plugin runs (OpenShift); the emulator
+    # has no admission plugins, the real-API tier runs it (tests/realapi/test_chart_rbac_real.py).
     used = {r.rbac for r in requests} | {("rdsiam.io", "rdsiamcredentials/finalizers", "update")}
     unused = sorted(set().union(*(g.triples() for g in granted)) - used)
     assert not unused, f"the chart grants permissions the operator never used: {unused}"

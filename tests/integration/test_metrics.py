@@ -19,11 +19,14 @@ from tests.scenarios.operator_core import app_user, credential  # noqa: F401 - a
 
 
 def scrape(operator: OperatorProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """{(sample name, sorted labels): value} from the operator's /metrics."""
+    """{(sample name, sorted labels): value} from the operator's /metrics; a series served twice fails (a
+    dict would keep one of the two and hide it)."""
     samples = {}
     for family in text_string_to_metric_families(operator.metrics()):
         for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in samples, f"series served twice: {key}"
+            samples[key] = s.value
     return samples
 
 
@@ -133,6 +136,7 @@ def test_one_expiry_series_per_resource_for_long_names_and_renamed_targets(
     label = kubectl.get("secret", long_name, ns)["metadata"]["labels"]["rdsiam.io/credential"]  # type: ignore[index]
     assert len(label) <= 63 and label.startswith("orders-xxx")
 
+    time.sleep(2.1)  # the second Secret's expires-at (whole seconds) then differs from the first's
     kubectl.apply(credential(rds, "renamed", ns, target={"name": "second"}))
     kubectl.wait("the second Secret", lambda: kubectl.secret_data("second", ns))
     assert kubectl.secret_data("first", ns) is not None  # left in place (documented), never refreshed again
@@ -145,8 +149,12 @@ def test_one_expiry_series_per_resource_for_long_names_and_renamed_targets(
     page = kubectl.wait("both series", lambda: (p := operator.metrics()) and series(p, "renamed")
                         and series(p, long_name) and p)
     assert len(series(page, "renamed")) == 1 and len(series(page, long_name)) == 1
-    second = kubectl.secret_data("second", ns)
-    assert second is not None
-    expires = datetime.datetime.fromisoformat(second["expires-at"].replace("Z", "+00:00"))
-    left = (expires - datetime.datetime.now(datetime.UTC)).total_seconds()
-    assert abs(series(page, "renamed")[0] - left) < 5.0  # the current Secret's token, not the old one's
+    def left(secret: str) -> float:
+        data = kubectl.secret_data(secret, ns)
+        assert data is not None
+        expires = datetime.datetime.fromisoformat(data["expires-at"].replace("Z", "+00:00"))
+        return (expires - datetime.datetime.now(datetime.UTC)).total_seconds()
+
+    shown, first, second = series(page, "renamed")[0], left("first"), left("second")
+    assert second - first >= 1.0  # two tokens the gauge can tell apart
+    assert abs(shown - second) < abs(shown - first)  # the current Secret's token, not the old one's

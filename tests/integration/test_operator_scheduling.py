@@ -152,11 +152,13 @@ async def test_watches_the_server_ends_at_once_are_resumed_with_backoff(closing:
 
 
 async def test_a_long_lived_watch_resets_the_backoff(closing: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Scaled so that "at once" (< 0.5 s) and "after a delay" (>= 1 s) stay apart on a busy machine.
     monkeypatch.setattr(informer, "SHORT_STREAM", 0.2)  # "long-lived" is 5 s; 0.2 s here
+    monkeypatch.setattr(informer, "SHORT_STREAM_BACKOFF", 1.0)
     server, kube = await closing([0, 0, 0, 0.3, 0, 0])
-    await run_informer(kube, 1.8)
+    await run_informer(kube, 3.8)
     w = server.watches
     assert len(w) >= 6, w
-    assert w[1] - w[0] < 0.1 and w[2] - w[1] >= 0.2  # the second short stream in a row waits
-    assert w[4] - w[3] < 0.45  # after the long one (0.3 s): at once again, not after 1 s
-    assert w[5] - w[4] < 0.1
+    assert w[1] - w[0] < 0.5 and w[2] - w[1] >= 1.0  # the second short stream in a row waits
+    assert w[4] - w[3] < 0.8  # after the long one (0.3 s): at once again, not after the next delay (4 s)
+    assert w[5] - w[4] < 0.5

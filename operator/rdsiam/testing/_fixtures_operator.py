@@ -87,9 +87,18 @@ _REDACT = re.compile(r"((?:X-Amz-)?(?:Signature|Credential|Security-Token|-Token
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
 
 
+# On a line that shows a token's marks, any long run of the characters a token is made of: pytest may cut
+# a long token so that a value's tail survives without its parameter name.
+_TOKEN_LINE = re.compile(r"X-Amz-|Action=connect|DBUser=", re.IGNORECASE)
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9%+/=._-]{24,}")
+
+
 def redact(text: str) -> str:
-    """``text`` with SigV4 parameter values, and base64 runs that hold SigV4 parameters, blanked out."""
+    """``text`` with SigV4 parameter values, base64 runs that hold SigV4 parameters, and long token-like
+    runs on lines that show a token's marks, blanked out."""
     text = _REDACT.sub(r"\1<redacted>", text)
+    text = "\n".join(_TOKEN_RUN.sub("<redacted>", line) if _TOKEN_LINE.search(line) else line
+                     for line in text.split("\n"))
     return _BASE64_RUN.sub(lambda m: "<redacted base64>" if any(k in m.group(0) for k in _B64_MARKERS)
                            else m.group(0), text)
 

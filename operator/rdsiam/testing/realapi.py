@@ -541,6 +541,9 @@ class RealCluster:
             f"--client-ca-file={pki.ca_file}",
             f"--token-auth-file={self.directory / 'tokens.csv'}",
             "--authorization-mode=RBAC",
+            # As on OpenShift: setting blockOwnerDeletion needs update on the owner's finalizers (the
+            # chart grants it; this makes the RBAC tests prove it).
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             # The apiserver is its own OIDC issuer: /.well-known/openid-configuration and
             # /openid/v1/jwks describe the key that signs TokenRequest JWTs.
             f"--service-account-issuer={self.url}",
