@@ -19,6 +19,7 @@ from tests.fault._audit import (
     credential,
     decode,
     login,
+    parse_time,
     ready_reason,
     request_refresh,
     secret,
@@ -33,6 +34,14 @@ def conflict(kube: Any, ns: str, name: str) -> str:
     obj = wait_for(f"{name} SecretConflict", lambda: ready_reason(kube, ns, name) == ("False", "SecretConflict")
                    and kube.get("rdsiam.io/v1alpha1", "RdsIamCredential", name, ns), timeout=15)
     return next(c["message"] for c in obj["status"]["conditions"] if c["type"] == "Ready")
+
+
+def rotated(audit: Audit, ns: str, name: str, requested: float) -> bool:
+    """The Secret was written with a token issued at or after ``requested`` (what ``request_refresh``
+    returned: whole seconds, strictly after every earlier issue)."""
+    return any(parse_time(((c.obj.get("metadata") or {}).get("annotations") or {}).get(ISSUED_ANN) or
+                          "1970-01-01T00:00:00Z").timestamp() >= requested
+               for c in audit.writes(ns, name, since=requested))
 
 
 def uid(kube: Any, ns: str, name: str) -> str:
@@ -87,25 +96,31 @@ def test_targets_it_did_not_create_are_refused_and_never_overwritten(
         loser = "racer-2" if winner == "racer-1" else "racer-1"
         assert f"{ns}/shared" in conflict(kube, ns, loser)
         # The legitimate owners keep working; the thieves' refresh requests change nothing.
-        request_refresh(kube, ns, ["owner", winner, "thief", loser, "thief-forged"], audit)
+        requested = request_refresh(kube, ns, ["owner", winner, "thief", loser, "thief-forged"], audit)
         wait_for("owner and winner rotated", lambda: all(
-            audit.writes(ns, s, since=started) for s in ("owner", "shared")) and len(audit.writes(
-                ns, "owner", since=started)) >= 1, timeout=15)
+            rotated(audit, ns, s, requested) for s in ("owner", "shared")), timeout=15)
         # A resource retargeted onto another's Secret is refused too; its old Secret stays its own.
         kube.apply_manifest(credential(rds, winner, ns, target={"name": "owner"}))
         assert "RdsIamCredential/owner" in conflict(kube, ns, winner)
         time.sleep(1.5)  # time for a wrong write to show
         report = audit.report()
+    # Booleans only in these assertions: a Secret the operator wrongly wrote would hold a token, and a
+    # failing assertion prints the values it compares.
     for name in ("forged", "app-config"):
-        assert not audit.writes(ns, name, since=started), f"{name} was written"
+        written = bool(audit.writes(ns, name, since=started))
+        assert not written, f"{name} was written"
         assert (secret(kube, ns, name) or {})["metadata"]["resourceVersion"] == victims[name]
-    assert decode(secret(kube, ns, "forged") or {}) == {"password": "the-real-app-password"}
-    assert decode(secret(kube, ns, "app-config") or {}) == {"password": "hunter2"}
+    forged_kept = decode(secret(kube, ns, "forged") or {}) == {"password": "the-real-app-password"}
+    assert forged_kept, "the forged Secret's data changed"
+    deploy_kept = decode(secret(kube, ns, "app-config") or {}) == {"password": "hunter2"}
+    assert deploy_kept, "the Deployment's Secret's data changed"
     owner_uid = uid(kube, ns, "owner")
     for name, expected in (("owner", owner_uid), ("shared", winner_uid)):
         changes = audit.writes(ns, name)
-        assert changes and all(controller_uid(c.obj) == expected for c in changes), f"{name} changed hands"
-        assert login(decode(secret(kube, ns, name) or {})) == app_user
+        same_owner = bool(changes) and all(controller_uid(c.obj) == expected for c in changes)
+        assert same_owner, f"{name} changed hands"
+        who = login(decode(secret(kube, ns, name) or {}))  # out of the assertion: its argument holds the token
+        assert who == app_user
     for name in ("thief", "thief-forged", "thief-deploy", loser):
         assert ready_reason(kube, ns, name) == ("False", "SecretConflict")
     record("hostile targets", (

@@ -138,19 +138,25 @@ def mount(directory: Path, data: dict[str, str], **override: str) -> Path:
     return directory
 
 
-def check(directory: Path, *args: str, process: bool = False) -> str:
-    """``rdsiam check`` in-process (to see any exception it raises), and as a user runs it (a process)."""
-    text = ""
+def check(directory: Path, *args: str, process: bool = False) -> tuple[str, list[str]]:
+    """``rdsiam check`` in-process (to see any exception it raises), and as a user runs it (a process).
+    Returns its text (to search for leaks) and its crashes: the type of an exception raised in-process,
+    a traceback in the process's output. A crash is a bug; only its type is named here, as its message
+    could quote the token."""
+    text, crashes = "", []
     if process:
         run = subprocess.run([sys.executable, "-m", "rdsiam.cli", "check", str(directory), *args],
                              capture_output=True, text=True, timeout=60)
         text = run.stdout + run.stderr
+        if "Traceback (most recent call last)" in text:
+            crashes.append("the process printed a traceback")
     out = io.StringIO()
     try:
         check_main([str(directory), *args], out=out)
-    except Exception as exc:  # an exception is a bug; its text must not leak either
+    except Exception as exc:  # its text is searched for leaks too
         out.write(f"\nraised {type(exc).__name__}: {exc}")
-    return text + out.getvalue()
+        crashes.append(f"raised {type(exc).__name__}")
+    return text + out.getvalue(), crashes
 
 
 @pytest.mark.slow
@@ -196,10 +202,12 @@ def test_failures_with_real_tokens_around_leak_nothing(
 
         # rdsiam check on mounts of those Secrets, and on broken ones holding the token in odd places.
         checks = 0
+        crashes: dict[str, list[str]] = {}
         for n in names:
             data = wait_secret(kube, ns, n)
-            texts[f"check --connect {n}"] = check(mount(tmp_path / n, data), "--connect", "--timeout", "3",
-                                                  process=n.startswith("echo"))
+            what = f"check --connect {n}"
+            texts[what], crashes[what] = check(mount(tmp_path / n, data), "--connect", "--timeout", "3",
+                                               process=n.startswith("echo"))
             checks += 1
         data = wait_secret(kube, ns, "not-iam")
         token = data["password"]
@@ -210,8 +218,8 @@ def test_failures_with_real_tokens_around_leak_nothing(
                   "dsn of another generation": {"dsn": data["dsn"].replace("Signature%3D", "Signature%3D0")},
                   "refused connection": {"port": "1"}}
         for what, override in broken.items():
-            texts[f"check {what}"] = check(mount(tmp_path / what.replace(" ", "-"), data, **override), "--connect",
-                                           "--timeout", "3")
+            texts[f"check {what}"], crashes[f"check {what}"] = check(
+                mount(tmp_path / what.replace(" ", "-"), data, **override), "--connect", "--timeout", "3")
             checks += 1
         leaks = find_leaks(texts, [*tokens, FAKE_TOKEN])
     finally:
@@ -223,6 +231,8 @@ def test_failures_with_real_tokens_around_leak_nothing(
         f"percent-encoded and cut short), a webhook echoing a token-shaped Secret ({refused['reason']}), {checks} "
         f"`rdsiam check --connect` runs on real and broken mounts: {len(texts)} texts searched, {len(leaks)} leaks"))
     assert not leaks, f"leaked into: {leaks}; e.g. {redact(texts[leaks[0].split(':')[0]])[:600]}"
+    crashed = {what: c for what, c in crashes.items() if c}
+    assert not crashed, f"rdsiam check crashed: {crashed}"
 
 
 def test_the_secret_lets_an_app_scope_rbac_to_exactly_it(
@@ -261,5 +271,7 @@ def test_the_secret_lets_an_app_scope_rbac_to_exactly_it(
                                         "rdsiam.io/identity"}
     assert meta["annotations"]["rdsiam.io/identity"].startswith("arn:aws:sts::")
     data = decode(obj)
-    assert find_leaks({"metadata": json.dumps(meta)}, [data["password"]]) == []
-    assert sorted(data) == ["dbname", "dsn", "expires-at", "host", "password", "pgpass", "port", "username"]
+    in_metadata = find_leaks({"metadata": json.dumps(meta)}, [data["password"]])  # out of the assertion:
+    assert in_metadata == []  # a failing assertion shows a call's arguments, here the token
+    keys = sorted(data)
+    assert keys == ["dbname", "dsn", "expires-at", "host", "password", "pgpass", "port", "username"]

@@ -97,7 +97,8 @@ def test_signs_for_the_endpoint_behind_the_cname_and_follows_it(
     assert f"with the token signed for {rds.endpoint}:{rds.port}" in cond["message"]
     assert status(kubectl, "orders", ns)["endpoint"] == f"{rds.endpoint}:{rds.port}"
     data = kubectl.secret_data("orders", ns)
-    assert data is not None and data["host"] == "db.internal.example"  # clients keep dialling the CNAME
+    assert data is not None  # (the data itself is never in an assertion: it holds the token)
+    assert data["host"] == "db.internal.example"  # clients keep dialling the CNAME
     token = parse_token(data["password"])
     assert token is not None and (token.host, token.port, token.region) == (rds.endpoint, rds.port, rds.region)
     with psycopg.connect(data["dsn"], connect_timeout=5) as conn:
@@ -114,7 +115,9 @@ def test_signs_for_the_endpoint_behind_the_cname_and_follows_it(
         timeout=20,
     )
     data = kubectl.secret_data("orders", ns)
-    assert data is not None and (parse_token(data["password"]) or pytest.fail("no token")).host == OTHER_ENDPOINT
+    assert data is not None
+    token = parse_token(data["password"])  # what the token says about itself: nothing secret
+    assert token is not None and token.host == OTHER_ENDPOINT
     cond = connected(kubectl, "orders", ns, "False")  # this local server is not that endpoint
     assert cond["reason"] == "LoginRejected"
     assert f"signed for {OTHER_ENDPOINT}:{rds.port} (spec.signingHost/resolveCNAME)" in cond["message"]
@@ -211,22 +214,19 @@ def test_an_rds_endpoint_needs_no_lookup(
     assert not any(name == rds.endpoint for name, _ in dns.queries)
 
 
-def test_resolution_latency(dns: DnsServer, rds: IamPostgres) -> None:
-    """A two-hop chain resolves in a few milliseconds against a local server (two CNAME queries)."""
+def test_a_two_hop_chain_resolves_with_two_queries(dns: DnsServer, rds: IamPostgres) -> None:
+    """A two-hop chain resolves to the endpoint with one CNAME query per hop, every time (nothing cached
+    across refreshes, the endpoint itself never asked); a name with no record is refused."""
     dns.cname("db.internal.example", "alias.internal.example")
     dns.cname("alias.internal.example", rds.endpoint)
     resolve = make_resolver(dns.address)
 
-    async def measure() -> list[float]:
-        await resolve("db.internal.example")  # imports dnspython
-        timings = []
-        for _ in range(20):
-            start = time.perf_counter()
-            assert await resolve("db.internal.example") == rds.endpoint
-            timings.append((time.perf_counter() - start) * 1000)
+    async def run() -> list[str | None]:
+        found = [await resolve("db.internal.example") for _ in range(20)]
         with pytest.raises(EndpointNotResolved):
             await resolve("nothing.internal.example")
-        return sorted(timings)
+        return found
 
-    timings = asyncio.run(measure())
-    assert timings[len(timings) // 2] < 50, timings
+    assert asyncio.run(run()) == [rds.endpoint] * 20
+    chain = [("db.internal.example", "CNAME"), ("alias.internal.example", "CNAME")]
+    assert dns.queries == chain * 20 + [("nothing.internal.example", "CNAME")]

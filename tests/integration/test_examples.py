@@ -110,7 +110,9 @@ def apply_and_wait(kubectl: Kubectl, docs: list[dict[str, Any]], ns: str) -> tup
     obj = kubectl.get("rdsiamcredential", name, ns)
     assert obj is not None and obj["status"]["secretName"] == secret_name
     data = kubectl.secret_data(secret_name, ns)
-    assert data is not None and SECRET_KEYS <= data.keys()
+    assert data is not None
+    missing = SECRET_KEYS - set(data)  # key names only: a failing assertion prints what it compares
+    assert not missing, missing
     return obj, data
 
 
@@ -175,10 +177,12 @@ def test_basic(
     run_setup_sql(postgres, "basic", "orders")
     docs = local("basic")
     obj, data = apply_and_wait(kubectl, docs, ns)
-    assert login(data["dsn"]) == ("app_user", "orders")
+    who = login(data["dsn"])  # out of the assertion, as below: a failure prints no token
+    assert who == ("app_user", "orders")
     assert obj["status"]["identity"].startswith("arn:aws:sts::123456789012:assumed-role/rdsiam-operator/")
     secret = kubectl.get("secret", "orders-db", ns)
-    assert secret is not None and secret["metadata"]["labels"]["app.kubernetes.io/part-of"] == "orders"
+    assert secret is not None
+    assert secret["metadata"]["labels"]["app.kubernetes.io/part-of"] == "orders"
     # The example app (its ConfigMap) logs in through the mounted Secret, as the Deployment runs it.
     app = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["app.py"]
     mount = tmp_path / "orders-db"
@@ -221,10 +225,8 @@ def test_assume_role(
     run_setup_sql(postgres, "assume-role", "reports")
     obj, data = apply_and_wait(kubectl, docs, ns)
     assert obj["status"]["identity"].startswith("arn:aws:sts::123456789012:assumed-role/shop-reports-db-connect/")
-    assert login(data["dsn"], hostaddr=rds.hostaddr, sslmode="verify-full", sslrootcert=rds.ca_file) == (
-        "reporter",
-        "reports",
-    )
+    who = login(data["dsn"], hostaddr=rds.hostaddr, sslmode="verify-full", sslrootcert=rds.ca_file)
+    assert who == ("reporter", "reports")
 
 
 def test_service_account(
@@ -249,10 +251,8 @@ def test_service_account(
     # signed as the ServiceAccount's role, reached with a TokenRequest for that ServiceAccount
     assert obj["status"]["identity"].startswith("arn:aws:sts::123456789012:assumed-role/shop-orders-app/")
     assert f"rdsiam-{ns}-orders-app" in obj["status"]["identity"]
-    assert login(data["dsn"], hostaddr=rds.hostaddr, sslmode="verify-full", sslrootcert=rds.ca_file) == (
-        "app_user",
-        "orders",
-    )
+    who = login(data["dsn"], hostaddr=rds.hostaddr, sslmode="verify-full", sslrootcert=rds.ca_file)
+    assert who == ("app_user", "orders")
 
 
 def test_signing_host(
@@ -267,8 +267,11 @@ def test_signing_host(
     run_setup_sql(postgres, "signing-host", "orders")
     _, data = apply_and_wait(kubectl, local("signing-host"), ns)
     assert data["host"] == "localhost"  # the name the client dials (the CNAME) ...
-    assert data["password"].startswith(f"{rds.endpoint}:{rds.port}/?Action=connect")  # ... signed for RDS
-    assert login(data["dsn"]) == ("app_user", "orders")  # sslmode=verify-ca, as the example says
+    # Token facts are computed out of the assertions: a failing assertion prints what it compares.
+    signed_for_rds = data["password"].startswith(f"{rds.endpoint}:{rds.port}/?Action=connect")
+    assert signed_for_rds, "the token is not signed for the RDS endpoint"  # ... signed for RDS
+    who = login(data["dsn"])
+    assert who == ("app_user", "orders")  # sslmode=verify-ca, as the example says
 
 
 def test_mysql(
@@ -286,27 +289,28 @@ def test_mysql(
     assert "pgpass" not in data
     assert (data["username"], data["host"], data["port"], data["dbname"]) == ("app_user", host, "3306", "catalog")
     token = data["password"]
-    assert token.startswith(f"{host}:3306/?Action=connect&DBUser=app_user&")
-    assert "%2Feu-west-1%2Frds-db%2Faws4_request" in token  # region inferred from the hostname
+    # Token facts are computed out of the assertions: a failing assertion prints what it compares.
+    signed_for_host = token.startswith(f"{host}:3306/?Action=connect&DBUser=app_user&")
+    assert signed_for_host, "the token is not signed for the cluster endpoint and app_user"
+    in_region = "%2Feu-west-1%2Frds-db%2Faws4_request" in token
+    assert in_region, "the token's scope is not eu-west-1"  # region inferred from the hostname
     url = urllib.parse.urlsplit(data["dsn"])
     assert (url.scheme, url.hostname, url.port, url.path) == ("mysql", host, 3306, "/catalog")
-    assert urllib.parse.unquote(url.password or "") == token
+    dsn_has_token = urllib.parse.unquote(url.password or "") == token
+    assert dsn_has_token, "the DSN's password is not the token"
     from sqlalchemy.engine import make_url
 
-    assert make_url(data["dsn"].replace("mysql://", "mysql+pymysql://", 1)).password == token
+    sqlalchemy_has_token = make_url(data["dsn"].replace("mysql://", "mysql+pymysql://", 1)).password == token
+    assert sqlalchemy_has_token, "SQLAlchemy does not read the token from the DSN"
     # what the app gets through the mounted Secret and the PyMySQL integration
     from rdsiam import MountedCredential
     from rdsiam.integrations.pymysql import connect_kwargs
 
     AtomicWriter(tmp_path / "catalog-db").write({k: v.encode() for k, v in data.items()})
     kwargs = connect_kwargs(MountedCredential(str(tmp_path / "catalog-db")).snapshot())
-    assert (kwargs["user"], kwargs["password"], kwargs["host"], kwargs["port"], kwargs["database"]) == (
-        "app_user",
-        token,
-        host,
-        3306,
-        "catalog",
-    )
+    assert (kwargs["user"], kwargs["host"], kwargs["port"], kwargs["database"]) == ("app_user", host, 3306, "catalog")
+    pymysql_has_token = kwargs["password"] == token
+    assert pymysql_has_token, "connect_kwargs does not pass the token as the password"
 
 
 def test_every_example_manifest_is_valid() -> None:

@@ -63,12 +63,11 @@ def test_resources_sharing_an_identity_share_one_sts_session(
     own_before = len(sessions_of(sts, own_role))
     operator = operator_factory(args=scoped(ns))
     groups = {"role": {"assumeRoleArn": role}, "sa": {"serviceAccountName": "app"}, "own": {}}
-    start = time.monotonic()
     kubectl.apply([credential(rds, f"{g}-{i}", ns, **spec) for g, spec in groups.items() for i in range(n)])
+    # Every Secret appears (how long it takes is benchmarks/bench_identity.py's "time until all are Ready").
     kubectl.wait(
         f"{3 * n} Secrets", lambda: len(secrets_by_name(kubectl, ns)) == 3 * n or None, timeout=20, interval=0.1
     )
-    elapsed = time.monotonic() - start
     secrets = secrets_by_name(kubectl, ns)
     # One STS call per identity, not one per resource: AssumeRole for the role, AssumeRoleWithWebIdentity
     # for the ServiceAccount, GetCallerIdentity to show the operator's own ARN in status.identity, and
@@ -90,7 +89,6 @@ def test_resources_sharing_an_identity_share_one_sts_session(
         arn = expected or sts.lookup(keys.pop()).arn
         for i in (0, n - 1):
             assert_signed_by(sts, rds, kubectl, f"{group}-{i}", ns, datas[i], arn)
-    assert elapsed < 15, f"{3 * n} resources took {elapsed:.1f} s"
 
 
 @pytest.mark.slow  # about 5 s: botocore's own retries, then the operator's backoff
@@ -109,7 +107,6 @@ def test_throttling_backs_off_reports_and_recovers(
     role = sts.create_role(unique("busy"))
     sts_faults.clear()
     sts_faults.throttle(3)  # botocore's standard mode tries 3 times: one refresh attempt fails
-    start = time.monotonic()
     kubectl.apply(credential(rds, "throttled", ns, assumeRoleArn=role))
     cond = wait_reason(kubectl, "throttled", ns, "Throttled")
     assert cond["status"] == "False" and role in cond["message"]
@@ -117,7 +114,7 @@ def test_throttling_backs_off_reports_and_recovers(
     warning_events(kubectl, "throttled", ns, "Throttled")
     assert sts_faults.counts["AssumeRole"] == 3
     data = wait_secret(kubectl, "throttled", ns, timeout=15)  # no help needed: the backoff retries
-    assert time.monotonic() - start < 15
+    # ... once: one more AssumeRole after the three throttled ones.
     assert sts_faults.counts["AssumeRole"] == 4 and sts_faults.injected["throttle"] == 3
     assert_signed_by(sts, rds, kubectl, "throttled", ns, data, assumed(sts, role, f"rdsiam-{ns}"))
     ready = wait_reason(kubectl, "throttled", ns, "TokenIssued")
@@ -148,7 +145,8 @@ def test_sts_outage_leaves_a_still_valid_secret_untouched(
     warning_events(kubectl, "db", ns, "CredentialsUnavailable")
     # The Secret apps mount is untouched and its token still lets them in.
     assert kubectl.get("secret", "db", ns)["metadata"]["resourceVersion"] == version  # type: ignore[index]
-    assert kubectl.secret_data("db", ns) == old
+    unchanged = kubectl.secret_data("db", ns) == old  # compared outside the assert: it holds the token
+    assert unchanged, "the Secret's data changed"
     login_with(rds, old)
     # STS comes back: the next (backed-off) attempt succeeds, with exactly one more call.
     kubectl.wait("the new identity", lambda: (d := kubectl.secret_data("db", ns)) and d != old and d, timeout=15)
@@ -185,8 +183,11 @@ def test_sts_timeout_is_reported_in_seconds_and_recovers(
     kubectl.apply(credential(rds, "slow", ns, assumeRoleArn=role))
     cond = wait_reason(kubectl, "slow", ns, "CredentialsUnavailable", timeout=10)
     waited = time.monotonic() - start
+    # The operator's read timeout (5 s) ended the call, not the hung STS (8 s): had the client waited
+    # for the answer, there would be no ReadTimeoutError. And it did wait for it (a lower bound: a slow
+    # machine cannot fail it).
     assert "ReadTimeoutError" in cond["message"] and role in cond["message"]
-    assert 4 < waited < 8, f"timed out after {waited:.1f} s (STS read timeout is 5 s)"
+    assert waited > 4, f"timed out after {waited:.1f} s (STS read timeout is 5 s)"
     data = wait_secret(kubectl, "slow", ns, timeout=10)
     assert sts_faults.counts["AssumeRole"] == 2 and sts_faults.injected["delay"] == 1
     assert_signed_by(sts, rds, kubectl, "slow", ns, data, assumed(sts, role, f"rdsiam-{ns}"))

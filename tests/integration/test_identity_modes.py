@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, unquote
 import psycopg
 import pytest
 
+from rdsiam.testing._fixtures_operator import _SEEN_TEXTS, _SEEN_TOKENS, _namespace_tokens, _public_texts
 from rdsiam.testing.faults import error_xml
 from rdsiam.testing.kubectl import Kubectl
 from tests.scenarios.operator_core import app_user, credential  # noqa: F401 - app_user is a fixture
@@ -76,7 +77,8 @@ def login_with(rds: Any, data: dict[str, str]) -> Any:
         assert conn.execute("SELECT current_user").fetchone() == (data["username"],)
     attempt = rds.login_log[-1]
     assert attempt.accepted and attempt.method == "iam"
-    assert attempt.access_key_id == access_key_of(data["password"])
+    own_key = attempt.access_key_id == access_key_of(data["password"])  # out of the assertion: no token shown
+    assert own_key, "the database saw another access key than the token's"
     return attempt
 
 
@@ -89,9 +91,12 @@ def assert_signed_by(sts: Any, rds: Any, kubectl: Kubectl, name: str, ns: str, d
     obj = kubectl.get("rdsiamcredential", name, ns)
     assert obj is not None and obj["status"]["identity"] == arn
     secret = kubectl.get("secret", obj["status"]["secretName"], ns)
-    assert secret is not None and secret["metadata"]["annotations"]["rdsiam.io/identity"] == arn
+    assert secret is not None  # the Secret itself is never in an assertion: it holds the token
+    assert secret["metadata"]["annotations"]["rdsiam.io/identity"] == arn
     shown = json.dumps(obj) + kubectl.describe("rdsiamcredential", name, ns)
-    assert issued.secret_access_key not in shown and (issued.session_token or "-") not in shown
+    # Booleans only: a failure must not print the secret key or the session token (part of the token).
+    keys_shown = issued.secret_access_key in shown or (issued.session_token or "-") in shown
+    assert not keys_shown, "status or describe shows the session's secret key or token"
     assert attempt.access_key_id not in shown
 
 
@@ -255,9 +260,13 @@ def sts_requests(operator: Any) -> dict[str, int]:
 
 @pytest.fixture
 def other_ns(kubectl: Kubectl) -> Iterator[str]:
+    """A second namespace. Torn down before ``operator_factory``'s leak guard runs: its tokens, Events
+    and status are remembered for the guard first, as the ``ns`` fixture does."""
     name = unique("t")
     kubectl.create_namespace(name)
     yield name
+    _SEEN_TOKENS.extend(_namespace_tokens(kubectl, name))
+    _SEEN_TEXTS.update({f"{k} of {name}": v for k, v in _public_texts(kubectl, name).items()})
     kubectl.run("delete", "rdsiamcredentials", "--all", "-n", name, "--wait=false", check=False)
 
 

@@ -6,6 +6,7 @@ log, Events and status by the ``operator_factory`` fixture at teardown)."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -232,15 +233,14 @@ def test_the_operators_ca_bundle_checks_the_server_when_the_apps_path_is_not_rea
     assert any(a.user == user and a.accepted for a in rds.login_log)
 
 
-def test_verify_latency(
+def test_connected_reports_how_long_the_login_took(
     kubectl: Kubectl, rds: IamPostgres, operator_factory: Callable[..., Any], ns: str, users: None
 ) -> None:
-    """The Connected message reports how long the login took; a local TLS login stays well under a second."""
+    """The Connected message reports how long the login and SELECT 1 took, in whole milliseconds (how
+    long it should take is not a test's business: speed is measured in benchmarks/)."""
     operator_factory()
     kubectl.apply([resource(f"lat{i}", ns, rds_dsn(rds, GOOD)) for i in range(5)])
-    timings = []
     for i in range(5):
         cond = wait_condition(kubectl, f"lat{i}", ns)
         assert cond["status"] == "True", cond
-        timings.append(float(cond["message"].split("SELECT 1 took ")[1].split(" ms")[0]))
-    assert max(timings) < 1000, timings
+        assert re.search(r"; login and SELECT 1 took [0-9]+ ms\.", cond["message"]), cond["message"]

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from rdsiam.testing import helm
+from rdsiam.testing._fixtures_operator import find_leaks, leak_guard
 from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.operator import OperatorProcess
 from tests.scenarios.operator_core import credential, login
@@ -48,10 +49,12 @@ def test_operator_works_with_exactly_the_charts_rbac(
     denied = as_operator.run("get", "configmaps", "-n", ns, check=False)
     assert "forbidden" in denied.lower()
 
-    operator = OperatorProcess(kubeconfig, operator_env, log_dir=str(tmp_path / "op"))
-    with operator:
+    operator = OperatorProcess(kubeconfig, operator_env, log_dir=str(tmp_path / "op")).start()
+    first: list[str] = []  # the token rotated away: no longer in the cluster when the guard looks
+    try:
         kubectl.apply(credential(rds, "rbac-db", ns, user="rbac_user"))
         data = kubectl.wait("the Secret", lambda: kubectl.secret_data("rbac-db", ns), timeout=30)
+        first.append(data["password"])
         with login(data["dsn"]) as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("rbac_user",)
         time.sleep(1.1)
@@ -65,5 +68,11 @@ def test_operator_works_with_exactly_the_charts_rbac(
         assert ready["reason"] == "TokenIssued"
         events = kubectl.run("get", "events", "-n", ns, "--field-selector", "involvedObject.name=rbac-db")
         assert "TokenIssued" in events
+    finally:
+        # operator_factory's guard, also when the test failed: it stops the operator, then searches its
+        # DEBUG log, metrics page, Events and status for every managed Secret's token (and the first one).
+        leaks = leak_guard([operator], kubectl) + find_leaks({"log0": operator.log()}, first)
+        assert not leaks, f"secrets leaked into: {leaks}"
+    # The guard found no token in the log: its lines may be shown.
     log = operator.log()
     assert " 403" not in log and "forbidden" not in log.lower(), yaml.safe_dump(log.splitlines()[-20:])

@@ -292,6 +292,8 @@ def test_garbage_collector_deletes_a_secret_owned_by_a_custom_resource(
     # Foreground deletion: the owner stays (with a finalizer) until the GC removed the Secret.
     status, body = real_cluster.request("DELETE", f"{path}/owner", {"propagationPolicy": "Foreground"})
     assert status == 200, body
+    assert body["metadata"].get("deletionTimestamp"), body
+    assert "foregroundDeletion" in body["metadata"].get("finalizers", []), body
     _assert_collected(real_cluster, f"{secrets}/owned")
     wait_for(
         lambda: real_cluster.request("GET", f"{path}/owner")[0] == 404,

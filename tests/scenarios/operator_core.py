@@ -34,20 +34,20 @@ def app_user(postgres: Any) -> str:
     return "app_user"
 
 
-def test_apply_to_secret_within_2s_and_login(kubectl: Kubectl, rds: Any, operator: Any, ns: str,
-                                             app_user: str) -> None:
+def test_apply_to_secret_and_login(kubectl: Kubectl, rds: Any, operator: Any, ns: str, app_user: str) -> None:
     kubectl.apply(credential(rds, "orders-db", ns))
-    start = time.monotonic()  # the API server has the resource (kubectl's own start-up is not the operator's)
+    # The Secret appears (how fast is measured in benchmarks/, not asserted here).
     data = kubectl.wait("the Secret", lambda: kubectl.secret_data("orders-db", ns), timeout=10, interval=0.05)
-    elapsed = time.monotonic() - start
-    assert elapsed < 2.0, f"Secret took {elapsed:.2f} s after the resource was created"
-    assert set(data) >= {"username", "password", "host", "port", "dbname", "dsn", "expires-at", "pgpass"}
+    # Key names only in the assertion: a failure prints what it compares, and ``data`` holds the token.
+    missing = {"username", "password", "host", "port", "dbname", "dsn", "expires-at", "pgpass"} - set(data)
+    assert not missing, missing
     assert (data["username"], data["host"], data["port"]) == (app_user, rds.endpoint, str(rds.port))
     with login(data["dsn"]) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (app_user,)
     assert rds.login_log[-1].accepted
     secret = kubectl.get("secret", "orders-db", ns)
-    assert secret is not None and secret["type"] == "Opaque"
+    assert secret is not None
+    assert secret["type"] == "Opaque"
     owner = secret["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner.get("controller")) == ("RdsIamCredential", "orders-db", True)
     ready = kubectl.wait("Ready", lambda: kubectl.condition("orders-db", ns))
@@ -121,9 +121,11 @@ def test_foreign_secret_gets_conflict_and_stays_untouched(
                         lambda: (c := kubectl.condition("wants-taken", ns)) and c["reason"] == "SecretConflict" and c)
     assert f"{ns}/taken" in cond["message"]
     after = kubectl.get("secret", "taken", ns)
-    assert after is not None and before is not None
-    assert after["data"] == before["data"] and after["metadata"]["resourceVersion"] == \
-        before["metadata"]["resourceVersion"]
+    assert after is not None
+    assert before is not None
+    same_data = after["data"] == before["data"]  # out of the assertion: an overwrite would hold a token
+    assert same_data, "the foreign Secret's data changed"
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
 
 
 def test_delete_resource_garbage_collects_secret(
@@ -167,7 +169,8 @@ def test_a_secret_edited_by_someone_else_is_repaired(
     time.sleep(1.5)
     labelled = kubectl.get("secret", "edited", ns)
     # Left alone: a rewrite replaces the whole Secret (labels included) with a new token.
-    assert before is not None and labelled is not None
+    assert before is not None  # one at a time: ``a and b`` would print ``a`` (a Secret) when ``b`` fails
+    assert labelled is not None
     assert labelled["metadata"]["labels"]["team"] == "payments"
     same_token = labelled["data"] == before["data"]  # compared out of the assertion: a failure prints no token
     assert same_token, "the operator rewrote a Secret whose only change was a label"
