@@ -455,3 +455,14 @@ async def test_days_of_failures_keep_a_capped_backoff() -> None:
     with pytest.raises(IdentityError) as err:
         await ids.get(ASSUMED)
     assert err.value.retry_after is not None and err.value.retry_after <= BACKOFF_CAP
+
+
+def test_a_busy_api_server_is_a_transient_failure_a_refusal_is_not() -> None:
+    """ServiceAccount mode: a 503 from the API server while looking up the ServiceAccount or requesting its
+    token gets the backoff and the still-valid cached credentials; a 403 (RBAC) does not."""
+    key = IdentityKey(namespace="shop", service_account="orders", sa_role=ROLE)
+    busy = classify(ApiError(503, "ServiceUnavailable", "restarting"), key)
+    refused = classify(ApiError(403, "Forbidden", "no"), key)
+    assert busy.reason == refused.reason == reasons.KUBERNETES_ERROR
+    assert busy.transient and "busy or restarting" in busy.message
+    assert not refused.transient and "RBAC" in refused.message

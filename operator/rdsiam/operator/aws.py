@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import functools
 import logging
 import random
 import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -72,11 +74,14 @@ _UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "Rea
 class IdentityError(Exception):
     """Credentials could not be obtained. ``reason`` is a condition reason; ``message`` is actionable."""
 
-    def __init__(self, reason: str, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, message: str, *, retry_after: float | None = None,
+                 transient: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        # Worth a backoff and the still-valid cached credentials meanwhile (always for _TRANSIENT reasons).
+        self.transient = transient or reason in _TRANSIENT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +221,12 @@ def classify(exc: BaseException, identity: IdentityKey) -> IdentityError:
             "(VPC endpoint, proxy, AWS_STS_REGIONAL_ENDPOINTS).", retry_after=5.0)
     if isinstance(exc, ApiError):
         what = "ServiceAccount lookup or TokenRequest" if identity.service_account else "Kubernetes call"
+        if exc.temporary:  # 409, 429, 5xx, no answer: the API server is busy or restarting, not refusing
+            return IdentityError(
+                reasons.KUBERNETES_ERROR,
+                f"The {what} needed for {who} failed: {exc.status} {exc.reason}; the API server is busy or "
+                "restarting. Retrying with backoff; cached credentials are used while they last.",
+                retry_after=5.0, transient=True)
         return IdentityError(
             reasons.KUBERNETES_ERROR,
             f"Kubernetes refused the {what} needed for {who}: {exc.status} {exc.reason}. Check the operator's "
@@ -300,7 +311,7 @@ class Identities:
             creds = await self._fetch(key)
         except Exception as exc:
             error = classify(exc, key)
-            if error.reason not in _TRANSIENT:
+            if not error.transient:
                 self._failures.pop(key, None)
                 raise error from None
             now = self._clock()
@@ -409,10 +420,10 @@ class Identities:
             base = await self._service_account_credentials(key)
             if not key.role_arn:
                 return base
-            return await asyncio.to_thread(self._assume_role, key, base)
+            return await _in_sts_thread(self._assume_role, key, base)
         if key.role_arn:
-            return await asyncio.to_thread(self._assume_role, key, None)
-        return await asyncio.to_thread(self._operator_credentials, self._cache.get(key))
+            return await _in_sts_thread(self._assume_role, key, None)
+        return await _in_sts_thread(self._operator_credentials, self._cache.get(key))
 
     # boto3 objects are built lazily, once.
     def prepare(self) -> None:
@@ -431,6 +442,11 @@ class Identities:
                     import boto3
 
                     self._session = boto3.Session(region_name=self._region)
+                # Every client the session makes, the credential chain's own STS client too (IRSA's
+                # refresh), gets the short timeouts: botocore's default is 60 s per attempt.
+                core = getattr(self._session, "_session", None)
+                if core is not None and hasattr(core, "set_default_client_config"):
+                    core.set_default_client_config(self._client_config())
                 # Resolve the credential chain once, here: two threads resolving it at once (one for
                 # the operator identity, one building the AssumeRole client) get two providers, and
                 # each then calls STS for the same IRSA credentials.
@@ -535,10 +551,21 @@ class Identities:
         def call() -> Any:
             return self._sts("unsigned").assume_role_with_web_identity(
                 RoleArn=role, RoleSessionName=_session_name(key), WebIdentityToken=jwt,
-                DurationSeconds=DEFAULT_DURATION)
+                DurationSeconds=key.duration or DEFAULT_DURATION)
 
-        result = await asyncio.to_thread(self._timed, "AssumeRoleWithWebIdentity", call)
+        result = await _in_sts_thread(self._timed, "AssumeRoleWithWebIdentity", call)
         return _from_sts(result)
+
+
+@functools.cache
+def _sts_threads() -> ThreadPoolExecutor:
+    """Threads for STS calls (boto3 blocks), apart from asyncio's default pool (CPUs + 4: six here): with
+    STS slow, hundreds of identities must not queue behind six calls that each wait for a timeout."""
+    return ThreadPoolExecutor(max_workers=32, thread_name_prefix="rdsiam-sts")
+
+
+async def _in_sts_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_sts_threads(), functools.partial(fn, *args))
 
 
 def _aware(when: datetime.datetime | None) -> datetime.datetime | None:
