@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from rdsiam.operator.kubeapi import KubeApi
 from rdsiam.operator.policy import parse_time
-from rdsiam.operator.reconcile import EXPIRES_ANN
+from rdsiam.operator.reconcile import EXPIRES_ANN, _owned_by, secret_name_of
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REFRESHES = Counter(
@@ -61,14 +61,10 @@ class _Expiry:
         # spec.target.name is not counted: it would report its stale token as this resource's).
         secrets = self.scheduler.reconciler.secrets if self.scheduler else {}
         for (ns, name), body in list(self.scheduler.bodies.items()) if self.scheduler else []:
-            target = (body.get("spec") or {}).get("target") or {}
-            secret = secrets.get((ns, target.get("name") or name))
-            if secret is None:
-                continue
+            secret = secrets.get((ns, secret_name_of(body)))
+            if secret is None or not _owned_by(secret, body["metadata"].get("uid")):
+                continue  # none yet, or not this resource's (a foreign Secret of that name)
             meta = secret["metadata"]
-            uid = body["metadata"].get("uid")
-            if not any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or []):
-                continue  # not this resource's (a foreign Secret of that name)
             when = parse_time((meta.get("annotations") or {}).get(EXPIRES_ANN))
             if when:
                 family.add_metric([ns, name], (when - now).total_seconds())

@@ -613,6 +613,12 @@ def _strip_data(secret: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def secret_name_of(body: dict[str, Any]) -> str:
+    """The name of the Secret a watched resource's spec names now (``spec.target.name``, else its own)."""
+    target = (body.get("spec") or {}).get("target") or {}
+    return str(target.get("name") or body["metadata"]["name"])
+
+
 def label_value(name: str) -> str:
     """A resource's name as the value of the ``rdsiam.io/credential`` label: label values are at most 63
     characters and names up to 253, so a longer name is cut and a hash of the whole appended."""

@@ -211,7 +211,7 @@ class Scheduler:
         for (ns, name), known in gone:  # deleted while the watch was down: recreate
             key = (ns, _owner(known["metadata"]))
             body = self.bodies.get(key)
-            if body is not None and _secret_name(body) == name and not body["metadata"].get("deletionTimestamp"):
+            if body is not None and rec.secret_name_of(body) == name and not body["metadata"].get("deletionTimestamp"):
                 self.schedule(key, 0.0)
 
     async def drain(self) -> None:
@@ -228,11 +228,6 @@ def _owner(meta: dict[str, Any]) -> str:
         if ref.get("controller") and ref.get("kind") == KIND:
             return str(ref.get("name") or "")
     return str((meta.get("labels") or {}).get(rec.CREDENTIAL_LABEL) or "")
-
-
-def _secret_name(body: dict[str, Any]) -> str:
-    target = (body.get("spec") or {}).get("target") or {}
-    return str(target.get("name") or body["metadata"]["name"])
 
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
