@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rdsiam._mounted import MountedCredential, Snapshot
-from rdsiam.integrations._common import as_credential, reject_password
+from rdsiam.integrations._common import as_credential, reject_password, with_conninfo
 
 if TYPE_CHECKING:
     import psycopg
@@ -57,19 +57,12 @@ def params(snap: Snapshot, overrides: dict[str, Any] | None = None) -> dict[str,
 
 
 def _given(conninfo: str, kwargs: dict[str, Any], where: str | None) -> dict[str, Any]:
-    """The caller's settings: ``conninfo``'s (a libpq string or URL) and ``kwargs``, which win over it as in
-    psycopg. Both win over the mount's user, host, port and dbname (passed on as keywords, the mount's
-    would silently win over ``conninfo``'s). A password in ``conninfo`` is refused (``where``: the caller's
-    name) or, for a connection class handed whatever a pool passes, dropped."""
+    """``conninfo`` (a libpq string or URL) and ``kwargs`` as one set of keywords (``with_conninfo``)."""
     if not conninfo:
         return kwargs
     from psycopg.conninfo import conninfo_to_dict
 
-    given = conninfo_to_dict(conninfo)
-    if where is not None:
-        reject_password(given, where)
-    given.pop("password", None)
-    return {**given, **kwargs}
+    return with_conninfo(conninfo_to_dict(conninfo), kwargs, where)
 
 
 def connect(

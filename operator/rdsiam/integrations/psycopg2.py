@@ -23,7 +23,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from rdsiam._mounted import MountedCredential, Snapshot
-from rdsiam.integrations._common import as_credential, reject_password
+from rdsiam.integrations._common import as_credential, reject_password, with_conninfo
 from rdsiam.integrations.psycopg import params
 
 if TYPE_CHECKING:
@@ -34,16 +34,12 @@ __all__ = ["SimpleConnectionPool", "ThreadedConnectionPool", "connect"]
 
 
 def _given(dsn: str | None, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
-    """The caller's settings: ``dsn``'s (a libpq string or URL) and ``kwargs``, which win over it as in
-    psycopg2. Both win over the mount's user, host, port and dbname (passed on as keywords, the mount's
-    would silently win over the DSN's). A password in ``dsn`` is refused."""
+    """``dsn`` (a libpq string or URL) and ``kwargs`` as one set of keywords (``with_conninfo``)."""
     if not dsn:
         return kwargs
     import psycopg2.extensions
 
-    given: dict[str, Any] = psycopg2.extensions.parse_dsn(dsn)
-    reject_password(given, where)
-    return {**given, **kwargs}
+    return with_conninfo(psycopg2.extensions.parse_dsn(dsn), kwargs, where)
 
 
 def connect(
