@@ -63,10 +63,15 @@ class _Stop(Exception):
         self.stage, self.kind, self.message, self.code = stage, kind, message, code
 
 
+def verifies_server(sslmode: str, sslrootcert: str | None) -> bool:
+    """Whether libpq checks the server's certificate: verify-ca and verify-full, and require with a root
+    certificate (libpq then behaves as verify-ca)."""
+    return sslmode in ("verify-ca", "verify-full") or (sslmode == "require" and bool(sslrootcert))
+
+
 def tls_context(sslmode: str, sslrootcert: str | None) -> ssl.SSLContext:
     """The client TLS context libpq would use for ``sslmode``/``sslrootcert`` (see the module notes)."""
-    verify = sslmode in ("verify-ca", "verify-full") or (sslmode == "require" and bool(sslrootcert))
-    if not verify:
+    if not verifies_server(sslmode, sslrootcert):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # require/prefer without a root certificate: encrypted, not authenticated

@@ -25,10 +25,10 @@ def make_verifier(timeout: float = 5.0, ca_file: str | None = None) -> Verifier:
     """Log in with the Secret's token the way the app would (TLS per the DSN's sslmode), run SELECT 1.
 
     Returns ``(status, reason, message)`` for the ``Connected`` condition. The token goes only where the app
-    would send it: when the DSN asks for the server's certificate to be verified (``verify-ca``,
-    ``verify-full``) with an ``sslrootcert`` the operator's pod cannot read (it is the app's path), the
-    server is checked against ``ca_file`` (``--verify-ca-file``: the operator's own copy of the RDS CA
-    bundle); without one, nothing is sent and the condition says why (``Unknown``).
+    would send it: when the DSN has the server's certificate verified (``_pgwire.verifies_server``) against
+    an ``sslrootcert`` the operator's pod cannot read (it is the app's path), the server is checked against
+    ``ca_file`` (``--verify-ca-file``: the operator's own copy of the RDS CA bundle); without one, nothing
+    is sent and the condition says why (``Unknown``).
     """
 
     async def verify(target: Target, secret: dict[str, Any]) -> tuple[str, str, str]:
@@ -39,13 +39,13 @@ def make_verifier(timeout: float = 5.0, ca_file: str | None = None) -> Verifier:
         rootcert = options.get("sslrootcert")
         note = ""
         if rootcert and rootcert != "system" and not os.access(rootcert, os.R_OK):
-            if sslmode not in ("require", "verify-ca", "verify-full"):
+            if not _pgwire.verifies_server(sslmode, rootcert):
                 rootcert = None  # prefer, allow, disable: libpq verifies nothing either
             elif ca_file and os.access(ca_file, os.R_OK):
                 note = (f" The server certificate was checked against the operator's CA bundle {ca_file} "
                         f"(--verify-ca-file): sslrootcert {rootcert} is the app's path.")
                 rootcert = ca_file
-            else:  # the app verifies the server (libpq: require with a root certificate is verify-ca)
+            else:  # the app verifies the server
                 return "Unknown", reasons.CERTIFICATE_NOT_VERIFIABLE, (
                     f"Not probed: the app checks the server's certificate (sslmode={sslmode}, sslrootcert "
                     f"{rootcert}), that file is not readable in the operator's pod (it is the app's path), and "
