@@ -239,6 +239,11 @@ def _parse_keywords(text: str) -> ParsedDsn:
         had_password="password" in values)
 
 
+def _has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character (below U+0020): a newline splits a pgpass line."""
+    return any(ord(c) < 32 for c in text)
+
+
 def _safe_reason(exc: Exception) -> str:
     text = str(exc)
     return "invalid port" if "port" in text.lower() else "malformed URL"
@@ -283,13 +288,13 @@ def resolve(
         raise TargetError("spec.username", "is required (or give spec.dsn with a user)")
     if len(final_user.encode()) > 63 and final_engine == POSTGRES:
         raise TargetError("spec.username", "is longer than PostgreSQL's 63-byte identifier limit")
-    if any(ord(c) < 32 for c in final_user):
+    if _has_control(final_user):
         raise TargetError("spec.username", "contains control characters")
 
     final_db = database or parsed.database or (final_user if final_engine == POSTGRES else "")
-    if any(ord(c) < 32 for c in final_db):  # a newline would split the pgpass line in two
+    if _has_control(final_db):  # a newline would split the pgpass line in two
         raise TargetError("spec.database" if database else "spec.dsn", "has a database name with control characters")
-    if any(ord(c) < 32 for _, value in parsed.options for c in value):  # hostaddr gets a pgpass line too
+    if any(_has_control(value) for _, value in parsed.options):  # hostaddr gets a pgpass line too
         raise TargetError("spec.dsn", "has an option value with control characters")
 
     sign_host = check_hostname("spec.signingHost", signing_host) if signing_host else final_host
