@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import logging
 from typing import Any
 
 import pytest
@@ -27,6 +28,9 @@ from rdsiam.operator.aws import (
     BACKOFF_CAP,
     CREDENTIAL_REFRESH_AHEAD,
     MIN_FALLBACK_SECONDS,
+    OPERATOR_REFRESH_AHEAD,
+    RENEW_RETRY,
+    RENEW_WINDOW,
     Credentials,
     Identities,
     IdentityError,
@@ -65,10 +69,13 @@ class FakeFetch:
         self.clock, self.lifetime, self.delay = clock, lifetime, delay
         self.calls: list[IdentityKey] = []
         self.fail: BaseException | None = None
+        self.gate: asyncio.Event | None = None  # set: STS answers only once the test opens it
 
     async def __call__(self, key: IdentityKey) -> Credentials:
         self.calls.append(key)
         await asyncio.sleep(self.delay)  # let every concurrent caller pile up behind this one
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail is not None:
             raise self.fail
         n = len(self.calls)
@@ -120,18 +127,87 @@ async def test_refreshed_ahead_so_tokens_get_their_full_fifteen_minutes() -> Non
     assert second.expiry is not None and (second.expiry - clock.now).total_seconds() > 900 + 120
 
 
-async def test_short_lived_credentials_are_shared_for_half_their_life() -> None:
+async def test_short_lived_credentials_are_shared_for_most_of_their_life() -> None:
     # AssumeRole with DurationSeconds=900 (the AWS minimum) lives less than the refresh-ahead time:
-    # without a lifetime-relative rule every get() would call STS (N resources = N calls).
+    # without a lifetime-relative rule every get() would call STS (N resources = N calls). They are due at
+    # half their life (450 s) and renewed in the background from a quarter of that earlier (337.5 s).
     clock = Clock()
     fetch = FakeFetch(clock, lifetime=900)
     ids = identities(clock, fetch)
     first = await ids.get(ASSUMED)
-    for _ in range(20):
+    for _ in range(16):
         clock.advance(20)
-        assert await ids.get(ASSUMED) is first  # 400 s in: still shared
-    clock.advance(60)  # 460 s in: less than half the lifetime left
-    assert (await ids.get(ASSUMED)).access_key != first.access_key and len(fetch.calls) == 2
+        assert await ids.get(ASSUMED) is first  # 320 s in: still shared, nothing fetched
+        await asyncio.sleep(0.02)
+    assert len(fetch.calls) == 1
+    clock.advance(20)  # 340 s in: served from the cache, renewed meanwhile
+    assert await ids.get(ASSUMED) is first
+    await asyncio.sleep(0.05)
+    second = await ids.get(ASSUMED)
+    assert second.access_key != first.access_key and len(fetch.calls) == 2
+
+
+async def test_renewed_in_the_background_so_a_stalled_sts_delays_no_caller() -> None:
+    clock = Clock()
+    fetch = FakeFetch(clock, lifetime=3600)
+    ids = identities(clock, fetch)
+    first = await ids.get(ASSUMED)
+    clock.advance(3600 - CREDENTIAL_REFRESH_AHEAD - RENEW_WINDOW - 1)  # just before the renewal window
+    assert await ids.get(ASSUMED) is first
+    await asyncio.sleep(0.05)
+    assert len(fetch.calls) == 1
+    fetch.gate = asyncio.Event()  # STS stops answering
+    clock.advance(2)  # inside the window: every caller is served from the cache at once, one renewal starts
+    callers = [asyncio.create_task(ids.get(ASSUMED)) for _ in range(50)]
+    await asyncio.sleep(0.05)
+    assert all(c.done() and c.result() is first for c in callers)  # none waits for the stalled call
+    assert len(fetch.calls) == 2
+    fetch.gate.set()  # STS answers
+    await asyncio.sleep(0.05)
+    second = await ids.get(ASSUMED)
+    assert second.access_key != first.access_key and len(fetch.calls) == 2
+    assert second.expiry is not None and (second.expiry - clock.now).total_seconds() > 3500
+
+
+async def test_a_failed_renewal_keeps_serving_the_cached_credentials_until_they_are_due(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    fetch = FakeFetch(clock)
+    ids = identities(clock, fetch)
+    first = await ids.get(ASSUMED)
+    clock.advance(3600 - CREDENTIAL_REFRESH_AHEAD - 60)  # in the renewal window, 60 s before due
+    fetch.fail = client_error("AccessDenied", 403, "User: arn:aws:sts::1:assumed-role/op/x is not authorized")
+    with caplog.at_level(logging.WARNING, "rdsiam.aws"):
+        assert await ids.get(ASSUMED) is first
+        await asyncio.sleep(0.05)
+        assert len(fetch.calls) == 2
+        assert "renewing them ahead of time failed (AccessDenied)" in caplog.text
+        clock.advance(RENEW_RETRY - 1)
+        assert await ids.get(ASSUMED) is first
+        await asyncio.sleep(0.05)
+        assert len(fetch.calls) == 2  # not tried again yet
+        clock.advance(2)
+        assert await ids.get(ASSUMED) is first
+        await asyncio.sleep(0.05)
+        assert len(fetch.calls) == 3
+    assert SECRET not in caplog.text
+    clock.advance(60)  # due now: callers wait for the fetch, and are told why it failed
+    with pytest.raises(IdentityError) as err:
+        await ids.get(ASSUMED)
+    assert err.value.reason == reasons.ACCESS_DENIED and len(fetch.calls) == 4
+
+
+async def test_the_operators_own_credentials_are_left_to_botocore_to_renew() -> None:
+    # botocore's chain refreshes them only inside its own 15 minutes: asking earlier returns the same keys.
+    clock = Clock()
+    fetch = FakeFetch(clock)
+    ids = identities(clock, fetch)
+    first = await ids.get(OPERATOR)
+    clock.advance(3600 - OPERATOR_REFRESH_AHEAD - 30)
+    assert await ids.get(OPERATOR) is first
+    await asyncio.sleep(0.05)
+    assert len(fetch.calls) == 1
 
 
 async def test_throttled_refresh_falls_back_to_cached_still_valid_credentials() -> None:

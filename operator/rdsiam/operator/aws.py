@@ -51,6 +51,12 @@ OPERATOR_REFRESH_AHEAD = TOKEN_LIFETIME + 30  # botocore itself refreshes 15 min
 # Through an STS outage, cached credentials keep serving only while a token signed with them can
 # still outlive the scheduler's refresh margin (3 min) by a minute.
 MIN_FALLBACK_SECONDS = 240.0
+# Credentials the operator renews itself (assumed roles, ServiceAccount identities) are renewed in the
+# background from RENEW_WINDOW seconds (at most a quarter of the refresh-ahead time) before the point where
+# callers must wait for new ones: a slow STS then delays nobody. A renewal that fails is tried again after
+# RENEW_RETRY seconds; callers wait only once the refresh-ahead point is reached.
+RENEW_WINDOW = 120.0
+RENEW_RETRY = 30.0
 # Per-identity backoff after a throttling/outage failure: BASE * 2^n, capped, times U(0.5, 1).
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = 120.0
@@ -265,6 +271,7 @@ class Identities:
         self._cache: dict[IdentityKey, Credentials] = {}
         self._inflight: dict[IdentityKey, asyncio.Future[Credentials]] = {}
         self._failures: dict[IdentityKey, _Failure] = {}
+        self._renewing: dict[IdentityKey, datetime.datetime] = {}  # when a background renewal last started
         self._sa_cache: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
         self._sa_inflight: dict[tuple[str, str], asyncio.Future[dict[str, Any] | None]] = {}
         self._sts_clients: dict[str, Any] = {}
@@ -277,12 +284,15 @@ class Identities:
     # ---- the cache ----------------------------------------------------------------------------
 
     async def get(self, key: IdentityKey) -> Credentials:
-        """Cached credentials for ``key``; fetched when missing or due (one fetch for all callers)."""
+        """Cached credentials for ``key``; fetched when missing or due (one fetch for all callers), renewed
+        in the background shortly before they are due."""
         if key.service_account:
             key = await self._resolve_service_account(key)
         now = self._clock()
         cached = self._cache.get(key)
         if cached is not None and self._fresh(key, cached, now):
+            if key.mode != "operator" and self._renewal_due(key, cached, now):
+                self._renew(key, now)
             return cached
         future = self._inflight.get(key)
         if future is None:
@@ -290,10 +300,45 @@ class Identities:
             if failure is not None and now < failure.retry_at:
                 # Backing off: do not call STS again yet; serve still-valid credentials meanwhile.
                 return self._fallback(key, cached, failure.error, now, failure.retry_at)
-            future = asyncio.get_running_loop().create_task(self._refresh(key))
-            self._inflight[key] = future
-            future.add_done_callback(lambda f: self._settled(self._inflight, key, f))
+            future = self._start(key)
         return await asyncio.shield(future)
+
+    def _start(self, key: IdentityKey) -> asyncio.Future[Credentials]:
+        future = asyncio.get_running_loop().create_task(self._refresh(key))
+        self._inflight[key] = future
+        future.add_done_callback(lambda f: self._settled(self._inflight, key, f))
+        return future
+
+    def _renewal_due(self, key: IdentityKey, creds: Credentials, now: datetime.datetime) -> bool:
+        """Within the renewal window before ``creds`` stop being handed out (which ``_fresh`` decides).
+
+        The operator's own credentials are not renewed here: botocore's chain refreshes them itself, and
+        only once they are within its own 15 minutes of expiry."""
+        if creds.expiry is None:
+            return False
+        ahead = self.refresh_ahead(key, creds)
+        return (creds.expiry - now).total_seconds() <= ahead + min(RENEW_WINDOW, ahead / 4)
+
+    def _renew(self, key: IdentityKey, now: datetime.datetime) -> None:
+        """Start fetching new credentials for ``key`` without waiting for them (the cached ones serve)."""
+        if key in self._inflight:
+            return
+        failure = self._failures.get(key)
+        if failure is not None and now < failure.retry_at:
+            return  # backing off after a throttle or an outage
+        tried = self._renewing.get(key)
+        if tried is not None and (now - tried).total_seconds() < RENEW_RETRY:
+            return
+        self._renewing[key] = now
+        self._start(key).add_done_callback(lambda f: self._renewed(key, f))
+
+    def _renewed(self, key: IdentityKey, future: asyncio.Future[Credentials]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if isinstance(error, IdentityError):  # (transient failures were logged by _refresh)
+            logger.warning("Credentials for %s: renewing them ahead of time failed (%s); the cached ones serve "
+                           "until they are due, trying again in %.0f s", key.describe(), error.reason, RENEW_RETRY)
 
     def refresh_ahead(self, key: IdentityKey, creds: Credentials) -> float:
         """Seconds before expiry at which ``creds`` stop being handed out and new ones are fetched."""
@@ -324,6 +369,7 @@ class Identities:
                            key.describe(), error.reason, attempt + 1, delay)
             return self._fallback(key, self._cache.get(key), error, now, retry_at)
         self._failures.pop(key, None)
+        self._renewing.pop(key, None)
         if creds.obtained_at is None:
             creds = dataclasses.replace(creds, obtained_at=self._clock())
         self._prune(creds.obtained_at or self._clock())
@@ -335,6 +381,7 @@ class Identities:
         for old in [k for k, c in self._cache.items() if c.expiry is not None and c.expiry <= now]:
             del self._cache[old]
             self._failures.pop(old, None)
+            self._renewing.pop(old, None)
         if len(self._sa_cache) > 1024:
             horizon = time.monotonic() - self.sa_cache_seconds
             for k in [k for k, (at, _) in self._sa_cache.items() if at < horizon]:
