@@ -75,7 +75,7 @@ async def measure(server: str, n: int, rounds: int, only: str | None = None) -> 
     events = EventPoster(kube)
     reconciler = Reconciler(kube, CachedIdentity(), events=events,  # type: ignore[arg-type]
                             clock=lambda: dt.datetime.now(dt.UTC) + offset)
-    scheduler = Scheduler(reconciler)
+    scheduler = Scheduler(reconciler, fetch=kube.get_credential)
     informers = informers_for(kube, scheduler, NS)
     # Refreshes made and watch events handled (each refresh echoes twice: its Secret, its resource's
     # status), counted in callbacks (where the operator's metrics count refreshes) rather than polled,

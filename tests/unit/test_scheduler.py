@@ -237,3 +237,85 @@ async def test_a_secret_is_mapped_to_its_resource_by_the_controller_reference() 
                                                     "labels": {rec.CREDENTIAL_LABEL: "labelled"}}})
     await run_for(scheduler, 0.05)
     assert sorted(fake.calls[len(before):]) == sorted([long, "labelled"])
+
+
+# ---- resources watched as metadata only ----------------------------------------------------------
+
+
+def partial(name: str, generation: int = 1, rv: str = "2", **meta: Any) -> dict[str, Any]:
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"name": name, "namespace": "ns", "uid": name, "generation": generation,
+                         "resourceVersion": rv, **meta}}
+
+
+class FakeFetch:
+    """Reads a resource whole, as KubeApi.get_credential does: what ``objects`` holds, or a failure."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.reads: list[str] = []
+        self.failures = 0
+
+    async def __call__(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append(name)
+        await asyncio.sleep(0.01)
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("refused")
+        return self.objects.get(name)
+
+
+class SpecRecorder(FakeReconciler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, Any]] = []
+
+    async def reconcile(self, body: dict[str, Any]) -> rec.Outcome:
+        self.seen.append((body["metadata"]["generation"], body["spec"].get("host")))
+        body["status"] = {"written": len(self.seen)}  # as Reconciler._patch_status keeps its view current
+        return rec.Outcome(self.clock() + dt.timedelta(hours=1), True, "TokenIssued", refreshed=True)
+
+
+async def test_the_echo_of_a_status_write_keeps_spec_and_status_and_reads_nothing() -> None:
+    fake, fetch = SpecRecorder(), FakeFetch()
+    scheduler = Scheduler(fake, fetch=fetch)  # type: ignore[arg-type]
+    scheduler.replace_credentials([{**body("a"), "spec": {"host": "one"}}])
+    await run_for(scheduler, 0.05)
+    assert fake.seen == [(1, "one")]
+    held = scheduler.bodies[("ns", "a")]
+    scheduler.credential_event("MODIFIED", partial("a", rv="7"))  # the status write's echo
+    await run_for(scheduler, 0.05)
+    assert fake.seen == [(1, "one")] and fetch.reads == []
+    assert scheduler.bodies[("ns", "a")] is held  # the status the reconciler wrote stays with it
+    assert held["spec"] == {"host": "one"} and held["status"] == {"written": 1}
+    assert held["metadata"]["resourceVersion"] == "7"
+
+
+async def test_a_new_resource_or_a_new_generation_is_read_whole_before_it_is_reconciled() -> None:
+    fake, fetch = SpecRecorder(), FakeFetch()
+    scheduler = Scheduler(fake, fetch=fetch)  # type: ignore[arg-type]
+    fetch.objects["a"] = {**body("a"), "spec": {"host": "one"}}
+    scheduler.credential_event("ADDED", partial("a"))
+    await run_for(scheduler, 0.1)
+    assert fake.seen == [(1, "one")] and fetch.reads == ["a"]
+    fetch.objects["a"] = {**body("a", generation=2), "spec": {"host": "two"}}
+    scheduler.credential_event("MODIFIED", partial("a", generation=2, rv="9"))
+    await run_for(scheduler, 0.1)
+    assert fake.seen == [(1, "one"), (2, "two")] and fetch.reads == ["a", "a"]
+    requested = {"annotations": {rec.REFRESH_ANN: "2026-01-01T00:00:00Z"}}
+    scheduler.credential_event("MODIFIED", partial("a", generation=2, rv="10", **requested))
+    await run_for(scheduler, 0.1)
+    assert len(fake.seen) == 3 and fetch.reads == ["a", "a", "a"]
+
+
+async def test_a_resource_that_cannot_be_read_is_retried_and_one_gone_is_not_reconciled() -> None:
+    fake, fetch = SpecRecorder(), FakeFetch()
+    scheduler = Scheduler(fake, fetch=fetch)  # type: ignore[arg-type]
+    fetch.objects["a"] = {**body("a"), "spec": {"host": "one"}}
+    fetch.failures = 2
+    scheduler.credential_event("ADDED", partial("a"))
+    await run_for(scheduler, 4.0)  # backoff 0.5-1 s, then 1-2 s
+    assert fetch.reads == ["a", "a", "a"] and fake.seen == [(1, "one")]
+    scheduler.credential_event("ADDED", partial("b"))  # deleted before it was read
+    await run_for(scheduler, 0.1)
+    assert fetch.reads[-1] == "b" and fake.seen == [(1, "one")]

@@ -76,7 +76,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     reconciler = Reconciler(kube, identities, tenancy=CONFIG.tenancy, events=events,
                             verifier=make_verifier(CONFIG.verify_timeout, CONFIG.verify_ca_file),
                             resolver=make_resolver(), rotation_events=CONFIG.rotation_events)
-    scheduler = Scheduler(reconciler, concurrency=CONFIG.concurrency)
+    scheduler = Scheduler(reconciler, concurrency=CONFIG.concurrency, fetch=kube.get_credential)
     metrics.instrument(reconciler, identities, scheduler, kube)
     if CONFIG.metrics_port is not None:
         metrics.serve(CONFIG.metrics_port)
@@ -114,9 +114,12 @@ def informers_for(kube: KubeApi, scheduler: Scheduler, namespace: str | None) ->
     # A listing replaces what the scheduler holds of this namespace only: with several watched namespaces,
     # each pair of informers lists its own.
     return [
+        # The resources: listed whole, then watched as metadata only when the scheduler can read one whole
+        # (the echo of every status write then comes back without the spec and status it already holds;
+        # a new resource, a new generation or a refresh request is read before it is reconciled).
         Informer(kube, f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}", name=f"{PLURAL}{scope}",
                  on_list=functools.partial(scheduler.replace_credentials, namespace=namespace),
-                 on_event=scheduler.credential_event),
+                 on_event=scheduler.credential_event, watch_metadata_only=scheduler.fetch is not None),
         # Secrets: listed whole (which keys each has), then watched as metadata only: the echo of every
         # write the operator makes comes back without its tokens (a change by someone else is re-read).
         Informer(kube, f"/api/v1{scope}/secrets", label_selector=MANAGED_SELECTOR, name=f"secrets{scope}",

@@ -225,6 +225,11 @@ class KubeApi:
     async def get_secret(self, namespace: str, name: str) -> JsonDict | None:
         return await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}", allow_404=True)
 
+    # A resource whose watch event (metadata only) says its spec or refresh request changed, or that is
+    # new: read whole before it is reconciled.
+    async def get_credential(self, namespace: str, name: str) -> JsonDict | None:
+        return await self._request("GET", self.CR_PATH.format(ns=namespace, name=name), allow_404=True)
+
     # Informers: LIST then WATCH of RdsIamCredentials and of managed Secrets (list, watch).
     async def list_objects(self, path: str, label_selector: str | None = None) -> JsonDict:
         params = {"labelSelector": label_selector} if label_selector else None

@@ -14,7 +14,7 @@ import datetime
 import heapq
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rdsiam.operator import reconcile as rec
@@ -23,14 +23,15 @@ from rdsiam.operator.spec import KIND
 logger = logging.getLogger("rdsiam.scheduler")
 UTC = datetime.UTC
 Key = tuple[str, str]
+Fetch = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+_META = ("name", "namespace", "uid", "generation", "resourceVersion", "annotations", "deletionTimestamp")
 
 
 def _trim(body: dict[str, Any]) -> dict[str, Any]:
     """What reconciliation needs of a watched object (freshly decoded JSON, owned by nobody else)."""
     meta = body.get("metadata", {})
     return {
-        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion",
-                                              "annotations", "deletionTimestamp")},
+        "metadata": {k: meta.get(k) for k in _META},
         "spec": body.get("spec") or {},
         "status": body.get("status") or {},
     }
@@ -39,9 +40,12 @@ def _trim(body: dict[str, Any]) -> dict[str, Any]:
 class Scheduler:
     def __init__(
         self, reconciler: rec.Reconciler, *, concurrency: int = 16,
-        clock: Callable[[], datetime.datetime] | None = None,
+        clock: Callable[[], datetime.datetime] | None = None, fetch: Fetch | None = None,
     ) -> None:
         self.reconciler = reconciler
+        # Reads a resource whole: given, its watch carries metadata only (see observe_metadata).
+        self.fetch = fetch
+        self._stale: set[Key] = set()  # known by metadata only since it changed: read before reconciling
         self.clock = clock or reconciler.clock
         self.concurrency = concurrency
         self.bodies: dict[Key, dict[str, Any]] = {}
@@ -66,6 +70,7 @@ class Scheduler:
         key = (meta["namespace"], meta["name"])
         old = self.bodies.get(key)
         self.bodies[key] = trimmed
+        self._stale.discard(key)
         if meta.get("deletionTimestamp"):
             self._deadline.pop(key, None)  # being deleted: nothing more to do (its heap entry is skipped)
             return
@@ -73,9 +78,31 @@ class Scheduler:
             self._attempts.pop(key, None)
             self.schedule(key, 0.0)
 
+    def observe_metadata(self, metadata: dict[str, Any]) -> None:
+        """A watch event that carries only the resource's metadata (``PartialObjectMetadata``): the echo of
+        each status write comes back without the spec and status the operator already holds. Those are
+        kept (the operator's own status writes update them in place); a new resource, a new generation or
+        a refresh request is read whole before it is reconciled."""
+        meta = {k: metadata.get(k) for k in _META}
+        key = (str(meta["namespace"]), str(meta["name"]))
+        old = self.bodies.get(key)
+        changed = old is None or _changed(old, {"metadata": meta})
+        if old is None:
+            self.bodies[key] = {"metadata": meta, "spec": {}, "status": {}}
+        else:
+            old["metadata"] = meta  # a new dict: a reconciliation in progress keeps reading the one it began with
+        if meta.get("deletionTimestamp"):
+            self._deadline.pop(key, None)
+            return
+        if changed:
+            self._stale.add(key)
+            self._attempts.pop(key, None)
+            self.schedule(key, 0.0)
+
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         self.bodies.pop(key, None)
+        self._stale.discard(key)
         self._deadline.pop(key, None)
         self._attempts.pop(key, None)
         self.outcomes.pop(key, None)
@@ -156,6 +183,12 @@ class Scheduler:
             body = self.bodies.get(key)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return  # gone, or being deleted: the garbage collector is removing its Secret
+            if key in self._stale:
+                body = await self._read(key)
+                if body is None:
+                    if key in self._stale:  # could not be read: again after a backoff
+                        delay = rec.backoff(self._attempts[key] - 1, 1.0)
+                    return
             try:
                 outcome = await self.reconciler.reconcile(body)
             except Exception as exc:  # a bug or an unexpected failure must not stop the others
@@ -182,6 +215,25 @@ class Scheduler:
             if delay is not None and key in self.bodies:
                 self.schedule(key, delay)
 
+    async def _read(self, key: Key) -> dict[str, Any] | None:
+        """The whole resource, read now (its watch said it changed), stored as the body to reconcile; None
+        when it is gone or being deleted, or when it could not be read (then still stale: retried)."""
+        assert self.fetch is not None
+        self._stale.discard(key)  # a change seen while reading marks it again (and runs it again after)
+        try:
+            found = await self.fetch(*key)
+        except Exception as exc:  # an API error or an unreachable server: try again with a backoff
+            attempt = self._attempts.get(key, 0)
+            self._attempts[key] = attempt + 1
+            self._stale.add(key)
+            logger.warning("Could not read %s/%s after a change: %s; retrying", key[0], key[1],
+                           getattr(exc, "status", None) or type(exc).__name__)
+            return None
+        if found is None or key not in self.bodies:
+            return None  # deleted: its DELETED event (or the next listing) forgets it
+        body = self.bodies[key] = _trim(found)
+        return None if body["metadata"].get("deletionTimestamp") else body
+
     # ---- informer callbacks ------------------------------------------------------------------
 
     def replace_credentials(self, items: list[dict[str, Any]], namespace: str | None = None) -> None:
@@ -197,6 +249,8 @@ class Scheduler:
         meta = obj.get("metadata") or {}
         if kind == "DELETED":
             self.forget(meta["namespace"], meta["name"])
+        elif obj.get("kind") == "PartialObjectMetadata":
+            self.observe_metadata(meta)
         else:
             self.observe(obj)
 
