@@ -199,6 +199,31 @@ async def test_spec_edited_in_place_is_noticed() -> None:
     assert not rec._parsed
 
 
+async def test_a_listed_spec_is_parsed_once_before_its_first_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare() (the listing after a restart) parses, resolves and hashes; the refresh then reuses it.
+    A spec that does not parse is left for reconcile to report."""
+    from rdsiam.operator import reconcile as module
+
+    parsed: list[Any] = []
+    real = module.parse_spec
+    monkeypatch.setattr(module, "parse_spec", lambda raw: parsed.append(raw) or real(raw))
+    kube, ids = FakeKube(), FakeIdentities()
+    rec = reconciler(kube, ids)
+    body = resource()
+    rec.prepare(body)
+    rec.prepare(body)  # a relist of an unchanged spec: nothing again
+    assert len(parsed) == 1 and ("shop", "orders") in rec._parsed
+    out = await rec.reconcile(body)
+    assert out.refreshed and len(parsed) == 1
+    assert base64.b64decode(kube.secrets[("shop", "orders")]["data"]["username"]) == b"app_user"
+    bad = resource({"host": "db.example.com", "username": "u"})
+    bad["metadata"]["name"] = "broken"
+    rec.prepare(bad)
+    assert ("shop", "broken") not in rec._parsed
+    out = await rec.reconcile(bad)
+    assert not out.ok and kube.statuses[-1]["conditions"][0]["reason"] == reasons.INVALID_SPEC
+
+
 async def test_invalid_spec_is_permanent_and_names_the_field() -> None:
     kube, ids = FakeKube(), FakeIdentities()
     out = await reconciler(kube, ids).reconcile(resource({"host": "db.example.com", "username": "u"}))

@@ -16,11 +16,15 @@ class FakeReconciler:
         self.clock = lambda: dt.datetime.now(dt.UTC)
         self.calls: list[str] = []
         self.forgotten: list[str] = []
+        self.prepared: list[str] = []
         self.secrets_listed = False
         self.fail, self.slow = fail or set(), slow or set()
 
     def forget(self, namespace: str, name: str) -> None:
         self.forgotten.append(name)
+
+    def prepare(self, body: dict[str, Any]) -> None:
+        self.prepared.append(body["metadata"]["name"])
 
     async def reconcile(self, body: dict[str, Any]) -> rec.Outcome:
         name = body["metadata"]["name"]
@@ -87,6 +91,7 @@ async def test_deleted_resources_are_forgotten() -> None:
     await run_for(scheduler, 0.05)
     assert "a" not in fake.calls and "b" in fake.calls
     assert fake.forgotten == ["a"]  # the reconciler drops what it kept about "a" too
+    assert fake.prepared == ["a", "b", "b"]  # each listed spec parsed ahead of its first refresh
 
 
 async def test_nothing_happens_before_the_caches_are_primed() -> None:

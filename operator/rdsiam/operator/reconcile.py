@@ -110,6 +110,37 @@ class Reconciler:
         self._parsed.pop((namespace, name), None)
         self._warned.pop(f"{namespace}/{name}", None)
 
+    def prepare(self, body: dict[str, Any]) -> None:
+        """Parse, resolve and hash a listed resource's spec before its first refresh. After a restart
+        every resource is listed at once: parsed one after another they cost about a third of what each
+        costs inside a burst of refreshes (where the refresh path leaves the CPU's caches cold). A spec
+        that does not parse, or whose endpoint is looked up in DNS on each refresh (resolveCNAME), is left
+        to reconcile."""
+        meta = body.get("metadata", {})
+        ns, name, uid, raw = meta["namespace"], meta["name"], meta.get("uid"), body.get("spec")
+        memo = self._parsed.get((ns, name))
+        if memo is not None and memo.uid == uid and memo.raw == raw:
+            return
+        try:
+            spec = parse_spec(raw)
+            if spec.resolve_cname and not spec.signing_host and self.resolver is not None:
+                return
+            self._remember(ns, name, uid, raw, spec, None)
+        except (SpecError, TargetError):
+            return  # reconcile reports it
+
+    def _remember(
+        self, ns: str, name: str, uid: str | None, raw: Any, spec: CredentialSpec, endpoint: str | None,
+    ) -> _Parsed:
+        """Resolve the target of a parsed spec and keep it with everything else a refresh needs of it."""
+        target = resolve(
+            dsn=spec.dsn, host=spec.host, port=spec.port, database=spec.database, username=spec.username,
+            engine=spec.engine, region=spec.region, signing_host=spec.signing_host or endpoint)
+        memo = self._parsed[(ns, name)] = _Parsed(
+            json_copy(raw), spec, endpoint, target, policy.fingerprint(raw or {}, spec.target.name or name),
+            _identity_key(ns, spec), uid, policy.jitter_seconds(uid or name, spec.refresh_seconds))
+        return memo
+
     async def reconcile(self, body: dict[str, Any]) -> Outcome:
         meta = body.get("metadata", {})
         ns, name = meta["namespace"], meta["name"]
@@ -134,14 +165,8 @@ class Reconciler:
             if memo is not None and memo.endpoint == endpoint:
                 target = memo.target
             else:
-                target = resolve(
-                    dsn=spec.dsn, host=spec.host, port=spec.port, database=spec.database,
-                    username=spec.username, engine=spec.engine, region=spec.region,
-                    signing_host=spec.signing_host or endpoint)
-                memo = _Parsed(json_copy(raw), spec, endpoint, target,
-                               policy.fingerprint(raw or {}, spec.target.name or name), _identity_key(ns, spec),
-                               uid, policy.jitter_seconds(uid or name, spec.refresh_seconds))
-                self._parsed[(ns, name)] = memo
+                memo = self._remember(ns, name, uid, raw, spec, endpoint)
+                target = memo.target
         except (SpecError, TargetError) as exc:
             return await self._fail(body, reasons.INVALID_SPEC, f"Invalid spec: {str(exc).rstrip('.')}. Fix the "
                                     "field and re-apply; the operator will not retry this generation.", permanent=True)

@@ -239,11 +239,13 @@ class Scheduler:
     def replace_credentials(self, items: list[dict[str, Any]], namespace: str | None = None) -> None:
         """A full listing of ``namespace`` (None: all of them): forget its resources that are gone, observe
         the rest. Resources of other namespaces (listed by their own informers) are left alone."""
-        present = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
+        present = dict.fromkeys((i["metadata"]["namespace"], i["metadata"]["name"]) for i in items)  # in order
         for key in [k for k in self.bodies if k not in present and (namespace is None or k[0] == namespace)]:
             self.forget(*key)
         for item in items:
             self.observe(item)
+        for key in present:  # after a restart: every spec parsed here, one after another, before any refresh
+            self.reconciler.prepare(self.bodies[key])
 
     def credential_event(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
