@@ -222,6 +222,12 @@ async def test_a_listed_spec_is_parsed_once_before_its_first_refresh(monkeypatch
     assert ("shop", "broken") not in rec._parsed
     out = await rec.reconcile(bad)
     assert not out.ok and kube.statuses[-1]["conditions"][0]["reason"] == reasons.INVALID_SPEC
+    # A spec that breaks the parser in a way nobody foresaw must not break the listing of the others.
+    monkeypatch.setattr(module, "parse_spec", lambda raw: 1 / 0)
+    strange = resource()
+    strange["metadata"]["name"] = "strange"
+    rec.prepare(strange)
+    assert ("shop", "strange") not in rec._parsed
 
 
 async def test_invalid_spec_is_permanent_and_names_the_field() -> None:

@@ -126,8 +126,8 @@ class Reconciler:
             if spec.resolve_cname and not spec.signing_host and self.resolver is not None:
                 return
             self._remember(ns, name, uid, raw, spec, None)
-        except (SpecError, TargetError):
-            return  # reconcile reports it
+        except Exception:  # an invalid spec, or one nobody foresaw: reconcile reports it, for this resource alone
+            return
 
     def _remember(
         self, ns: str, name: str, uid: str | None, raw: Any, spec: CredentialSpec, endpoint: str | None,
