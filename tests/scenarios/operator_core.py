@@ -81,6 +81,28 @@ def test_rotation_keeps_old_connections_and_new_ones_use_new_token(
         assert same, "the dsn carries another generation's token"
 
 
+def test_a_spec_change_is_read_and_applied_at_once(
+    kubectl: Kubectl, rds: Any, operator: Any, ns: str, app_user: str,
+) -> None:
+    # The operator watches the resources as metadata only: a new generation is read whole (GET) first.
+    kubectl.apply(credential(rds, "chg", ns))
+    first = kubectl.wait("the Secret", lambda: kubectl.secret_data("chg", ns))
+    time.sleep(1.1)  # X-Amz-Date has one-second resolution
+    kubectl.apply(credential(rds, "chg", ns, target={"labels": {"team": "orders"}}))
+    secret = kubectl.wait("the Secret with the new label", lambda: (s := kubectl.get("secret", "chg", ns)) and
+                          (s["metadata"].get("labels") or {}).get("team") == "orders" and s)
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rdsiam"
+    ready = kubectl.wait("Ready for generation 2", lambda: (c := kubectl.condition("chg", ns)) and
+                         c.get("observedGeneration") == 2 and c)
+    assert ready["status"] == "True"
+    second = kubectl.secret_data("chg", ns)
+    assert second is not None
+    reminted = second["password"] != first["password"]  # (no token in a failure's message)
+    assert reminted, "the spec changed but the token was not re-minted"
+    with login(second["dsn"]) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("app_user",)
+
+
 def test_invalid_spec_names_the_field_and_others_are_unaffected(
     kubectl: Kubectl, rds: Any, operator: Any, ns: str, app_user: str,
 ) -> None:
