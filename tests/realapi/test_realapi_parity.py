@@ -103,3 +103,41 @@ def test_a_service_account_kubeconfig_is_bound_by_rbac(real_cluster: RealCluster
         real_cluster, "--kubeconfig", kubeconfig, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"
     )
     assert whoami.stdout == f"system:serviceaccount:{namespace}:operator"
+
+
+async def test_the_operators_paged_listing_on_the_real_api_server(
+    real_cluster: RealCluster, namespace: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """KubeApi.list_objects pages with limit/continue (2 per page here): every object once, the first
+    page's resourceVersion; a continue token older than a compaction ends the listing with 410 (the
+    informer then lists again from the start)."""
+    import ssl
+
+    from rdsiam.operator import kubeapi
+    from rdsiam.operator.kubeapi import ApiError, KubeApi
+
+    client = real_cluster.client()
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    for i in range(5):
+        client.create(path, {"metadata": {"name": f"page-{i}"}})
+    monkeypatch.setattr(kubeapi, "LIST_PAGE", 2)
+    api = KubeApi(real_cluster.url, headers={"Authorization": f"Bearer {real_cluster.token}"},
+                  ssl_context=ssl.create_default_context(cafile=str(real_cluster.ca_file)))
+    try:
+        listing = await api.list_objects(path, each=lambda o: {"name": o["metadata"]["name"]})
+        names = sorted(i["name"] for i in listing["items"] if i["name"].startswith("page-"))
+        assert names == [f"page-{i}" for i in range(5)]
+        first = client.list(f"{path}?limit=2")["metadata"]
+        assert first.get("continue")  # the server does page
+        client.create(path, {"metadata": {"name": "later"}})  # so that the compaction passes the token's version
+        real_cluster.compact()
+        api2 = KubeApi(real_cluster.url, headers={"Authorization": f"Bearer {real_cluster.token}"},
+                       ssl_context=ssl.create_default_context(cafile=str(real_cluster.ca_file)))
+        try:
+            with pytest.raises(ApiError) as gone:
+                await api2._request("GET", path, params={"limit": "2", "continue": first["continue"]})
+            assert gone.value.status == 410
+        finally:
+            await api2.close()
+    finally:
+        await api.close()

@@ -109,6 +109,7 @@ def informers_for(kube: KubeApi, scheduler: Scheduler, namespace: str | None) ->
     """The two informers feeding ``scheduler`` for one namespace (None: cluster-wide): the resources, and
     the Secrets the operator manages."""
     from rdsiam.operator.informer import Informer
+    from rdsiam.operator.reconcile import _strip_data
 
     scope = f"/namespaces/{namespace}" if namespace else ""
     # A listing replaces what the scheduler holds of this namespace only: with several watched namespaces,
@@ -120,11 +121,12 @@ def informers_for(kube: KubeApi, scheduler: Scheduler, namespace: str | None) ->
         Informer(kube, f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}", name=f"{PLURAL}{scope}",
                  on_list=functools.partial(scheduler.replace_credentials, namespace=namespace),
                  on_event=scheduler.credential_event, watch_metadata_only=scheduler.fetch is not None),
-        # Secrets: listed whole (which keys each has), then watched as metadata only: the echo of every
-        # write the operator makes comes back without its tokens (a change by someone else is re-read).
+        # Secrets: listed whole in pages, each page reduced at once to which keys each Secret has (no
+        # data is kept), then watched as metadata only: the echo of every write the operator makes comes
+        # back without its tokens (a change by someone else is re-read).
         Informer(kube, f"/api/v1{scope}/secrets", label_selector=MANAGED_SELECTOR, name=f"secrets{scope}",
                  on_list=functools.partial(scheduler.replace_secrets, namespace=namespace),
-                 on_event=scheduler.secret_event, watch_metadata_only=True),
+                 on_event=scheduler.secret_event, watch_metadata_only=True, each=_strip_data),
     ]
 
 

@@ -27,9 +27,10 @@ class Informer:
     def __init__(
         self, kube: Any, path: str, *, on_list: Callable[[list[JsonDict]], None],
         on_event: Callable[[str, JsonDict], None], label_selector: str | None = None, name: str = "",
-        watch_metadata_only: bool = False,
+        watch_metadata_only: bool = False, each: Callable[[JsonDict], JsonDict] | None = None,
     ) -> None:
         self.kube, self.path, self.label_selector = kube, path, label_selector
+        self.each = each  # applied to every listed object as its page arrives (what the cache keeps of it)
         self.watch_metadata_only = watch_metadata_only  # LIST whole objects, WATCH PartialObjectMetadata
         self.on_list, self.on_event = on_list, on_event
         self.name = name or path
@@ -83,7 +84,7 @@ class Informer:
         attempt = 0
         while True:
             try:
-                listing = await self.kube.list_objects(self.path, self.label_selector)
+                listing = await self.kube.list_objects(self.path, self.label_selector, each=self.each)
                 self.on_list(listing.get("items") or [])
                 self.relists += 1
                 self.synced.set()

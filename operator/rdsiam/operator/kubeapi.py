@@ -83,8 +83,9 @@ METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 TOKEN_REREAD_SECONDS = 60.0
 # A LIST of every managed Secret (with their data) or resource: tens of thousands of objects take longer
-# than the client's 10 s for one call. Not paginated yet (limit/continue).
+# than the client's 10 s for one call; a page of LIST_PAGE objects gets the same allowance.
 LIST_TIMEOUT = aiohttp.ClientTimeout(total=120.0)
+LIST_PAGE = 500  # objects per page of a LIST (client-go's pager uses 500 too)
 logger = logging.getLogger("rdsiam.kubeapi")
 Decode = Literal["json", "metadata", "none"]  # how much of an answer KubeApi._request decodes
 
@@ -231,11 +232,30 @@ class KubeApi:
         return await self._request("GET", self.CR_PATH.format(ns=namespace, name=name), allow_404=True)
 
     # Informers: LIST then WATCH of RdsIamCredentials and of managed Secrets (list, watch).
-    async def list_objects(self, path: str, label_selector: str | None = None) -> JsonDict:
-        params = {"labelSelector": label_selector} if label_selector else None
-        result = await self._request("GET", path, params=params, timeout=LIST_TIMEOUT)
-        assert result is not None
-        return result
+    async def list_objects(
+        self, path: str, label_selector: str | None = None, each: Callable[[JsonDict], JsonDict] | None = None,
+    ) -> JsonDict:
+        """A LIST in pages of LIST_PAGE objects (``limit``/``continue``, as client-go's pager does), so no
+        single answer holds every Secret with its data. ``each`` is applied to the items of each page as it
+        arrives (the Secret informer keeps no data). The listing's resourceVersion is the first page's: every
+        page of one listing shares it on a real API server. A continue token that expired (410) ends the
+        listing with that error; the informer lists again from the start."""
+        params = {"limit": str(LIST_PAGE), **({"labelSelector": label_selector} if label_selector else {})}
+        items: list[JsonDict] = []
+        version: str | None = None
+        while True:
+            page = await self._request("GET", path, params=params, timeout=LIST_TIMEOUT)
+            assert page is not None
+            meta = page.get("metadata") or {}
+            if version is None:
+                version = meta.get("resourceVersion")
+            found = page.get("items") or []
+            items.extend(map(each, found) if each is not None else found)
+            del page, found
+            token = meta.get("continue")
+            if not token:
+                return {"items": items, "metadata": {"resourceVersion": version}}
+            params["continue"] = token
 
     async def watch_objects(
         self, path: str, resource_version: str, label_selector: str | None = None, timeout: int = 300,
