@@ -27,6 +27,7 @@ from rdsiam.operator import reasons
 from rdsiam.operator.aws import (
     BACKOFF_CAP,
     CREDENTIAL_REFRESH_AHEAD,
+    FAILURE_MEMORY,
     MIN_FALLBACK_SECONDS,
     OPERATOR_REFRESH_AHEAD,
     RENEW_RETRY,
@@ -260,6 +261,27 @@ async def test_failures_back_off_exponentially_and_are_shared() -> None:
     with pytest.raises(IdentityError) as err:
         await ids.get(ASSUMED)
     assert err.value.retry_after == 2
+
+
+async def test_the_backoff_of_identities_nobody_asks_for_any_more_is_forgotten() -> None:
+    # Resources deleted while their roles were failing: their backoff records must not pile up.
+    clock = Clock()
+    fetch = FakeFetch(clock)
+    ids = identities(clock, fetch)
+    fetch.fail = client_error("Throttling")
+    gone = [dataclasses.replace(ASSUMED, role_arn=f"{ROLE}-{i}") for i in range(3)]
+    for key in gone:
+        with pytest.raises(IdentityError):
+            await ids.get(key)
+    assert set(ids._failures) == set(gone)
+    clock.advance(FAILURE_MEMORY - 60)
+    with pytest.raises(IdentityError):
+        await ids.get(ASSUMED)  # still remembered: not long enough since their retry time
+    assert set(ids._failures) == {*gone, ASSUMED}
+    clock.advance(120)
+    fetch.fail = None
+    await ids.get(ASSUMED)  # any later fetch prunes them
+    assert ids._failures == {}
 
 
 async def test_jitter_spreads_the_backoff() -> None:

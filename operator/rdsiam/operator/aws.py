@@ -60,6 +60,9 @@ RENEW_RETRY = 30.0
 # Per-identity backoff after a throttling/outage failure: BASE * 2^n, capped, times U(0.5, 1).
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = 120.0
+# The backoff record of an identity nobody has asked for this long after its retry time (a deleted resource
+# whose role never worked) is dropped.
+FAILURE_MEMORY = 1800.0
 STS_CONNECT_TIMEOUT = 3.0
 STS_READ_TIMEOUT = 5.0  # botocore's default is 60 s; its standard mode retries 3 times in all
 DEFAULT_DURATION = 3600
@@ -365,6 +368,7 @@ class Identities:
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 30)) * self._jitter()  # no float overflow
             retry_at = now + datetime.timedelta(seconds=delay)
             self._failures[key] = _Failure(error, attempt, retry_at)
+            self._prune(now)
             logger.warning("Credentials for %s: %s (attempt %d); next STS call for it in %.1f s",
                            key.describe(), error.reason, attempt + 1, delay)
             return self._fallback(key, self._cache.get(key), error, now, retry_at)
@@ -377,11 +381,15 @@ class Identities:
         return creds
 
     def _prune(self, now: datetime.datetime) -> None:
-        """Forget identities whose credentials expired (deleted resources, changed specs)."""
+        """Forget identities whose credentials expired (deleted resources, changed specs), and the backoff
+        of identities that never got credentials and were not asked for since."""
         for old in [k for k, c in self._cache.items() if c.expiry is not None and c.expiry <= now]:
             del self._cache[old]
             self._failures.pop(old, None)
             self._renewing.pop(old, None)
+        forgotten = now - datetime.timedelta(seconds=FAILURE_MEMORY)
+        for old in [k for k, f in self._failures.items() if f.retry_at < forgotten and k not in self._cache]:
+            del self._failures[old]
         if len(self._sa_cache) > 1024:
             horizon = time.monotonic() - self.sa_cache_seconds
             for k in [k for k, (at, _) in self._sa_cache.items() if at < horizon]:
