@@ -299,12 +299,17 @@ class Identities:
             return cached
         future = self._inflight.get(key)
         if future is None:
-            failure = self._failures.get(key)
-            if failure is not None and now < failure.retry_at:
-                # Backing off: do not call STS again yet; serve still-valid credentials meanwhile.
+            failure = self._backing_off(key, now)
+            if failure is not None:
+                # Do not call STS again yet; serve still-valid credentials meanwhile.
                 return self._fallback(key, cached, failure.error, now, failure.retry_at)
             future = self._start(key)
         return await asyncio.shield(future)
+
+    def _backing_off(self, key: IdentityKey, now: datetime.datetime) -> _Failure | None:
+        """The throttle or outage ``key`` is backing off from (None: STS may be called for it now)."""
+        failure = self._failures.get(key)
+        return failure if failure is not None and now < failure.retry_at else None
 
     def _start(self, key: IdentityKey) -> asyncio.Future[Credentials]:
         future = asyncio.get_running_loop().create_task(self._refresh(key))
@@ -324,11 +329,8 @@ class Identities:
 
     def _renew(self, key: IdentityKey, now: datetime.datetime) -> None:
         """Start fetching new credentials for ``key`` without waiting for them (the cached ones serve)."""
-        if key in self._inflight:
+        if key in self._inflight or self._backing_off(key, now) is not None:
             return
-        failure = self._failures.get(key)
-        if failure is not None and now < failure.retry_at:
-            return  # backing off after a throttle or an outage
         tried = self._renewing.get(key)
         if tried is not None and (now - tried).total_seconds() < RENEW_RETRY:
             return

@@ -207,9 +207,8 @@ class LeaderElector:
         else:
             holder = current.get("holderIdentity")
         if holder not in (None, "", self.identity):
-            duration = current.get("leaseDurationSeconds")
-            if not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0:
-                duration = self.lease_seconds  # malformed or missing: ours
+            # (missing, 0 or malformed: ours)
+            duration = _count(current.get("leaseDurationSeconds")) or self.lease_seconds
             expiry = self._observed_at + duration
             if now < expiry:
                 self._foreign_expiry = expiry
