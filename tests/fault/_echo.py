@@ -54,10 +54,10 @@ class EchoServer:
         assert mode in MODES
         self.mode = mode
         self.received = 0
-        self._dir = Path(tempfile.mkdtemp(prefix="rdsiam-echo-"))
-        cert, key = _self_signed(self._dir)
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._tls.load_cert_chain(cert, key)
+        # The key and certificate are needed on disk only while they are loaded.
+        with tempfile.TemporaryDirectory(prefix="rdsiam-echo-") as directory:
+            self._tls.load_cert_chain(*_self_signed(Path(directory)))
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, name=f"echo-{mode}", daemon=True)
