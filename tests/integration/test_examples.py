@@ -195,7 +195,7 @@ def test_basic(
         [sys.executable, str(tmp_path / "app.py")],
         stdout=subprocess.PIPE,
         text=True,
-        env={"RDSIAM_CREDENTIAL_DIR": str(mount), "PATH": "/usr/bin:/bin"},
+        env={"RDSIAM_MOUNT": str(mount), "PATH": "/usr/bin:/bin"},
     )
     try:
         assert proc.stdout is not None
