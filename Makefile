@@ -1,7 +1,7 @@
 # The few targets a newcomer needs. `make demo` and `make test` set everything up first.
 PY := .venv/bin/python
 
-.PHONY: setup demo test unit integration realapi-build lint bench crd clean
+.PHONY: setup demo test unit integration e2e realapi-build node-images lint bench crd clean
 
 setup:
 	@scripts/setup.sh
@@ -18,8 +18,14 @@ unit: setup
 integration: setup
 	@$(PY) -m pytest tests/integration -q
 
+e2e: setup
+	@scripts/e2e.sh
+
 realapi-build:
 	@scripts/build-realapi.sh
+
+node-images:
+	@scripts/build-node-images.sh
 
 lint: setup
 	@.venv/bin/ruff check operator tests benchmarks

@@ -3,13 +3,16 @@
 #   kube-apiserver, kube-controller-manager, kubectl  (module k8s.io/kubernetes)
 #   etcd                                              (module go.etcd.io/etcd/server/v3)
 #   helm                                              (module helm.sh/helm/v3)
+# and, for the real-node tier (tests/e2e), what a node runs besides:
+#   kubelet, kube-scheduler, kube-proxy               (module k8s.io/kubernetes)
+#   coredns                                           (module github.com/coredns/coredns)
 # into ${RDSIAM_REALAPI_CACHE:-$HOME/.cache/rdsiam/realapi}/bin, once per machine.
 #
 # Needs only the ordinary `go` client and the Go module proxy (GOPROXY as configured,
 # default https://proxy.golang.org). No Docker, no git checkout of Kubernetes.
 #
-# Usage: scripts/build-realapi.sh [--force] [--print-bin-dir] [kube|etcd|helm ...]
-#   (no component: all three). A component whose stamp matches the requested versions,
+# Usage: scripts/build-realapi.sh [--force] [--print-bin-dir] [kube|etcd|helm|node|coredns ...]
+#   (no component: all five). A component whose stamp matches the requested versions,
 #   the Go version and this script's flags is skipped, so a second run takes seconds.
 #
 # Environment:
@@ -17,6 +20,7 @@
 #   RDSIAM_REALAPI_K8S_VERSION   default v1.36.3
 #   RDSIAM_REALAPI_ETCD_VERSION  default v3.6.16
 #   RDSIAM_REALAPI_HELM_VERSION  default v3.22.0
+#   RDSIAM_REALAPI_COREDNS_VERSION default v1.15.0
 #   RDSIAM_REALAPI_GO_P          parallelism passed to `go build -p` (default 2)
 #   GOMODCACHE / GOCACHE / GOPROXY are honoured as usual.
 #
@@ -26,6 +30,7 @@ set -euo pipefail
 K8S_VERSION="${RDSIAM_REALAPI_K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${RDSIAM_REALAPI_ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${RDSIAM_REALAPI_HELM_VERSION:-v3.22.0}"
+COREDNS_VERSION="${RDSIAM_REALAPI_COREDNS_VERSION:-v1.15.0}"
 CACHE="${RDSIAM_REALAPI_CACHE:-$HOME/.cache/rdsiam/realapi}"
 BIN="$CACHE/bin"
 SRC="$CACHE/src"
@@ -39,12 +44,12 @@ for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
         --print-bin-dir) echo "$BIN"; exit 0 ;;
-        kube|etcd|helm) components+=("$arg") ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        kube|etcd|helm|node|coredns) components+=("$arg") ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "build-realapi: unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
-[ "${#components[@]}" -gt 0 ] || components=(kube etcd helm)
+[ "${#components[@]}" -gt 0 ] || components=(kube etcd helm node coredns)
 
 command -v go >/dev/null || { echo "build-realapi: 'go' not found on PATH (Go >= 1.26 needed)" >&2; exit 1; }
 
@@ -66,6 +71,8 @@ stamp_value() {  # component -> the stamp that a completed build of it writes
         kube) echo "recipe=$RECIPE go=$GO_VERSION kubernetes=$K8S_VERSION" ;;
         etcd) echo "recipe=$RECIPE go=$GO_VERSION etcd=$ETCD_VERSION" ;;
         helm) echo "recipe=$RECIPE go=$GO_VERSION helm=$HELM_VERSION" ;;
+        node) echo "recipe=$RECIPE go=$GO_VERSION kubernetes=$K8S_VERSION" ;;
+        coredns) echo "recipe=$RECIPE go=$GO_VERSION coredns=$COREDNS_VERSION" ;;
     esac
 }
 binaries_of() {
@@ -73,6 +80,8 @@ binaries_of() {
         kube) echo "kube-apiserver kube-controller-manager kubectl" ;;
         etcd) echo "etcd" ;;
         helm) echo "helm" ;;
+        node) echo "kubelet kube-scheduler kube-proxy" ;;
+        coredns) echo "coredns" ;;
     esac
 }
 up_to_date() {
@@ -81,7 +90,7 @@ up_to_date() {
     for b in $(binaries_of "$c"); do [ -x "$BIN/$b" ] || return 1; done
 }
 
-build_kube() {
+kube_module() {  # writes the scratch module of k8s.io/kubernetes into $KUBE_DIR and its -ldflags into $KUBE_LD
     local dir="$SRC/kubernetes-$K8S_VERSION" gomod minor
     mkdir -p "$dir"
     log "kubernetes $K8S_VERSION: fetching its go.mod to derive the staging-module pins"
@@ -106,7 +115,7 @@ build_kube() {
     } > "$dir/go.mod"
     local n; n="$(grep -c '=> k8s.io/' "$dir/go.mod")"
     [ "$n" -gt 10 ] || { log "expected staging replaces in $gomod, found $n"; return 1; }
-    log "kubernetes $K8S_VERSION: $n staging modules pinned to $staging_version; building (slow: ~7-10 min cold on 2 cores)"
+    log "kubernetes $K8S_VERSION: $n staging modules pinned to $staging_version"
     minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
     local ld="$LD_BASE"
     local pkg
@@ -115,11 +124,34 @@ build_kube() {
         ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
         ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     done
-    (cd "$dir" && go build "${BUILD_FLAGS[@]}" -ldflags="$ld" -o "$BIN/" \
+    KUBE_DIR="$dir" KUBE_LD="$ld"
+}
+
+build_kube() {
+    kube_module || return 1
+    log "kubernetes $K8S_VERSION: building the control plane (slow: ~7-10 min cold on 2 cores)"
+    (cd "$KUBE_DIR" && go build "${BUILD_FLAGS[@]}" -ldflags="$KUBE_LD" -o "$BIN/" \
         k8s.io/kubernetes/cmd/kube-apiserver \
         k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kubectl)
 }
+
+build_node() {
+    kube_module || return 1
+    log "kubernetes $K8S_VERSION: building the node (~1 min on top of the control plane's build cache)"
+    (cd "$KUBE_DIR" && go build "${BUILD_FLAGS[@]}" -ldflags="$KUBE_LD" -o "$BIN/" \
+        k8s.io/kubernetes/cmd/kubelet \
+        k8s.io/kubernetes/cmd/kube-scheduler \
+        k8s.io/kubernetes/cmd/kube-proxy)
+}
+
+build_coredns() {
+    log "coredns $COREDNS_VERSION: go install (~2.5 min cold)"
+    GOFLAGS="${GOFLAGS//-mod=mod/}" GOBIN="$BIN" go install "${BUILD_FLAGS[@]}" -ldflags="$LD_BASE" \
+        "github.com/coredns/coredns@$COREDNS_VERSION"
+}
+
+
 
 build_etcd() {
     local dir="$SRC/etcd-$ETCD_VERSION" m

@@ -1,23 +1,105 @@
-"""The e2e tier: the operator-core scenarios against a real cluster (kind, EKS, ...).
+"""The e2e tier: a real node, the operator as a pod from its own image and chart, apps in pods.
 
-Set ``RDSIAM_E2E_KUBECONFIG`` to a kubeconfig whose current context may create namespaces, CRDs and
-Secrets. The operator runs on this machine (``rdsiam run``) against that cluster, with the local STS and
-IAM-checking PostgreSQL, so no AWS account is needed. Without the variable every test here is skipped
-with the reason (this machine has no Docker engine, so no kind cluster can be started here).
+Two ways to run it:
+
+- ``make e2e`` (``scripts/e2e.sh``): builds a one-node cluster here (``tests/e2e/_node.py``) inside a
+  network namespace of its own and sets ``RDSIAM_E2E_NODE_IP``. The local STS (moto) and the
+  IAM-checking PostgreSQL listen on the node's IP, which pods reach; CoreDNS answers the examples' RDS
+  endpoint name with that IP, and the front door's certificate names it (verify-full from the pods).
+  The operator is installed with ``helm install charts/rdsiam`` from the image built from the
+  repository's Dockerfile, with IRSA set up as EKS's webhook does (a projected token with audience
+  ``sts.amazonaws.com``, ``AWS_ROLE_ARN``, ``AWS_WEB_IDENTITY_TOKEN_FILE``).
+- ``RDSIAM_E2E_KUBECONFIG=PATH``: the operator-core scenarios against any cluster, with the operator run
+  on this machine (``rdsiam run``); a configured cluster that is missing or unreachable fails.
+
+Without either, every test here is skipped with the reason.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rdsiam.testing._fixtures_operator import cluster_tokens_and_texts, find_leaks
+from rdsiam.testing.faults import FaultProxy
 from rdsiam.testing.kubectl import Kubectl
+from rdsiam.testing.postgres import PostgresServer
+from rdsiam.testing.rds import IamPostgres
+from rdsiam.testing.realapi import helm_path, kubectl_path
+from rdsiam.testing.sts import StsServer
 
 ROOT = Path(__file__).resolve().parents[2]
+NODE_IP = os.environ.get("RDSIAM_E2E_NODE_IP", "")
+EXTERNAL = os.environ.get("RDSIAM_E2E_KUBECONFIG", "")
+# The examples' endpoint: CoreDNS resolves it to the front door on the node, as a VPC resolves RDS's.
+RDS_ENDPOINT = "orders.cluster-abc123def456.us-east-1.rds.amazonaws.com"
+IMAGE_PREFIX = "localhost/rdsiam-e2e"
+OPERATOR_IMAGE = f"{IMAGE_PREFIX}/rdsiam"
+APP_IMAGE = f"{IMAGE_PREFIX}/app:dev"
+RELEASE, RELEASE_NS = "rdsiam", "rdsiam-system"
+OPERATOR_ROLE = "rdsiam-operator"
+
+on_node = pytest.mark.skipif(not NODE_IP, reason="needs the real node: run `make e2e` (scripts/e2e.sh)")
+
+
+# ---- AWS and the database, reachable from pods ------------------------------------------------
+
+@pytest.fixture(scope="session")
+def sts() -> Iterator[StsServer]:
+    with StsServer(region="us-east-1", host=NODE_IP or "127.0.0.1") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sts_fault_proxy(sts: StsServer) -> Iterator[FaultProxy]:
+    """In front of STS, where the operator pod sends its calls, so a test can deny a role (``sts_faults``)."""
+    def identify(access_key_id: str) -> str | None:
+        issued = sts.lookup(access_key_id)
+        return issued.arn if issued is not None else None
+
+    with FaultProxy(sts.url, identify=identify, host=NODE_IP or "127.0.0.1") as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rds(postgres: PostgresServer, sts: StsServer) -> Iterator[IamPostgres]:
+    if NODE_IP:
+        server = IamPostgres(postgres, sts.lookup, region=sts.region, endpoint=RDS_ENDPOINT, port=5432)
+        server.hostaddr = NODE_IP  # where it listens; pods reach it by RDS_ENDPOINT through CoreDNS
+    else:
+        server = IamPostgres(postgres, sts.lookup, region=sts.region)
+    with server:
+        yield server
+
+
+# ---- the cluster ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def node() -> Iterator[Any]:
+    if not NODE_IP:
+        pytest.skip("no real node here: `make e2e` (scripts/e2e.sh) builds and starts one")
+    from tests.e2e._node import RealNode
+
+    ok, reason = RealNode.node_available()
+    if not ok:
+        pytest.fail(f"the real node cannot start: {reason}", pytrace=False)
+    with RealNode(NODE_IP, hosts={RDS_ENDPOINT: NODE_IP}) as real:
+        yield real
 
 
 class _Cluster:
@@ -26,26 +108,169 @@ class _Cluster:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Any:
-    path = os.environ.get("RDSIAM_E2E_KUBECONFIG")
-    if not path:
-        reason = "RDSIAM_E2E_KUBECONFIG is not set: no real cluster to test against"
-        if not shutil.which("kind") or not shutil.which("docker"):
-            reason += " (and kind/Docker are not available here to create one)"
-        pytest.skip(reason)
-    # Asked for a cluster: one that is missing or unreachable is a failure, not a skip (a green run would
-    # claim the e2e tier ran).
-    if not Path(path).is_file():
-        pytest.fail(f"RDSIAM_E2E_KUBECONFIG={path} does not exist", pytrace=False)
-    kubectl = Kubectl(path)
+def cluster(request: pytest.FixtureRequest) -> Any:
+    if NODE_IP:
+        return request.getfixturevalue("node")
+    if not EXTERNAL:
+        pytest.skip("no cluster: `make e2e` builds a real node here; or set RDSIAM_E2E_KUBECONFIG")
+    # Asked for a cluster: one that is missing or unreachable is a failure, not a skip.
+    if not Path(EXTERNAL).is_file():
+        pytest.fail(f"RDSIAM_E2E_KUBECONFIG={EXTERNAL} does not exist", pytrace=False)
+    kubectl = Kubectl(EXTERNAL)
     try:
         kubectl.run("version", "--request-timeout=5s")
     except Exception as exc:
         pytest.fail(f"the cluster in RDSIAM_E2E_KUBECONFIG is not reachable: {exc}", pytrace=False)
     kubectl.apply_crds(str(ROOT / "crds"))
-    return _Cluster(path)
+    return _Cluster(EXTERNAL)
 
 
 @pytest.fixture(scope="session")
 def kubectl(cluster: Any) -> Kubectl:
-    return Kubectl(cluster.kubeconfig)
+    binary = kubectl_path()
+    return Kubectl(cluster.kubeconfig, str(binary) if binary else None)
+
+
+# ---- the operator as users deploy it ------------------------------------------------------------
+
+@dataclass
+class Release:
+    """The operator installed with ``helm install charts/rdsiam``."""
+
+    name: str
+    namespace: str
+    values: dict[str, Any]
+    kubectl: Kubectl
+    helm: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def pods(self) -> list[dict[str, Any]]:
+        return self.kubectl.list("pods", self.namespace, selector=f"app.kubernetes.io/instance={self.name}")
+
+    def logs(self) -> str:
+        out = []
+        for pod in self.pods():
+            name = pod["metadata"]["name"]
+            out.append(self.kubectl.run("logs", "-n", self.namespace, name, "--all-containers", check=False))
+            out.append(self.kubectl.run("logs", "-n", self.namespace, name, "--previous", check=False))
+        return "\n".join(out)
+
+    def run_helm(self, *args: str) -> str:
+        done = subprocess.run([*self.helm, *args], capture_output=True, text=True, env=self.env, timeout=300,
+                              check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args[:2])} failed: {done.stderr.strip()[-3000:]}")
+        return done.stdout
+
+    def wait_ready(self, replicas: int = 1, timeout: float = 180) -> list[dict[str, Any]]:
+        def ready() -> list[dict[str, Any]] | None:
+            pods = [p for p in self.pods() if not p["metadata"].get("deletionTimestamp")]
+            ok = [p for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                         for c in (p.get("status") or {}).get("conditions") or [])]
+            return ok if len(ok) >= replicas else None
+
+        return self.kubectl.wait("the operator pod Ready", ready, timeout=timeout, interval=1)
+
+
+def operator_values(sts: StsServer, sts_url: str, role_arn: str, **extra: Any) -> dict[str, Any]:
+    """Chart values as a user on EKS sets them, plus what EKS's pod identity webhook injects (no
+    webhook runs here) and the local STS endpoint."""
+    token_dir = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
+    values: dict[str, Any] = {
+        "image": {"repository": OPERATOR_IMAGE, "tag": "dev", "pullPolicy": "Never"},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": role_arn}},
+        "logLevel": "debug",  # the leak checks search the whole log
+        "extraEnv": [
+            {"name": "AWS_ROLE_ARN", "value": role_arn},
+            {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": f"{token_dir}/token"},
+            {"name": "AWS_REGION", "value": sts.region},
+            {"name": "AWS_DEFAULT_REGION", "value": sts.region},
+            {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"},
+            {"name": "AWS_ENDPOINT_URL_STS", "value": sts_url},
+        ],
+        "extraVolumes": [
+            {
+                "name": "aws-iam-token",
+                "projected": {
+                    "sources": [
+                        {"serviceAccountToken": {"audience": "sts.amazonaws.com", "expirationSeconds": 86400,
+                                                 "path": "token"}}
+                    ]
+                },
+            }
+        ],
+        "extraVolumeMounts": [{"name": "aws-iam-token", "mountPath": token_dir, "readOnly": True}],
+    }
+    for key, value in extra.items():
+        values[key] = value
+    return values
+
+
+@pytest.fixture(scope="session")
+def release(
+    node: Any, kubectl: Kubectl, sts: StsServer, sts_fault_proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    helm = helm_path()
+    if helm is None:
+        pytest.fail("helm is not built (scripts/build-realapi.sh helm)", pytrace=False)
+    role = sts.create_role(OPERATOR_ROLE)
+    values = operator_values(sts, sts_fault_proxy.url, role)
+    path = tmp_path_factory.mktemp("helm") / "values.json"
+    path.write_text(json.dumps(values))
+    env = {**os.environ, "KUBECONFIG": node.kubeconfig, "HELM_CACHE_HOME": str(path.parent / "cache"),
+           "HELM_CONFIG_HOME": str(path.parent / "config"), "HELM_DATA_HOME": str(path.parent / "data")}
+    rel = Release(RELEASE, RELEASE_NS, values, kubectl, [str(helm)], env)
+    # The README's install command, with the image and the AWS settings above.
+    rel.run_helm("install", RELEASE, str(ROOT / "charts" / "rdsiam"), "-n", RELEASE_NS, "--create-namespace",
+                 "-f", str(path), "--wait", "--timeout", "3m")
+    rel.wait_ready()
+    yield rel
+    # Every token the operator wrote, searched for in its whole log (DEBUG), Events and status.
+    tokens, texts = cluster_tokens_and_texts(kubectl)
+    leaks = find_leaks({**texts, "operator log": rel.logs()}, tokens)
+    assert not leaks, f"secrets leaked into: {leaks}"
+
+
+class InClusterOperator:
+    """The scenarios' ``operator`` on the node: the chart's pod; ``restart()`` deletes it as a user would."""
+
+    def __init__(self, release: Release) -> None:
+        self.release = release
+
+    def restart(self) -> None:
+        kubectl = self.release.kubectl
+        old = {p["metadata"]["name"] for p in self.release.pods()}
+        kubectl.run("delete", "pod", "-n", self.release.namespace, "--wait=true",
+                    "-l", f"app.kubernetes.io/instance={self.release.name}")
+
+        def replaced() -> bool:
+            pods = [p for p in self.release.pods() if p["metadata"]["name"] not in old]
+            return any(any(c.get("type") == "Ready" and c.get("status") == "True"
+                           for c in (p.get("status") or {}).get("conditions") or []) for p in pods)
+
+        kubectl.wait("a new operator pod Ready", replaced, timeout=120, interval=0.5)
+
+
+@pytest.fixture
+def operator(request: pytest.FixtureRequest) -> Any:
+    """On the node: the operator pod the chart runs. Elsewhere: ``rdsiam run`` on this machine."""
+    if NODE_IP:
+        return InClusterOperator(request.getfixturevalue("release"))
+    return request.getfixturevalue("operator_factory")()
+
+
+def new_namespace(kubectl: Kubectl, prefix: str = "e2e") -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kubectl.create_namespace(name)
+    return name
+
+
+def wait_until(what: str, fn: Any, timeout: float, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

@@ -98,4 +98,5 @@ def test_deployment_mounts_the_secret_as_a_volume() -> None:
 
 def test_every_example_is_tested() -> None:
     scripts = {p.name for p in APPS.glob("*.py")}
-    assert scripts == {*POSTGRES_APPS, "pymysql_app.py"}  # pymysql_app.py: test_integration_pymysql.py
+    # pymysql_app.py: test_integration_pymysql.py; every.py (the pods' once-a-second loop): tests/e2e
+    assert scripts == {*POSTGRES_APPS, "pymysql_app.py", "every.py"}

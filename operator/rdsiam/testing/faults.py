@@ -73,10 +73,13 @@ class _Faults:
 
 
 class FaultProxy:
-    """Reverse proxy with fault injection; own thread and event loop; binds 127.0.0.1:free port."""
+    """Reverse proxy with fault injection; own thread and event loop; binds ``host`` (127.0.0.1):free port."""
 
-    def __init__(self, target_url: str, *, identify: Callable[[str], str | None] | None = None) -> None:
+    def __init__(
+        self, target_url: str, *, identify: Callable[[str], str | None] | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.target_url = target_url.rstrip("/")
+        self.host = host
         self.identify = identify  # access key id -> caller ARN, for AccessDenied messages
         self._lock = threading.Lock()
         self._faults = _Faults()
@@ -126,7 +129,7 @@ class FaultProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self._url = f"http://{host}:{port}"

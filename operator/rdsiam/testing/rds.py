@@ -115,6 +115,8 @@ class LoginAttempt:
     principal_arn: str | None = None
     detail: str = ""  # internal explanation (from the verifier for IAM)
     at: datetime | None = None  # server clock (with clock/clock_offset applied)
+    client: str = ""  # the client's address (a pod's IP on a real node)
+    signed_at: datetime | None = None  # the token's X-Amz-Date: tells token generations apart
 
 
 @dataclass(frozen=True)
@@ -447,7 +449,7 @@ class IamPostgres:
             self.login_log.append(
                 LoginAttempt(
                     user=user, database=database, accepted=accepted, reason=str(reason), tls=tls,
-                    method=method, at=self.now(), **extra,  # type: ignore[arg-type]
+                    method=method, at=self.now(), client=host, **extra,  # type: ignore[arg-type]
                 )
             )  # fmt: skip
 
@@ -499,7 +501,7 @@ class IamPostgres:
             del token, payload
             log(
                 verdict.ok, verdict.reason.value, "iam", access_key_id=verdict.access_key_id,
-                principal_arn=verdict.principal_arn, detail=verdict.detail,
+                principal_arn=verdict.principal_arn, detail=verdict.detail, signed_at=verdict.signed_at,
             )  # fmt: skip
             if not verdict.ok:
                 writer.write(

@@ -460,7 +460,8 @@ class RealCluster:
             start_new_session=True,  # a Ctrl-C of the test run must not end it before it acts
         )
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], executable: str | None = None) -> subprocess.Popen[bytes]:
+        """Start ``name`` (a built binary, or ``executable``) in its own group, logging to ``logs/``."""
         assert self.directory is not None
         log = open(self.directory / "logs" / f"{name}.log", "ab")  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",) and not k.endswith("_PROXY")}
@@ -468,7 +469,7 @@ class RealCluster:
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         with log:
             proc = subprocess.Popen(
-                [str(self.binaries / name), *args],
+                [executable or str(self.binaries / name), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

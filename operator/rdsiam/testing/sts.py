@@ -142,8 +142,9 @@ class StsServer:
     ``start()``/``stop()`` or use as a context manager. Thread-safe for the accessors below.
     """
 
-    def __init__(self, region: str = "us-east-1") -> None:
+    def __init__(self, region: str = "us-east-1", host: str = "127.0.0.1") -> None:
         self.region = region
+        self.host = host  # the address it listens on (a real node's pods reach it on the node's IP)
         self._server: Any = None
         self._url: str | None = None
         self._lock = threading.Lock()
@@ -181,7 +182,7 @@ class StsServer:
                 self._server_ready_event.set()
                 self._server.serve_forever()
 
-        server = _Server(ip_address="127.0.0.1", port=0, verbose=False)
+        server = _Server(ip_address=self.host, port=0, verbose=False)
         server.start()
         self._server = server
         host, port = server.get_host_and_port()
