@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ import pytest
 from rdsiam.testing._fixtures_operator import cluster_tokens_and_texts, find_leaks
 from rdsiam.testing.faults import FaultProxy
 from rdsiam.testing.kubectl import Kubectl
-from rdsiam.testing.postgres import PostgresServer
+from rdsiam.testing.postgres import PostgresError, PostgresServer
 from rdsiam.testing.rds import IamPostgres
 from rdsiam.testing.realapi import helm_path, kubectl_path
 from rdsiam.testing.sts import StsServer
@@ -46,6 +49,7 @@ IMAGE_PREFIX = "localhost/rdsiam-e2e"
 OPERATOR_IMAGE = f"{IMAGE_PREFIX}/rdsiam"
 APP_IMAGE = f"{IMAGE_PREFIX}/app:dev"
 RELEASE, RELEASE_NS = "rdsiam", "rdsiam-system"
+NS = "shop"  # the examples' namespace
 OPERATOR_ROLE = "rdsiam-operator"
 
 on_node = pytest.mark.skipif(not NODE_IP, reason="needs the real node: run `make e2e` (scripts/e2e.sh)")
@@ -102,6 +106,11 @@ def node() -> Iterator[Any]:
         yield real
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``last`` (the release's end: failover, upgrade, uninstall) run after all others."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
 class _Cluster:
     def __init__(self, kubeconfig: str) -> None:
         self.kubeconfig = kubeconfig
@@ -142,18 +151,28 @@ class Release:
     values: dict[str, Any]
     kubectl: Kubectl
     helm: list[str]
+    chart: Path
     env: dict[str, str] = field(default_factory=dict)
+
+    archived: list[str] = field(default_factory=list)  # logs of pods deleted since
 
     def pods(self) -> list[dict[str, Any]]:
         return self.kubectl.list("pods", self.namespace, selector=f"app.kubernetes.io/instance={self.name}")
 
     def logs(self) -> str:
-        out = []
+        """Every operator log of the session: the pods' now (and their previous containers') and the
+        logs of pods deleted since (``archive_logs``)."""
+        out = list(self.archived)
         for pod in self.pods():
             name = pod["metadata"]["name"]
             out.append(self.kubectl.run("logs", "-n", self.namespace, name, "--all-containers", check=False))
             out.append(self.kubectl.run("logs", "-n", self.namespace, name, "--previous", check=False))
         return "\n".join(out)
+
+    def archive_logs(self) -> None:
+        """Keep the pods' logs before they are deleted (for the leak checks at the end)."""
+        self.archived.append(self.logs())
+        del self.archived[:-1]
 
     def run_helm(self, *args: str) -> str:
         done = subprocess.run([*self.helm, *args], capture_output=True, text=True, env=self.env, timeout=300,
@@ -172,23 +191,17 @@ class Release:
         return self.kubectl.wait("the operator pod Ready", ready, timeout=timeout, interval=1)
 
 
-def operator_values(sts: StsServer, sts_url: str, role_arn: str, **extra: Any) -> dict[str, Any]:
-    """Chart values as a user on EKS sets them, plus what EKS's pod identity webhook injects (no
-    webhook runs here) and the local STS endpoint."""
+def operator_values(sts: StsServer, sts_url: str, role_arn: str) -> dict[str, Any]:
+    """The README's rdsiam-values.yaml (image substituted), plus what EKS's pod identity webhook injects
+    for IRSA (no webhook runs here) and the local STS endpoint."""
     token_dir = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
-    values: dict[str, Any] = {
+    return {
+        # The README's values:
         "image": {"repository": OPERATOR_IMAGE, "tag": "dev", "pullPolicy": "Never"},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": role_arn}},
-        "logLevel": "debug",  # the leak checks search the whole log
-        "extraEnv": [
-            {"name": "AWS_ROLE_ARN", "value": role_arn},
-            {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": f"{token_dir}/token"},
-            {"name": "AWS_REGION", "value": sts.region},
-            {"name": "AWS_DEFAULT_REGION", "value": sts.region},
-            {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"},
-            {"name": "AWS_ENDPOINT_URL_STS", "value": sts_url},
-        ],
         "extraVolumes": [
+            {"name": "rds-ca", "configMap": {"name": "rds-ca-bundle"}},
+            # The webhook's projected web identity token:
             {
                 "name": "aws-iam-token",
                 "projected": {
@@ -197,18 +210,37 @@ def operator_values(sts: StsServer, sts_url: str, role_arn: str, **extra: Any) -
                                                  "path": "token"}}
                     ]
                 },
-            }
+            },
         ],
-        "extraVolumeMounts": [{"name": "aws-iam-token", "mountPath": token_dir, "readOnly": True}],
+        "extraVolumeMounts": [
+            {"name": "rds-ca", "mountPath": "/etc/rds", "readOnly": True},
+            {"name": "aws-iam-token", "mountPath": token_dir, "readOnly": True},
+        ],
+        "extraArgs": ["--verify-ca-file=/etc/rds/global-bundle.pem"],
+        # The webhook's environment, and the local STS:
+        "extraEnv": [
+            {"name": "AWS_ROLE_ARN", "value": role_arn},
+            {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": f"{token_dir}/token"},
+            {"name": "AWS_REGION", "value": sts.region},
+            {"name": "AWS_DEFAULT_REGION", "value": sts.region},
+            {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"},
+            {"name": "AWS_ENDPOINT_URL_STS", "value": sts_url},
+        ],
+        "logLevel": "debug",  # the leak checks search the whole log
     }
-    for key, value in extra.items():
-        values[key] = value
-    return values
+
+
+def ca_bundle(rds: IamPostgres) -> Path:
+    """The front door's CA as the README's global-bundle.pem."""
+    bundle = Path(rds.ca_file).parent / "global-bundle.pem"
+    bundle.write_bytes(Path(rds.ca_file).read_bytes())
+    return bundle
 
 
 @pytest.fixture(scope="session")
 def release(
-    node: Any, kubectl: Kubectl, sts: StsServer, sts_fault_proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory
+    node: Any, kubectl: Kubectl, sts: StsServer, sts_fault_proxy: FaultProxy, rds: IamPostgres,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:
     helm = helm_path()
     if helm is None:
@@ -219,10 +251,12 @@ def release(
     path.write_text(json.dumps(values))
     env = {**os.environ, "KUBECONFIG": node.kubeconfig, "HELM_CACHE_HOME": str(path.parent / "cache"),
            "HELM_CONFIG_HOME": str(path.parent / "config"), "HELM_DATA_HOME": str(path.parent / "data")}
-    rel = Release(RELEASE, RELEASE_NS, values, kubectl, [str(helm)], env)
-    # The README's install command, with the image and the AWS settings above.
-    rel.run_helm("install", RELEASE, str(ROOT / "charts" / "rdsiam"), "-n", RELEASE_NS, "--create-namespace",
-                 "-f", str(path), "--wait", "--timeout", "3m")
+    rel = Release(RELEASE, RELEASE_NS, values, kubectl, [str(helm)], ROOT / "charts" / "rdsiam", env)
+    # The README's install steps, with the image and the AWS settings above.
+    kubectl.create_namespace(RELEASE_NS)
+    kubectl.run("create", "configmap", "rds-ca-bundle", "-n", RELEASE_NS, f"--from-file={ca_bundle(rds)}")
+    rel.run_helm("install", RELEASE, str(rel.chart), "-n", RELEASE_NS, "-f", str(path),
+                 "--wait", "--timeout", "3m")
     rel.wait_ready()
     yield rel
     # Every token the operator wrote, searched for in its whole log (DEBUG), Events and status.
@@ -240,6 +274,7 @@ class InClusterOperator:
     def restart(self) -> None:
         kubectl = self.release.kubectl
         old = {p["metadata"]["name"] for p in self.release.pods()}
+        self.release.archive_logs()
         kubectl.run("delete", "pod", "-n", self.release.namespace, "--wait=true",
                     "-l", f"app.kubernetes.io/instance={self.release.name}")
 
@@ -257,6 +292,49 @@ def operator(request: pytest.FixtureRequest) -> Any:
     if NODE_IP:
         return InClusterOperator(request.getfixturevalue("release"))
     return request.getfixturevalue("operator_factory")()
+
+
+def setup_database(postgres: PostgresServer) -> None:
+    """examples/basic/setup.sql as the master user (on RDS the database exists; here it is created)."""
+    if not postgres.execute("SELECT 1 FROM pg_database WHERE datname = 'orders'"):
+        postgres.execute('CREATE DATABASE "orders"')
+    sql = re.sub(r"--[^\n]*", "", (ROOT / "examples" / "basic" / "setup.sql").read_text())
+    for statement in filter(None, (s.strip() for s in sql.split(";"))):
+        try:
+            postgres.execute(statement)
+        except PostgresError as exc:
+            if exc.sqlstate != "42710":  # the user exists already
+                raise
+
+
+@pytest.fixture(scope="session")
+def shop(release: Release, kubectl: Kubectl, rds: IamPostgres, postgres: PostgresServer) -> str:
+    """The README's step 4: the app's namespace and its copy of the CA bundle; setup.sql on the database.
+    Session-wide: the apps started in it keep logging in while later tests restart the operator."""
+    kubectl.create_namespace(NS)
+    setup_database(postgres)
+    kubectl.run("create", "configmap", "rds-ca-bundle", "-n", NS, f"--from-file={ca_bundle(rds)}")
+    return NS
+
+
+def app_logins(kubectl: Kubectl, rds: IamPostgres, since: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """What the front door saw of each app in ``shop`` (by the app label of the pod with that IP): logins
+    accepted, failures (reason and detail), token generations (X-Amz-Date) and signing roles."""
+    ips = {p["status"]["podIP"]: p["metadata"]["labels"]["app"] for p in kubectl.list("pods", NS)
+           if (p.get("status") or {}).get("podIP") and (p["metadata"].get("labels") or {}).get("app")}
+    seen: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"ok": 0, "failed": [], "generations": set(), "principals": set()})
+    for attempt in list(rds.login_log):
+        app = ips.get(attempt.client)
+        if app is None or (since is not None and attempt.at is not None and attempt.at < since):
+            continue
+        if attempt.accepted:
+            seen[app]["ok"] += 1
+            seen[app]["generations"].add(attempt.signed_at)
+            seen[app]["principals"].add((attempt.principal_arn or "").split("/")[1])
+        else:
+            seen[app]["failed"].append(f"{attempt.reason}: {attempt.detail}")
+    return seen
 
 
 def new_namespace(kubectl: Kubectl, prefix: str = "e2e") -> str:

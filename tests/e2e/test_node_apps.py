@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +22,15 @@ import yaml
 
 from rdsiam.testing._fixtures_operator import find_leaks
 from rdsiam.testing.kubectl import Kubectl
-from rdsiam.testing.postgres import PostgresError, PostgresServer
 from rdsiam.testing.rds import IamPostgres
 from rdsiam.testing.sts import StsServer
 
-from .conftest import APP_IMAGE, OPERATOR_ROLE, ROOT, Release, on_node, wait_until
+from .conftest import APP_IMAGE, OPERATOR_ROLE, ROOT, Release, app_logins, on_node, wait_until
 
 pytestmark = on_node
 
 EXAMPLES = ROOT / "examples"
 PLACEHOLDER_IMAGE = "registry.example.com/orders-app:1.0"
-NS = "shop"  # the examples' namespace
 ROTATIONS = 3
 APPS = {  # pod name -> the example script it runs once a second
     "plain": "plain_app.py",
@@ -59,19 +55,6 @@ def with_image(doc: dict[str, Any]) -> dict[str, Any]:
         if container.get("image") == APP_IMAGE:
             container["imagePullPolicy"] = "Never"  # loaded into containerd, no registry here
     return out
-
-
-def setup_database(postgres: PostgresServer) -> None:
-    """examples/basic/setup.sql as the master user (on RDS the database exists; here it is created)."""
-    if not postgres.execute("SELECT 1 FROM pg_database WHERE datname = 'orders'"):
-        postgres.execute('CREATE DATABASE "orders"')
-    sql = re.sub(r"--[^\n]*", "", (EXAMPLES / "basic" / "setup.sql").read_text())
-    for statement in filter(None, (s.strip() for s in sql.split(";"))):
-        try:
-            postgres.execute(statement)
-        except PostgresError as exc:
-            if exc.sqlstate != "42710":  # the user exists already
-                raise
 
 
 def renamed(doc: dict[str, Any], name: str) -> dict[str, Any]:
@@ -122,22 +105,7 @@ def example_apps() -> list[dict[str, Any]]:
     return docs
 
 
-def pods_by_ip(kubectl: Kubectl) -> dict[str, str]:
-    return {p["status"]["podIP"]: p["metadata"]["labels"]["app"] for p in kubectl.list("pods", NS)
-            if (p.get("status") or {}).get("podIP") and p["metadata"].get("labels", {}).get("app")}
-
-
-@pytest.fixture(scope="module")
-def shop(release: Release, kubectl: Kubectl, rds: IamPostgres, postgres: PostgresServer) -> str:
-    kubectl.create_namespace(NS)  # the README: kubectl create namespace shop
-    setup_database(postgres)
-    # The README: kubectl create configmap rds-ca-bundle -n shop --from-file=global-bundle.pem
-    bundle = Path(rds.ca_file).parent / "global-bundle.pem"
-    bundle.write_bytes(Path(rds.ca_file).read_bytes())
-    kubectl.run("create", "configmap", "rds-ca-bundle", "-n", NS, f"--from-file={bundle}")
-    return NS
-
-
+@pytest.mark.timeout(900)
 def test_examples_log_in_through_rotations(
     shop: str, release: Release, kubectl: Kubectl, rds: IamPostgres, sts: StsServer
 ) -> None:
@@ -148,6 +116,7 @@ def test_examples_log_in_through_rotations(
         for doc in documents(EXAMPLES / example / "rdsiamcredential.yaml"):
             if doc["kind"] == "RdsIamCredential":
                 doc["spec"]["refreshInterval"] = "1m"
+                doc["spec"]["verify"] = True  # the README's step 4: the operator pod logs in after each issue
                 creds.append(doc["metadata"]["name"])
             kubectl.apply(doc)
     for name in creds:
@@ -156,6 +125,10 @@ def test_examples_log_in_through_rotations(
         assert ready["reason"] == "TokenIssued", (name, ready["reason"])
     first = [kubectl.secret_data(name, shop) for name in creds]
     assert all(first)
+    for name in creds:  # the operator's pod resolved the endpoint and verified the server with its CA copy
+        connected = kubectl.wait("Connected", lambda n=name: (c := kubectl.condition(n, shop, "Connected")) and
+                                 c["status"] != "Unknown" and c, timeout=60, interval=0.5)
+        assert (connected["status"], connected["reason"]) == ("True", "Connected"), connected
 
     apps = example_apps()
     kubectl.apply(apps)
@@ -167,31 +140,14 @@ def test_examples_log_in_through_rotations(
         return names <= running
 
     wait_until("every app pod Running", all_running, timeout=180)
-    ips = pods_by_ip(kubectl)
-
-    # What the front door saw, per app: logins, failures, and the token generations used.
-    def tally() -> dict[str, dict[str, Any]]:
-        seen: dict[str, dict[str, Any]] = defaultdict(
-            lambda: {"ok": 0, "failed": [], "generations": set(), "principals": set()})
-        for attempt in list(rds.login_log):
-            app = ips.get(attempt.client)
-            if app is None:
-                continue
-            if attempt.accepted:
-                seen[app]["ok"] += 1
-                seen[app]["generations"].add(attempt.signed_at)
-                seen[app]["principals"].add((attempt.principal_arn or "").split("/")[1])
-            else:
-                seen[app]["failed"].append(f"{attempt.reason}: {attempt.detail}")
-        return seen
 
     def rotated() -> bool:
-        seen = tally()
+        seen = app_logins(kubectl, rds)
         return all(len(seen[name]["generations"]) >= ROTATIONS + 1 for name in names)
 
     # Three rotations at 1m, each seen ~10 s later through the mount (kubelet syncFrequency 10s).
     wait_until(f"{ROTATIONS} rotations seen by every app", rotated, timeout=ROTATIONS * 60 + 150, interval=5)
-    seen = tally()
+    seen = app_logins(kubectl, rds)
     summary = {name: (seen[name]["ok"], len(seen[name]["failed"]), len(seen[name]["generations"]))
                for name in sorted(names)}
     print(f"logins ok, failed, token generations per app: {summary}")
@@ -201,6 +157,12 @@ def test_examples_log_in_through_rotations(
         # Signed by the operator's IRSA role, or (service-account/) by the app ServiceAccount's role.
         role = sa_role.rsplit("/", 1)[1] if name == "app-service-account" else OPERATOR_ROLE
         assert seen[name]["principals"] == {role}, (name, seen[name]["principals"])
+
+    # The README's step 5: check the mount from inside the app's pod, logging in once.
+    check = kubectl.run("exec", "-n", shop, "deploy/orders-app", "--", "rdsiam", "check",
+                        "/var/run/secrets/rdsiam/orders-db", "--connect")
+    connect = [line for line in check.splitlines() if line.startswith("connect:")]
+    assert connect and connect[0].split()[1] == "OK:" and check.rstrip().endswith("OK"), check
 
     logs = {name: kubectl.run("logs", "-n", shop, f"deployment/{name}", "--tail=-1") for name in names}
     failed = {name: [line for line in text.splitlines() if "login failed" in line or "FATAL" in line][:3]
