@@ -405,8 +405,12 @@ def _connect_mysql(snap: Snapshot, args: argparse.Namespace) -> tuple[bool, str]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rdsiam check",
-        description="Validate a mounted rdsiam Secret directory and optionally log in with it. "
+        description="Validate a mounted rdsiam Secret directory (layout, keys, token, expiry, DSN,\n"
+        "file modes) from inside the app's pod, and with --connect log in with it.\n"
         "Never prints the token.",
+        epilog="exit status: 0 all good, 1 a problem was found, 2 bad usage\n\n"
+        "example:\n  rdsiam check /var/run/secrets/rdsiam/orders-db --connect --sslrootcert /etc/rds-ca.pem",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "directory", help="where the Secret is mounted, e.g. /var/run/secrets/rdsiam/orders-db"
@@ -416,7 +420,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="libpq sslmode for --connect (default: the DSN's, else prefer, like libpq)")
     parser.add_argument("--sslrootcert", help="CA bundle to verify the server (default: the DSN's sslrootcert)")
     parser.add_argument("--hostaddr", help="dial this address instead of resolving the host (default: the DSN's)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="connect timeout in seconds (default 10)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="connect timeout in seconds (default: 10)")
     return parser
 
 
