@@ -18,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NODE_IP=10.213.0.2
+SECOND_IP=10.213.0.3
 log() { printf '%s e2e: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 skip() {
     log "SKIPPED: $*"
@@ -46,6 +47,10 @@ began=$(date +%s)
 timeout 2400 scripts/build-realapi.sh || skip "building the node's binaries failed (see above)"
 timeout 1200 scripts/build-node-images.sh || skip "building the node's images failed (see above)"
 log "builds ready in $(( $(date +%s) - began )) s"
+
+# One node at a time on a machine: the kubelet's cgroups and the host sysctls are machine-wide.
+exec 8>"${TMPDIR:-/tmp}/rdsiam-e2e.lock"
+flock -w 3600 8 || skip "another e2e run holds ${TMPDIR:-/tmp}/rdsiam-e2e.lock"
 
 ns="rdsiam-e2e-$$"
 sysctls=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
@@ -89,6 +94,7 @@ ip -n "$ns" link set lo up
 # The node's interface: a veth pair with both ends inside (no dummy driver on this kernel).
 ip -n "$ns" link add rdsiam0 type veth peer name rdsiam1
 ip -n "$ns" addr add "$NODE_IP/24" dev rdsiam0
+ip -n "$ns" addr add "$SECOND_IP/24" dev rdsiam0  # a second RDS endpoint's front door
 ip -n "$ns" link set rdsiam0 up
 ip -n "$ns" link set rdsiam1 up
 ip -n "$ns" route add default dev rdsiam0
@@ -100,7 +106,7 @@ set +e
 # namespace of its own (slave: nothing propagates back) keeps the kubelet's and containerd's mounts off
 # the host; they go with its last process.
 unshare --mount --propagation slave nsenter --net="/run/netns/$ns" \
-    env RDSIAM_E2E_NODE_IP="$NODE_IP" .venv/bin/python -m pytest tests/e2e "$@"
+    env RDSIAM_E2E_NODE_IP="$NODE_IP" RDSIAM_E2E_SECOND_IP="$SECOND_IP" .venv/bin/python -m pytest tests/e2e "$@"
 rc=$?
 set -e
 exit "$rc"

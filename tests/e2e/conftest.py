@@ -43,8 +43,12 @@ from rdsiam.testing.sts import StsServer
 ROOT = Path(__file__).resolve().parents[2]
 NODE_IP = os.environ.get("RDSIAM_E2E_NODE_IP", "")
 EXTERNAL = os.environ.get("RDSIAM_E2E_KUBECONFIG", "")
-# The examples' endpoint: CoreDNS resolves it to the front door on the node, as a VPC resolves RDS's.
+SECOND_IP = os.environ.get("RDSIAM_E2E_SECOND_IP", "")
+# The examples' endpoints: CoreDNS resolves them to front doors on the node, as a VPC resolves RDS's;
+# the signing-host example's CNAME leads to the orders endpoint's front door.
 RDS_ENDPOINT = "orders.cluster-abc123def456.us-east-1.rds.amazonaws.com"
+REPORTS_ENDPOINT = "reports.cluster-abc123def456.us-east-1.rds.amazonaws.com"
+CNAME = "orders-db.internal.example.com"
 IMAGE_PREFIX = "localhost/rdsiam-e2e"
 OPERATOR_IMAGE = f"{IMAGE_PREFIX}/rdsiam"
 APP_IMAGE = f"{IMAGE_PREFIX}/app:dev"
@@ -81,6 +85,17 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
+def rds_reports(postgres: PostgresServer, sts: StsServer) -> Iterator[IamPostgres]:
+    """examples/assume-role's instance: another endpoint (another IP), the same PostgreSQL behind it."""
+    if not SECOND_IP:
+        pytest.skip("needs the real node's second address: run `make e2e`")
+    server = IamPostgres(postgres, sts.lookup, region=sts.region, endpoint=REPORTS_ENDPOINT, port=5432)
+    server.hostaddr = SECOND_IP
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def rds(postgres: PostgresServer, sts: StsServer) -> Iterator[IamPostgres]:
     if NODE_IP:
         server = IamPostgres(postgres, sts.lookup, region=sts.region, endpoint=RDS_ENDPOINT, port=5432)
@@ -102,7 +117,8 @@ def node() -> Iterator[Any]:
     ok, reason = RealNode.node_available()
     if not ok:
         pytest.fail(f"the real node cannot start: {reason}", pytrace=False)
-    with RealNode(NODE_IP, hosts={RDS_ENDPOINT: NODE_IP}) as real:
+    hosts = {RDS_ENDPOINT: NODE_IP, CNAME: NODE_IP, REPORTS_ENDPOINT: SECOND_IP or NODE_IP}
+    with RealNode(NODE_IP, hosts=hosts) as real:
         yield real
 
 
@@ -230,16 +246,22 @@ def operator_values(sts: StsServer, sts_url: str, role_arn: str) -> dict[str, An
     }
 
 
-def ca_bundle(rds: IamPostgres) -> Path:
-    """The front door's CA as the README's global-bundle.pem."""
-    bundle = Path(rds.ca_file).parent / "global-bundle.pem"
-    bundle.write_bytes(Path(rds.ca_file).read_bytes())
+def ca_bundle(*doors: IamPostgres) -> Path:
+    """The front doors' CAs as the README's global-bundle.pem (AWS's holds every region's CA too)."""
+    bundle = Path(doors[0].ca_file).parent / "global-bundle.pem"
+    bundle.write_bytes(b"".join(Path(door.ca_file).read_bytes() for door in doors))
     return bundle
 
 
 @pytest.fixture(scope="session")
+def doors(rds: IamPostgres, rds_reports: IamPostgres) -> list[IamPostgres]:
+    """Every RDS endpoint on the node (the IAM-checking front doors)."""
+    return [rds, rds_reports]
+
+
+@pytest.fixture(scope="session")
 def release(
-    node: Any, kubectl: Kubectl, sts: StsServer, sts_fault_proxy: FaultProxy, rds: IamPostgres,
+    node: Any, kubectl: Kubectl, sts: StsServer, sts_fault_proxy: FaultProxy, doors: list[IamPostgres],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:
     helm = helm_path()
@@ -254,7 +276,7 @@ def release(
     rel = Release(RELEASE, RELEASE_NS, values, kubectl, [str(helm)], ROOT / "charts" / "rdsiam", env)
     # The README's install steps, with the image and the AWS settings above.
     kubectl.create_namespace(RELEASE_NS)
-    kubectl.run("create", "configmap", "rds-ca-bundle", "-n", RELEASE_NS, f"--from-file={ca_bundle(rds)}")
+    kubectl.run("create", "configmap", "rds-ca-bundle", "-n", RELEASE_NS, f"--from-file={ca_bundle(*doors)}")
     rel.run_helm("install", RELEASE, str(rel.chart), "-n", RELEASE_NS, "-f", str(path),
                  "--wait", "--timeout", "3m")
     rel.wait_ready()
@@ -294,11 +316,11 @@ def operator(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue("operator_factory")()
 
 
-def setup_database(postgres: PostgresServer) -> None:
-    """examples/basic/setup.sql as the master user (on RDS the database exists; here it is created)."""
-    if not postgres.execute("SELECT 1 FROM pg_database WHERE datname = 'orders'"):
-        postgres.execute('CREATE DATABASE "orders"')
-    sql = re.sub(r"--[^\n]*", "", (ROOT / "examples" / "basic" / "setup.sql").read_text())
+def setup_database(postgres: PostgresServer, example: str, database: str) -> None:
+    """An example's setup.sql as the master user (on RDS the database exists; here it is created)."""
+    if not postgres.execute(f"SELECT 1 FROM pg_database WHERE datname = '{database}'"):
+        postgres.execute(f'CREATE DATABASE "{database}"')
+    sql = re.sub(r"--[^\n]*", "", (ROOT / "examples" / example / "setup.sql").read_text())
     for statement in filter(None, (s.strip() for s in sql.split(";"))):
         try:
             postgres.execute(statement)
@@ -308,23 +330,24 @@ def setup_database(postgres: PostgresServer) -> None:
 
 
 @pytest.fixture(scope="session")
-def shop(release: Release, kubectl: Kubectl, rds: IamPostgres, postgres: PostgresServer) -> str:
+def shop(release: Release, kubectl: Kubectl, doors: list[IamPostgres], postgres: PostgresServer) -> str:
     """The README's step 4: the app's namespace and its copy of the CA bundle; setup.sql on the database.
     Session-wide: the apps started in it keep logging in while later tests restart the operator."""
     kubectl.create_namespace(NS)
-    setup_database(postgres)
-    kubectl.run("create", "configmap", "rds-ca-bundle", "-n", NS, f"--from-file={ca_bundle(rds)}")
+    setup_database(postgres, "basic", "orders")
+    setup_database(postgres, "assume-role", "reports")
+    kubectl.run("create", "configmap", "rds-ca-bundle", "-n", NS, f"--from-file={ca_bundle(*doors)}")
     return NS
 
 
-def app_logins(kubectl: Kubectl, rds: IamPostgres, since: datetime | None = None) -> dict[str, dict[str, Any]]:
-    """What the front door saw of each app in ``shop`` (by the app label of the pod with that IP): logins
+def app_logins(kubectl: Kubectl, doors: list[IamPostgres], since: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """What the front doors saw of each app in ``shop`` (by the app label of the pod with that IP): logins
     accepted, failures (reason and detail), token generations (X-Amz-Date) and signing roles."""
     ips = {p["status"]["podIP"]: p["metadata"]["labels"]["app"] for p in kubectl.list("pods", NS)
            if (p.get("status") or {}).get("podIP") and (p["metadata"].get("labels") or {}).get("app")}
     seen: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"ok": 0, "failed": [], "generations": set(), "principals": set()})
-    for attempt in list(rds.login_log):
+    for attempt in [a for door in doors for a in list(door.login_log)]:
         app = ips.get(attempt.client)
         if app is None or (since is not None and attempt.at is not None and attempt.at < since):
             continue

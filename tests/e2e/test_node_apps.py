@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from rdsiam.testing import sigv4
 from rdsiam.testing._fixtures_operator import find_leaks
 from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.rds import IamPostgres
@@ -50,7 +52,7 @@ def documents(path: Path) -> list[dict[str, Any]]:
 def with_image(doc: dict[str, Any]) -> dict[str, Any]:
     text = yaml.safe_dump(doc).replace(PLACEHOLDER_IMAGE, APP_IMAGE)
     out: dict[str, Any] = yaml.safe_load(text)
-    pod = out.get("spec", {}).get("template", {}).get("spec", {})
+    pod = out["spec"]["template"]["spec"] if "template" in out.get("spec", {}) else out.get("spec", {})
     for container in pod.get("containers", []) + pod.get("initContainers", []):
         if container.get("image") == APP_IMAGE:
             container["imagePullPolicy"] = "Never"  # loaded into containerd, no registry here
@@ -87,14 +89,19 @@ def example_apps() -> list[dict[str, Any]]:
         container = doc["spec"]["template"]["spec"]["containers"][0]
         container["command"] = ["python", "/app/every.py", "1", f"/app/{script}"]
         docs.append(doc)
-    # service-account/: signed as the app's own ServiceAccount; the app runs as it too.
-    doc = renamed(with_image(copy.deepcopy(template)), "app-service-account")
-    doc["spec"]["replicas"] = 1
-    pod = doc["spec"]["template"]["spec"]
-    pod["serviceAccountName"] = "orders-app"
-    pod["containers"][0]["command"] = ["python", "/app/every.py", "1", "/app/psycopg_app.py"]
-    next(v for v in pod["volumes"] if v["name"] == "orders-db")["secret"]["secretName"] = "orders-db-sa"
-    docs.append(doc)
+    # The other examples' Secrets, each mounted by an app like apps/ (psycopg): service-account/ (the app
+    # runs as the ServiceAccount it signs as), assume-role/ (another endpoint), signing-host/ (a CNAME).
+    for name, secret, account in (("app-service-account", "orders-db-sa", "orders-app"),
+                                  ("app-assume-role", "reports-db-credentials", None),
+                                  ("app-signing-host", "orders-db-cname", None)):
+        doc = renamed(with_image(copy.deepcopy(template)), name)
+        doc["spec"]["replicas"] = 1
+        pod = doc["spec"]["template"]["spec"]
+        if account:
+            pod["serviceAccountName"] = account
+        pod["containers"][0]["command"] = ["python", "/app/every.py", "1", "/app/psycopg_app.py"]
+        next(v for v in pod["volumes"] if v["name"] == "orders-db")["secret"]["secretName"] = secret
+        docs.append(doc)
     # pgpass/: psql as root reading the mounted key, and non-root through the copying sidecar.
     for path, name in (("deployment.yaml", "orders-report"), ("deployment-nonroot.yaml", "orders-report-nonroot")):
         (doc,) = documents(EXAMPLES / "pgpass" / path)
@@ -107,12 +114,13 @@ def example_apps() -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(900)
 def test_examples_log_in_through_rotations(
-    shop: str, release: Release, kubectl: Kubectl, rds: IamPostgres, sts: StsServer
+    shop: str, release: Release, kubectl: Kubectl, doors: list[IamPostgres], sts: StsServer
 ) -> None:
-    sa_role = sts.create_role("shop-orders-app", json.loads((EXAMPLES / "service-account" / "trust-policy.json")
-                                                            .read_text()))
+    # The roles the examples name, with their own trust policies (the local STS does not evaluate them).
+    for example, role in (("service-account", "shop-orders-app"), ("assume-role", "shop-reports-db-connect")):
+        sts.create_role(role, json.loads((EXAMPLES / example / "trust-policy.json").read_text()))
     creds = []
-    for example in ("basic", "service-account"):
+    for example in ("basic", "service-account", "assume-role", "signing-host"):
         for doc in documents(EXAMPLES / example / "rdsiamcredential.yaml"):
             if doc["kind"] == "RdsIamCredential":
                 doc["spec"]["refreshInterval"] = "1m"
@@ -142,21 +150,21 @@ def test_examples_log_in_through_rotations(
     wait_until("every app pod Running", all_running, timeout=180)
 
     def rotated() -> bool:
-        seen = app_logins(kubectl, rds)
+        seen = app_logins(kubectl, doors)
         return all(len(seen[name]["generations"]) >= ROTATIONS + 1 for name in names)
 
     # Three rotations at 1m, each seen ~10 s later through the mount (kubelet syncFrequency 10s).
     wait_until(f"{ROTATIONS} rotations seen by every app", rotated, timeout=ROTATIONS * 60 + 150, interval=5)
-    seen = app_logins(kubectl, rds)
+    seen = app_logins(kubectl, doors)
     summary = {name: (seen[name]["ok"], len(seen[name]["failed"]), len(seen[name]["generations"]))
                for name in sorted(names)}
     print(f"logins ok, failed, token generations per app: {summary}")
     for name in names:
         assert seen[name]["failed"] == [], (name, seen[name]["failed"][:3])
         assert seen[name]["ok"] >= 60, (name, seen[name]["ok"])  # about one a second
-        # Signed by the operator's IRSA role, or (service-account/) by the app ServiceAccount's role.
-        role = sa_role.rsplit("/", 1)[1] if name == "app-service-account" else OPERATOR_ROLE
-        assert seen[name]["principals"] == {role}, (name, seen[name]["principals"])
+        # Signed by the operator's IRSA role, or by the role the example names.
+        role = {"app-service-account": "shop-orders-app", "app-assume-role": "shop-reports-db-connect"}
+        assert seen[name]["principals"] == {role.get(name, OPERATOR_ROLE)}, (name, seen[name]["principals"])
 
     # The README's step 5: check the mount from inside the app's pod, logging in once.
     check = kubectl.run("exec", "-n", shop, "deploy/orders-app", "--", "rdsiam", "check",
@@ -171,3 +179,44 @@ def test_examples_log_in_through_rotations(
     tokens = [d["password"] for d in first if d] + [d["password"] for n in creds if (d := kubectl.secret_data(n, shop))]
     leaks = find_leaks({**logs, "operator": release.logs()}, tokens)
     assert not leaks, leaks
+
+
+def test_mysql_example_secret_through_the_kubelet_mount(shop: str, release: Release, kubectl: Kubectl) -> None:
+    """examples/mysql as written: its Secret and DSN, read in a pod through the PyMySQL integration. No
+    login: there is no IAM-checking MySQL here yet (its front door is a separate issue)."""
+    (cred,) = documents(EXAMPLES / "mysql" / "rdsiamcredential.yaml")
+    kubectl.apply(cred)
+    ready = kubectl.wait("Ready", lambda: (c := kubectl.condition("catalog-db", shop)) and c["status"] == "True"
+                         and c, timeout=60, interval=0.5)
+    assert ready["reason"] == "TokenIssued"
+    data = kubectl.secret_data("catalog-db", shop)
+    assert data is not None
+    endpoint = "catalog.cluster-abc123def456.eu-west-1.rds.amazonaws.com"
+    assert (data["host"], data["port"], data["username"], data["dbname"]) == (endpoint, "3306", "app_user", "catalog")
+    token = sigv4.parse_token(data["password"])
+    assert (token.host, token.port, token.params["DBUser"]) == (endpoint, 3306, "app_user")
+    assert "/eu-west-1/rds-db/" in token.params["X-Amz-Credential"]
+    parsed = urllib.parse.urlsplit(data["dsn"])
+    assert (parsed.scheme, parsed.hostname, parsed.port) == ("mysql", endpoint, 3306)
+    assert urllib.parse.unquote(parsed.password or "") == data["password"], "the DSN's token differs"
+
+    mount = "/var/run/secrets/rdsiam/catalog-db"
+    kubectl.apply(with_image({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mysql-client", "namespace": shop},
+        "spec": {
+            "containers": [{"name": "app", "image": PLACEHOLDER_IMAGE, "command": ["sleep", "3600"],
+                            "volumeMounts": [{"name": "db", "mountPath": mount, "readOnly": True}]}],
+            "volumes": [{"name": "db", "secret": {"secretName": "catalog-db", "defaultMode": 0o400}}],
+        },
+    }))  # fmt: skip
+    kubectl.run("wait", "-n", shop, "pod/mysql-client", "--for=condition=Ready", "--timeout=120s")
+
+    def run(*command: str) -> str:
+        return kubectl.run("exec", "-n", shop, "mysql-client", "--", *command)
+
+    check = run("rdsiam", "check", mount)
+    assert check.rstrip().endswith("OK") and "3306" in check, check
+    kwargs = run("python", "-c", "import rdsiam; from rdsiam.integrations import pymysql as p; "
+                 f"k = p.connect_kwargs(rdsiam.MountedCredential('{mount}').snapshot()); "
+                 "print(k['host'], k['port'], k['user'], k['database'], k['ssl'] is not None)")
+    assert kwargs.split() == [endpoint, "3306", "app_user", "catalog", "True"]

@@ -6,14 +6,20 @@ started by test_node_apps keep logging in throughout; what the front door saw of
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import signal
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.rds import IamPostgres
 
+from ._node import CGROUP_ROOT
 from .conftest import RELEASE_NS, Release, app_logins, on_node, wait_until
 
 pytestmark = [on_node, pytest.mark.last]
@@ -26,8 +32,22 @@ def holder(kubectl: Kubectl) -> str | None:
     return ((lease or {}).get("spec") or {}).get("holderIdentity") or None
 
 
+def kill_container(pod: dict[str, Any]) -> int:
+    """SIGKILL every process of the pod's container, found through its cgroup; returns how many."""
+    uid = pod["metadata"]["uid"]
+    container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    killed = 0
+    pattern = f"{CGROUP_ROOT.strip('/')}/kubepods/**/pod{uid}/{container}/cgroup.procs"
+    for procs in Path("/sys/fs/cgroup/pids").glob(pattern):
+        for pid in procs.read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
 def test_two_replicas_fail_over_when_the_leader_pod_is_deleted(
-    shop: str, release: Release, kubectl: Kubectl, rds: IamPostgres
+    shop: str, release: Release, kubectl: Kubectl, doors: list[IamPostgres]
 ) -> None:
     # helm upgrade with a changed value: two replicas turn leader election on.
     release.run_helm("upgrade", release.name, str(release.chart), "-n", release.namespace, "--reuse-values",
@@ -58,9 +78,25 @@ def test_two_replicas_fail_over_when_the_leader_pod_is_deleted(
     print(f"failover: leader deleted -> {role} holds the Lease after {failover:.1f} s; "
           f"requested refresh done {refreshed:.1f} s after the delete")
 
+    # A crash: the leader's process SIGKILLed (no Lease released); the kubelet restarts the container.
+    pod = next(p for p in release.pods() if p["metadata"]["name"] == successor)
+    began = time.monotonic()
+    killed = kill_container(pod)
+    assert killed, "no process found in the leader container's cgroup"
+    before = kubectl.secret_data("orders-db", shop)
+    assert before is not None
+    time.sleep(1.1)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    kubectl.run("annotate", "-n", shop, "rdsiamcredential", "orders-db", f"rdsiam.io/refresh-requested-at={stamp}",
+                "--overwrite")
+    kubectl.wait("a token after the crash", lambda: (d := kubectl.secret_data("orders-db", shop)) and
+                 d["password"] != before["password"], timeout=90, interval=0.5)
+    print(f"crash: leader's process killed -> requested refresh done {time.monotonic() - began:.1f} s later "
+          f"(Lease held by {'the same pod' if holder(kubectl) == successor else 'the other pod'})")
+
     # The apps noticed nothing: no failed login while the leader changed, and no Secret expired.
     time.sleep(15)  # a kubelet sync period and more
-    seen = app_logins(kubectl, rds, since=since)
+    seen = app_logins(kubectl, doors, since=since)
     assert seen, "no app logged in during the failover"
     failed = {app: v["failed"][:3] for app, v in seen.items() if v["failed"]}
     assert not failed, failed
