@@ -49,14 +49,23 @@ timeout 1200 scripts/build-node-images.sh || skip "building the node's images fa
 log "builds ready in $(( $(date +%s) - began )) s"
 
 # One node at a time on a machine: the kubelet's cgroups and the host sysctls are machine-wide.
-exec 8>"${TMPDIR:-/tmp}/rdsiam-e2e.lock"
-flock -w 3600 8 || skip "another e2e run holds ${TMPDIR:-/tmp}/rdsiam-e2e.lock"
+lock="${RDSIAM_NODE_CACHE:-$HOME/.cache/rdsiam/node}/e2e.lock"
+mkdir -p "$(dirname "$lock")"
+exec 8>"$lock"
+flock -w 3600 8 || skip "another e2e run holds $lock"
 
 ns="rdsiam-e2e-$$"
+# Every temporary file of the run (the cluster's directory, the databases', pytest's) under one directory,
+# removed at the end even when the run is killed.
+work=$(mktemp -d "${TMPDIR:-/tmp}/rdsiam-e2e-run.XXXXXX")
+chmod 755 "$work"  # as /tmp is to them: PostgreSQL runs as its own user
 sysctls=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
          kernel.keys.root_maxbytes)
-declare -A saved
+declare -A saved existed
 for s in "${sysctls[@]}"; do saved[$s]=$(sysctl -n "$s"); done
+for d in /run/containerd /var/log/containers /var/log/pods /var/lib/kubelet /var/lib/cni; do
+    if [ -e "$d" ]; then existed[$d]=1; fi
+done
 
 cleanup() {
     local rc=$? left=0 pid s d
@@ -72,6 +81,7 @@ cleanup() {
         [ -d "$d" ] && { log "LEFT: cgroup $d"; left=1; }
     done
     ip netns del "$ns" 2>/dev/null || true
+    rm -rf "$work"
     for s in "${sysctls[@]}"; do
         if [ "$(sysctl -n "$s")" != "${saved[$s]}" ]; then
             log "restoring $s=${saved[$s]} (was $(sysctl -n "$s"))"
@@ -82,7 +92,10 @@ cleanup() {
         log "LEFT: processes: $(pgrep -af 'rdsiam-realapi-.*(containerd|kubelet)|containerd-shim.*rdsiam-realapi' | head -5)"
         left=1
     fi
-    if grep -q 'rdsiam-realapi-' /proc/self/mounts; then log "LEFT: mounts on the host"; left=1; fi
+    if grep -q 'rdsiam-realapi-\|rdsiam-e2e-' /proc/self/mounts; then log "LEFT: mounts on the host"; left=1; fi
+    for d in /run/containerd /var/log/containers /var/log/pods /var/lib/kubelet /var/lib/cni; do
+        if [ -e "$d" ] && [ -z "${existed[$d]:-}" ]; then log "LEFT: $d (made during the run)"; left=1; fi
+    done
     if [ "$left" = 1 ] && [ "$rc" = 0 ]; then rc=1; fi
     log "torn down (network namespace, cgroups, sysctls); exit $rc"
     exit "$rc"
@@ -104,9 +117,14 @@ log "running tests/e2e in network namespace $ns (node IP $NODE_IP)"
 set +e
 # nsenter, not `ip netns exec`: that remounts /sys and hides the cgroup mounts the kubelet needs. A mount
 # namespace of its own (slave: nothing propagates back) keeps the kubelet's and containerd's mounts off
-# the host; they go with its last process.
-unshare --mount --propagation slave nsenter --net="/run/netns/$ns" \
-    env RDSIAM_E2E_NODE_IP="$NODE_IP" RDSIAM_E2E_SECOND_IP="$SECOND_IP" .venv/bin/python -m pytest tests/e2e "$@"
+# the host; they go with its last process. Fresh tmpfs on /run and /var/log there take the paths
+# containerd and the kubelet write whatever their configuration says (/run/containerd/s for the shims'
+# sockets, /var/log/containers), so nothing of theirs is left on the host either.
+unshare --mount --propagation slave nsenter --net="/run/netns/$ns" -- sh -c \
+    'mount -t tmpfs -o mode=0755 rdsiam-e2e-run /run && mount -t tmpfs -o mode=0755 rdsiam-e2e-log /var/log &&
+     exec "$@"' rdsiam-e2e \
+    env TMPDIR="$work" RDSIAM_E2E_NODE_IP="$NODE_IP" RDSIAM_E2E_SECOND_IP="$SECOND_IP" \
+    .venv/bin/python -m pytest tests/e2e "$@"
 rc=$?
 set -e
 exit "$rc"

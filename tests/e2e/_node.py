@@ -84,16 +84,23 @@ def cgroup_dirs() -> list[Path]:
     return [d / CGROUP_ROOT.strip("/") for d in base.iterdir() if d.is_dir()] if base.is_dir() else []
 
 
+def _walk(top: Path) -> list[Path]:
+    """Every directory below ``top``, deepest first (cgroups vanish while this runs: skip those)."""
+    found: list[Path] = []
+    for root, dirs, _ in os.walk(top, onerror=lambda _: None):
+        found += [Path(root, d) for d in dirs]
+    return sorted(found, key=lambda p: -len(p.parts))
+
+
 def kill_cgroups() -> int:
     """SIGKILL every process in the node's cgroups, then remove them; returns how many were killed."""
     killed = 0
     for _ in range(50):
         pids: set[int] = set()
         for top in cgroup_dirs():
-            if top.is_dir():
-                for procs in top.rglob("cgroup.procs"):
-                    with contextlib.suppress(OSError):
-                        pids.update(int(p) for p in procs.read_text().split())
+            for directory in [top, *_walk(top)]:
+                with contextlib.suppress(OSError):
+                    pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
         if not pids:
             break
         for pid in pids:
@@ -102,12 +109,9 @@ def kill_cgroups() -> int:
                 killed += 1
         time.sleep(0.1)
     for top in cgroup_dirs():
-        if top.is_dir():
-            for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
+        for directory in [*_walk(top), top]:
             with contextlib.suppress(OSError):
-                top.rmdir()
+                directory.rmdir()
     return killed
 
 
@@ -196,13 +200,9 @@ class RealNode(RealCluster):
 
     def stop(self) -> None:
         for name in ("kube-proxy", "kubelet", "kube-scheduler"):
-            proc = self._procs.pop(name, None)
-            if proc is not None:
-                self._end_group(proc, _NODE_GRACE[name])
+            self._end(name, _NODE_GRACE[name])
         kill_cgroups()  # the containers (the kubelet is gone, nothing restarts them)
-        proc = self._procs.pop("containerd", None)
-        if proc is not None:
-            self._end_group(proc, _NODE_GRACE["containerd"])
+        self._end("containerd", _NODE_GRACE["containerd"])
         self._kill_shims()
         kill_cgroups()
         if self._saved_sysctls:

@@ -21,8 +21,6 @@ import json
 import os
 import re
 import subprocess
-import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -70,18 +68,8 @@ def sts() -> Iterator[StsServer]:
 @pytest.fixture(scope="session")
 def sts_fault_proxy(sts: StsServer) -> Iterator[FaultProxy]:
     """In front of STS, where the operator pod sends its calls, so a test can deny a role (``sts_faults``)."""
-    def identify(access_key_id: str) -> str | None:
-        issued = sts.lookup(access_key_id)
-        return issued.arn if issued is not None else None
-
-    with FaultProxy(sts.url, identify=identify, host=NODE_IP or "127.0.0.1") as proxy:
+    with FaultProxy(sts.url, identify=sts.arn_of, host=NODE_IP or "127.0.0.1") as proxy:
         yield proxy
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="session")
@@ -358,20 +346,3 @@ def app_logins(kubectl: Kubectl, doors: list[IamPostgres], since: datetime | Non
         else:
             seen[app]["failed"].append(f"{attempt.reason}: {attempt.detail}")
     return seen
-
-
-def new_namespace(kubectl: Kubectl, prefix: str = "e2e") -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    kubectl.create_namespace(name)
-    return name
-
-
-def wait_until(what: str, fn: Any, timeout: float, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)

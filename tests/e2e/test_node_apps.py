@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.rds import IamPostgres
 from rdsiam.testing.sts import StsServer
 
-from .conftest import APP_IMAGE, OPERATOR_ROLE, ROOT, Release, app_logins, on_node, wait_until
+from .conftest import APP_IMAGE, OPERATOR_ROLE, ROOT, Release, app_logins, on_node
 
 pytestmark = on_node
 
@@ -91,15 +92,19 @@ def example_apps() -> list[dict[str, Any]]:
         docs.append(doc)
     # The other examples' Secrets, each mounted by an app like apps/ (psycopg): service-account/ (the app
     # runs as the ServiceAccount it signs as), assume-role/ (another endpoint), signing-host/ (a CNAME).
-    for name, secret, account in (("app-service-account", "orders-db-sa", "orders-app"),
-                                  ("app-assume-role", "reports-db-credentials", None),
-                                  ("app-signing-host", "orders-db-cname", None)):
+    # Through a CNAME the server's certificate names the RDS endpoint, not the CNAME: verify-ca, as the
+    # example's DSN says (the apps/ pod sets PGSSLMODE=verify-full for libpq).
+    for name, secret, account, sslmode in (("app-service-account", "orders-db-sa", "orders-app", "verify-full"),
+                                           ("app-assume-role", "reports-db-credentials", None, "verify-full"),
+                                           ("app-signing-host", "orders-db-cname", None, "verify-ca")):
         doc = renamed(with_image(copy.deepcopy(template)), name)
         doc["spec"]["replicas"] = 1
         pod = doc["spec"]["template"]["spec"]
         if account:
             pod["serviceAccountName"] = account
-        pod["containers"][0]["command"] = ["python", "/app/every.py", "1", "/app/psycopg_app.py"]
+        container = pod["containers"][0]
+        container["command"] = ["python", "/app/every.py", "1", "/app/psycopg_app.py"]
+        next(e for e in container["env"] if e["name"] == "PGSSLMODE")["value"] = sslmode
         next(v for v in pod["volumes"] if v["name"] == "orders-db")["secret"]["secretName"] = secret
         docs.append(doc)
     # pgpass/: psql as root reading the mounted key, and non-root through the copying sidecar.
@@ -125,15 +130,17 @@ def test_examples_log_in_through_rotations(
             if doc["kind"] == "RdsIamCredential":
                 doc["spec"]["refreshInterval"] = "1m"
                 doc["spec"]["verify"] = True  # the README's step 4: the operator pod logs in after each issue
-                creds.append(doc["metadata"]["name"])
+                creds.append((doc["metadata"]["name"], (doc["spec"].get("target") or {}).get("name")
+                              or doc["metadata"]["name"]))
             kubectl.apply(doc)
-    for name in creds:
+    for name, _ in creds:
         ready = kubectl.wait("Ready", lambda n=name: (c := kubectl.condition(n, shop)) and c["status"] == "True" and c,
                              timeout=60, interval=0.5)
         assert ready["reason"] == "TokenIssued", (name, ready["reason"])
-    first = [kubectl.secret_data(name, shop) for name in creds]
-    assert all(first)
-    for name in creds:  # the operator's pod resolved the endpoint and verified the server with its CA copy
+    first = {secret: kubectl.secret_data(secret, shop) for _, secret in creds}
+    missing = [secret for secret, data in first.items() if data is None]  # names only: data holds tokens
+    assert not missing, missing
+    for name, _ in creds:  # the operator's pod resolved the endpoint and verified the server with its CA copy
         connected = kubectl.wait("Connected", lambda n=name: (c := kubectl.condition(n, shop, "Connected")) and
                                  c["status"] != "Unknown" and c, timeout=60, interval=0.5)
         assert (connected["status"], connected["reason"]) == ("True", "Connected"), connected
@@ -147,18 +154,21 @@ def test_examples_log_in_through_rotations(
                    if (p.get("status") or {}).get("phase") == "Running"}
         return names <= running
 
-    wait_until("every app pod Running", all_running, timeout=180)
-
-    def rotated() -> bool:
-        seen = app_logins(kubectl, doors)
-        return all(len(seen[name]["generations"]) >= ROTATIONS + 1 for name in names)
+    kubectl.wait("every app pod Running", all_running, timeout=180, interval=1)
 
     # Three rotations at 1m, each seen ~10 s later through the mount (kubelet syncFrequency 10s).
-    wait_until(f"{ROTATIONS} rotations seen by every app", rotated, timeout=ROTATIONS * 60 + 150, interval=5)
-    seen = app_logins(kubectl, doors)
+    deadline = time.monotonic() + ROTATIONS * 60 + 150
+    while True:
+        seen = app_logins(kubectl, doors)
+        rotated = all(len(seen[name]["generations"]) >= ROTATIONS + 1 for name in names)
+        if rotated or time.monotonic() > deadline:
+            break
+        time.sleep(5)
     summary = {name: (seen[name]["ok"], len(seen[name]["failed"]), len(seen[name]["generations"]))
                for name in sorted(names)}
     print(f"logins ok, failed, token generations per app: {summary}")
+    failures = {name: seen[name]["failed"][:2] for name in names if seen[name]["failed"]}
+    assert rotated, f"not every app saw {ROTATIONS} rotations: (ok, failed, generations) {summary}; {failures}"
     for name in names:
         assert seen[name]["failed"] == [], (name, seen[name]["failed"][:3])
         assert seen[name]["ok"] >= 60, (name, seen[name]["ok"])  # about one a second
@@ -176,7 +186,8 @@ def test_examples_log_in_through_rotations(
     failed = {name: [line for line in text.splitlines() if "login failed" in line or "FATAL" in line][:3]
               for name, text in logs.items()}
     assert not any(failed.values()), failed
-    tokens = [d["password"] for d in first if d] + [d["password"] for n in creds if (d := kubectl.secret_data(n, shop))]
+    tokens = [d["password"] for d in first.values() if d]
+    tokens += [d["password"] for _, secret in creds if (d := kubectl.secret_data(secret, shop))]
     leaks = find_leaks({**logs, "operator": release.logs()}, tokens)
     assert not leaks, leaks
 

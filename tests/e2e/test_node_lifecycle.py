@@ -20,7 +20,7 @@ from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.rds import IamPostgres
 
 from ._node import CGROUP_ROOT
-from .conftest import RELEASE_NS, Release, app_logins, on_node, wait_until
+from .conftest import RELEASE_NS, Release, app_logins, on_node
 
 pytestmark = [on_node, pytest.mark.last]
 
@@ -54,13 +54,13 @@ def test_two_replicas_fail_over_when_the_leader_pod_is_deleted(
                      "--set", "replicaCount=2", "--wait", "--timeout", "3m")
     pods = release.wait_ready(replicas=2)
     names = {p["metadata"]["name"] for p in pods}
-    leader = wait_until("a leader", lambda: (h := holder(kubectl)) in names and h, timeout=60)
+    leader = kubectl.wait("a leader", lambda: (h := holder(kubectl)) in names and h, timeout=60, interval=1)
     standby = (names - {leader}).pop()
 
     release.archive_logs()
     began, since = time.monotonic(), datetime.now(UTC)
     kubectl.run("delete", "pod", "-n", release.namespace, leader, "--wait=false")
-    successor = wait_until("the other replica to lead", lambda: (h := holder(kubectl)) and h != leader and h,
+    successor = kubectl.wait("the other replica to lead", lambda: (h := holder(kubectl)) and h != leader and h,
                            timeout=90, interval=0.2)
     failover = time.monotonic() - began  # the standby or the Deployment's replacement pod: whichever is first
 
@@ -114,7 +114,7 @@ def test_helm_uninstall_keeps_the_crd_the_resources_and_their_secrets(
     assert creds and secrets
     release.archive_logs()
     release.run_helm("uninstall", release.name, "-n", release.namespace, "--wait", "--timeout", "2m")
-    wait_until("the operator pods gone", lambda: not release.pods(), timeout=60)
+    kubectl.wait("the operator pods gone", lambda: not release.pods(), timeout=60, interval=1)
     assert kubectl.get("crd", "rdsiamcredentials.rdsiam.io") is not None  # crds.keep
     assert {c["metadata"]["name"] for c in kubectl.list("rdsiamcredentials", shop)} == creds
     time.sleep(5)  # the garbage collector would act by now

@@ -78,14 +78,10 @@ def test_sts_faults_for_a_bounded_period_never_leave_an_expired_token(
     kube: Any, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any, app_user: str,
     short_credentials: int,
 ) -> None:
-    def identify(access_key_id: str) -> str | None:
-        issued = sts.lookup(access_key_id)
-        return issued.arn if issued is not None else None
-
     kinds = [dataclasses.replace(k, env=dict(k.env)) for k in KINDS]
     with contextlib.ExitStack() as stack:
         for kind in kinds:
-            kind.proxy = stack.enter_context(FaultProxy(sts.url, identify=identify))
+            kind.proxy = stack.enter_context(FaultProxy(sts.url, identify=sts.arn_of))
             kind.namespace = spaces(f"sts-{kind.name}")
             kind.role = sts.create_role(unique(f"fault-{kind.name}"))
             operator_factory(args=["--namespace", kind.namespace],

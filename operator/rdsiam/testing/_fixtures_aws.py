@@ -47,11 +47,7 @@ def rds(postgres: PostgresServer, sts: StsServer) -> Iterator[IamPostgres]:
 
 @pytest.fixture(scope="session")
 def sts_fault_proxy(sts: StsServer) -> Iterator[FaultProxy]:
-    def identify(access_key_id: str) -> str | None:
-        issued = sts.lookup(access_key_id)
-        return issued.arn if issued is not None else None
-
-    with FaultProxy(sts.url, identify=identify) as proxy:
+    with FaultProxy(sts.url, identify=sts.arn_of) as proxy:
         yield proxy
 
 

@@ -369,9 +369,7 @@ class RealCluster:
     def stop(self) -> None:
         """End every process (controller manager, apiserver, etcd) and remove the directory."""
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
-            proc = self._procs.pop(name, None)
-            if proc is not None:
-                self._end_group(proc, _STOP_GRACE[name])
+            self._end(name, _STOP_GRACE[name])
         for proc in self._procs.values():  # anything unexpected
             self._end_group(proc)
         self._procs.clear()
@@ -390,6 +388,12 @@ class RealCluster:
         if self.directory is not None and not self.keep_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
+
+    def _end(self, name: str, grace: float) -> None:
+        """End the process started as ``name``, if any (SIGTERM, then SIGKILL after ``grace`` s)."""
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            self._end_group(proc, grace)
 
     @staticmethod
     def _end_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
@@ -881,10 +885,9 @@ class RealCluster:
 
     def restart_apiserver(self) -> None:
         """Stop kube-apiserver (SIGTERM, graceful) and start it again on the same port."""
-        proc = self._procs.pop("kube-apiserver", None)
-        if proc is None:
+        if "kube-apiserver" not in self._procs:
             raise RealClusterError("RealCluster is not started")
-        self._end_group(proc, _STOP_GRACE["kube-apiserver"])
+        self._end("kube-apiserver", _STOP_GRACE["kube-apiserver"])
         self._start_apiserver()
 
     # ------------------------------------------------------------------ discovery

@@ -465,6 +465,11 @@ class StsServer:
             return found
         return _lookup_moto(access_key_id)
 
+    def arn_of(self, access_key_id: str) -> str | None:
+        """The ARN of the caller with this access key id (for AccessDenied messages), else ``None``."""
+        issued = self.lookup(access_key_id)
+        return issued.arn if issued is not None else None
+
 
 def _lookup_moto(access_key_id: str) -> Issued | None:
     from moto.iam.models import iam_backends
