@@ -3,9 +3,10 @@
 Two ways to run it:
 
 - ``make e2e`` (``scripts/e2e.sh``): builds a one-node cluster here (``tests/e2e/_node.py``) inside a
-  network namespace of its own and sets ``RDSIAM_E2E_NODE_IP``. The local STS (moto) and the
-  IAM-checking PostgreSQL listen on the node's IP, which pods reach; CoreDNS answers the examples' RDS
-  endpoint name with that IP, and the front door's certificate names it (verify-full from the pods).
+  network namespace of its own and sets ``RDSIAM_E2E_NODE_IP`` (and ``RDSIAM_E2E_SECOND_IP``). The local
+  STS (moto) and the IAM-checking PostgreSQL front doors listen on those addresses, which pods reach;
+  CoreDNS answers the examples' RDS endpoint names with them, and each front door's certificate names its
+  endpoint (verify-full from the pods).
   The operator is installed with ``helm install charts/rdsiam`` from the image built from the
   repository's Dockerfile, with IRSA set up as EKS's webhook does (a projected token with audience
   ``sts.amazonaws.com``, ``AWS_ROLE_ARN``, ``AWS_WEB_IDENTITY_TOKEN_FILE``).
