@@ -115,6 +115,12 @@ def kill_cgroups() -> int:
     return killed
 
 
+def is_ready(obj: dict[str, Any]) -> bool:
+    """A Node or Pod whose Ready condition is True."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 class RealNode(RealCluster):
     """A one-node cluster inside the current network namespace. See the module docstring.
 
@@ -425,10 +431,7 @@ state = "{d / 'state'}"
 
     def _node_ready(self) -> bool:
         status, body = self.request("GET", f"/api/v1/nodes/{NODE_NAME}", timeout=5)
-        if status != 200:
-            return False
-        conditions = (body.get("status") or {}).get("conditions") or []
-        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        return status == 200 and is_ready(body)
 
     def _wait(self, check: Any, what: str, process: str, timeout: float | None = None) -> None:
         deadline = time.monotonic() + (timeout or self.start_timeout)

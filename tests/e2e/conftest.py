@@ -39,6 +39,8 @@ from rdsiam.testing.rds import IamPostgres
 from rdsiam.testing.realapi import helm_path, kubectl_path
 from rdsiam.testing.sts import StsServer
 
+from ._node import is_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 NODE_IP = os.environ.get("RDSIAM_E2E_NODE_IP", "")
 EXTERNAL = os.environ.get("RDSIAM_E2E_KUBECONFIG", "")
@@ -153,7 +155,6 @@ class Release:
 
     name: str
     namespace: str
-    values: dict[str, Any]
     kubectl: Kubectl
     helm: list[str]
     chart: Path
@@ -189,8 +190,7 @@ class Release:
     def wait_ready(self, replicas: int = 1, timeout: float = 180) -> list[dict[str, Any]]:
         def ready() -> list[dict[str, Any]] | None:
             pods = [p for p in self.pods() if not p["metadata"].get("deletionTimestamp")]
-            ok = [p for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
-                                         for c in (p.get("status") or {}).get("conditions") or [])]
+            ok = [p for p in pods if is_ready(p)]
             return ok if len(ok) >= replicas else None
 
         return self.kubectl.wait("the operator pod Ready", ready, timeout=timeout, interval=1)
@@ -262,7 +262,7 @@ def release(
     path.write_text(json.dumps(values))
     env = {**os.environ, "KUBECONFIG": node.kubeconfig, "HELM_CACHE_HOME": str(path.parent / "cache"),
            "HELM_CONFIG_HOME": str(path.parent / "config"), "HELM_DATA_HOME": str(path.parent / "data")}
-    rel = Release(RELEASE, RELEASE_NS, values, kubectl, [str(helm)], ROOT / "charts" / "rdsiam", env)
+    rel = Release(RELEASE, RELEASE_NS, kubectl, [str(helm)], ROOT / "charts" / "rdsiam", env)
     # The README's install steps, with the image and the AWS settings above.
     kubectl.create_namespace(RELEASE_NS)
     kubectl.run("create", "configmap", "rds-ca-bundle", "-n", RELEASE_NS, f"--from-file={ca_bundle(*doors)}")
@@ -291,8 +291,7 @@ class InClusterOperator:
 
         def replaced() -> bool:
             pods = [p for p in self.release.pods() if p["metadata"]["name"] not in old]
-            return any(any(c.get("type") == "Ready" and c.get("status") == "True"
-                           for c in (p.get("status") or {}).get("conditions") or []) for p in pods)
+            return any(is_ready(p) for p in pods)
 
         kubectl.wait("a new operator pod Ready", replaced, timeout=120, interval=0.5)
 

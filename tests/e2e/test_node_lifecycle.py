@@ -32,6 +32,18 @@ def holder(kubectl: Kubectl) -> str | None:
     return ((lease or {}).get("spec") or {}).get("holderIdentity") or None
 
 
+def refresh(kubectl: Kubectl, namespace: str, what: str, timeout: float) -> None:
+    """Ask for a refresh of examples/basic's orders-db (the annotation) and wait for the new token."""
+    before = kubectl.secret_data("orders-db", namespace)
+    assert before is not None
+    time.sleep(1.1)  # X-Amz-Date has one-second resolution
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    kubectl.run("annotate", "-n", namespace, "rdsiamcredential", "orders-db",
+                f"rdsiam.io/refresh-requested-at={stamp}", "--overwrite")
+    kubectl.wait(what, lambda: (d := kubectl.secret_data("orders-db", namespace)) and
+                 d["password"] != before["password"], timeout=timeout, interval=0.5)
+
+
 def kill_container(pod: dict[str, Any]) -> int:
     """SIGKILL every process of the pod's container, found through its cgroup; returns how many."""
     uid = pod["metadata"]["uid"]
@@ -65,14 +77,7 @@ def test_two_replicas_fail_over_when_the_leader_pod_is_deleted(
     failover = time.monotonic() - began  # the standby or the Deployment's replacement pod: whichever is first
 
     # The new leader refreshes: a requested refresh is carried out.
-    before = kubectl.secret_data("orders-db", shop)
-    assert before is not None
-    time.sleep(1.1)  # X-Amz-Date has one-second resolution
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    kubectl.run("annotate", "-n", shop, "rdsiamcredential", "orders-db", f"rdsiam.io/refresh-requested-at={stamp}",
-                "--overwrite")
-    kubectl.wait("a token from the new leader", lambda: (d := kubectl.secret_data("orders-db", shop)) and
-                 d["password"] != before["password"], timeout=30, interval=0.5)
+    refresh(kubectl, shop, "a token from the new leader", timeout=30)
     refreshed = time.monotonic() - began
     role = "the standby" if successor == standby else "the replacement pod"
     print(f"failover: leader deleted -> {role} holds the Lease after {failover:.1f} s; "
@@ -83,14 +88,7 @@ def test_two_replicas_fail_over_when_the_leader_pod_is_deleted(
     began = time.monotonic()
     killed = kill_container(pod)
     assert killed, "no process found in the leader container's cgroup"
-    before = kubectl.secret_data("orders-db", shop)
-    assert before is not None
-    time.sleep(1.1)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    kubectl.run("annotate", "-n", shop, "rdsiamcredential", "orders-db", f"rdsiam.io/refresh-requested-at={stamp}",
-                "--overwrite")
-    kubectl.wait("a token after the crash", lambda: (d := kubectl.secret_data("orders-db", shop)) and
-                 d["password"] != before["password"], timeout=90, interval=0.5)
+    refresh(kubectl, shop, "a token after the crash", timeout=90)
     print(f"crash: leader's process killed -> requested refresh done {time.monotonic() - began:.1f} s later "
           f"(Lease held by {'the same pod' if holder(kubectl) == successor else 'the other pod'})")
 
