@@ -30,10 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
+import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 
 from rdsiam.operator.aws import Credentials, sign_token  # noqa: E402
-from rdsiam.operator.kubeapi import KubeApi  # noqa: E402
 from rdsiam.operator.policy import rfc3339  # noqa: E402
 from rdsiam.operator.reconcile import secret_data  # noqa: E402
 from rdsiam.operator.target import Target, resolve  # noqa: E402
@@ -76,6 +76,29 @@ def contents(creds: Credentials, target: Target) -> dict[str, str]:
     tok = sign_token(creds, target.signing_host, target.port, target.username, target.region)
     data = secret_data(target, tok, rfc3339(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)))
     return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+
+class KubeApi:
+    """The bare HTTP client of the floor: one aiohttp session, answers read and not decoded."""
+
+    def __init__(self, server: str, headers: dict[str, str]) -> None:
+        self.server, self.headers = server.rstrip("/"), headers
+        self.session: aiohttp.ClientSession | None = None
+
+    async def _request(self, method: str, path: str, *, body: object, content_type: str = "application/json",
+                       decode: str = "none") -> object:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(headers=self.headers, connector=aiohttp.TCPConnector(limit=32))
+        async with self.session.request(method, self.server + path, data=json.dumps(body),
+                                        headers={"Content-Type": content_type}) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                raise RuntimeError(f"{method} {path}: {resp.status} {raw[:200]!r}")
+            return raw
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
 
 
 def secret_path(ns: str, i: int) -> str:

@@ -28,8 +28,6 @@ def main() -> int:
     else:
         runs.append([str(HERE / "bench_scale.py"), "--n", "1000", "--n", "5000", "--rotate-seconds", "150",
                      "--rounds", "7"])
-    runs.append([str(HERE / "bench_refresh.py"), *(["--rounds", "4", "--count-n", "0"] if args.quick else
-                                                  ["--rounds", "8"])])
     runs.append([str(HERE / "bench_identity.py")])
     for cmd in runs:
         print(f"\n### {' '.join(Path(c).name if c.endswith('.py') else c for c in cmd)}", flush=True)

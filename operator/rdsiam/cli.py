@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "aiohttp.access")
+QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "aiohttp.access", "leaderelection")
 
 DESCRIPTION = """\
 Amazon RDS IAM authentication for Kubernetes: an operator that keeps a fresh
@@ -63,24 +63,24 @@ def _run(args: argparse.Namespace) -> int:
     # botocore at DEBUG logs STS responses, credentials included: never let it.
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    handlers.CONFIG.concurrency = args.concurrency
-    handlers.CONFIG.metrics_port = args.metrics_port
-    handlers.CONFIG.leader_election = args.leader_election
-    handlers.CONFIG.lease_namespace = args.lease_namespace
-    handlers.CONFIG.lease_name = args.lease_name
-    handlers.CONFIG.verify_timeout = args.verify_timeout
-    handlers.CONFIG.verify_ca_file = args.verify_ca_file
-    handlers.CONFIG.rotation_events = args.rotation_events
-    handlers.CONFIG.tenancy = TenancyPolicy(
+    tenancy = TenancyPolicy(
         allow_operator_identity=not args.no_operator_identity,
         require_service_account=args.require_service_account,
         allowed_role_arns=tuple(p.strip() for p in args.allowed_role_arns.split(",") if p.strip()) or ("*",),
         namespace_policy=args.namespace_policy)
-    for warning in handlers.CONFIG.tenancy.warnings():
+    for warning in tenancy.warnings():
         logging.getLogger("rdsiam.tenancy").warning(warning)
-    handlers.CONFIG.namespaces = tuple(args.namespace or ())
-    # kopf runs the process; the operator's own informers watch (see rdsiam.operator.handlers).
-    asyncio.run(kopf.operator(standalone=True, clusterwide=True, liveness_endpoint=args.liveness or None))
+    config = handlers.Config(
+        concurrency=args.concurrency, tenancy=tenancy, metrics_port=args.metrics_port,
+        leader_election=args.leader_election, lease_namespace=args.lease_namespace, lease_name=args.lease_name,
+        verify_timeout=args.verify_timeout, verify_ca_file=args.verify_ca_file,
+        rotation_events=args.rotation_events)
+    namespaces = list(args.namespace or ())
+    # kopf watches (one stream per namespace given, else cluster-wide) and runs the handlers; leader
+    # election is the operator's Lease (rdsiam.operator.election), not kopf's peering.
+    asyncio.run(kopf.operator(
+        standalone=True, clusterwide=not namespaces, namespaces=namespaces,
+        liveness_endpoint=args.liveness or None, memo=kopf.Memo(config=config)))
     return 0
 
 

@@ -36,7 +36,7 @@ from tests.fault._figures import record, record_audit
 
 N = 6
 LEASE = "rdsiam-operator"
-LEASE_SECONDS, RENEW_EVERY = 15, 5  # rdsiam.operator.leader defaults
+LEASE_SECONDS, RENEW_EVERY = 15, 2  # rdsiam.operator.election (client-go defaults)
 
 
 def refreshes(op: Any) -> float:

@@ -124,7 +124,7 @@ def test_dropped_watches_and_410_gone_on_resume_miss_nothing(
         names += ["late", "later"]
         wait_for("all Ready", lambda: all_ready(kube, ns, names), timeout=10)
         report = audit.report()
-    relists = [line for line in op.log().splitlines() if "watch restarting (410)" in line]
+    relists = [line for line in op.log().splitlines() if "Restarting the watch-stream" in line]  # kopf, on 410
     assert relists, "the operator never saw 410 Gone"
     for name in names:
         assert login(decode(secret(kube, ns, name) or {})) == app_user

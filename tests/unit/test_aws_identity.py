@@ -38,7 +38,7 @@ from rdsiam.operator.aws import (
     IdentityKey,
     classify,
 )
-from rdsiam.operator.kubeapi import ApiError
+from rdsiam.operator.kube import ApiError
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 ROLE = "arn:aws:iam::123456789012:role/shop-orders"

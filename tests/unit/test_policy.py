@@ -1,58 +1,14 @@
-"""The refresh decision, as a pure function of (fingerprint, Secret, interval, now)."""
+"""The decision's vocabulary: jitter, fingerprints, times and conditions (the decision itself: test_plan)."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from rdsiam.operator import policy
-from rdsiam.operator.policy import SecretState, decide
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
-
-
-def fresh(issued: dt.datetime = T0, lifetime: int = 900) -> SecretState:
-    return SecretState(
-        exists=True,
-        owned=True,
-        fingerprint="fp",
-        issued_at=issued,
-        expires_at=issued + dt.timedelta(seconds=lifetime),
-        complete=True,
-    )
-
-
-def test_missing_incomplete_changed() -> None:
-    assert decide(current="fp", secret=SecretState(), interval=600, now=T0).reason == policy.SECRET_MISSING
-    state = SecretState(exists=True, owned=True, complete=False)
-    assert decide(current="fp", secret=state, interval=600, now=T0).reason == policy.SECRET_INCOMPLETE
-    assert decide(current="other", secret=fresh(), interval=600, now=T0).reason == policy.SPEC_CHANGED
-
-
-def test_fresh_secret_is_left_alone_until_interval() -> None:
-    d = decide(current="fp", secret=fresh(), interval=600, now=T0 + dt.timedelta(minutes=5))
-    assert not d.refresh and d.due == T0 + dt.timedelta(minutes=10)
-    d = decide(current="fp", secret=fresh(), interval=600, now=T0 + dt.timedelta(minutes=10))
-    assert d.refresh and d.reason == policy.INTERVAL_ELAPSED
-
-
-def test_expiry_margin_wins_over_a_long_interval() -> None:
-    d = decide(current="fp", secret=fresh(), interval=840, now=T0)
-    assert d.due == T0 + dt.timedelta(seconds=900) - policy.EXPIRY_MARGIN
-    # Credentials that expire early make the token expire early: refresh before that.
-    d = decide(current="fp", secret=fresh(lifetime=300), interval=600, now=T0 + dt.timedelta(seconds=150))
-    assert d.refresh and d.reason == policy.EXPIRING
-    # ...but not before half its life: re-signing with the same cached credentials gains nothing.
-    d = decide(current="fp", secret=fresh(lifetime=300), interval=600, now=T0 + dt.timedelta(seconds=121))
-    assert not d.refresh and d.due == T0 + dt.timedelta(seconds=150)
-
-
-def test_refresh_request_after_issue_only() -> None:
-    later = T0 + dt.timedelta(seconds=30)
-    assert (
-        decide(current="fp", secret=fresh(), interval=600, now=later, requested_at=later).reason
-        == policy.REFRESH_REQUESTED
-    )
-    assert not decide(current="fp", secret=fresh(), interval=600, now=later, requested_at=T0 - dt.timedelta(1)).refresh
 
 
 def test_jitter_is_deterministic_and_bounded() -> None:
@@ -60,6 +16,30 @@ def test_jitter_is_deterministic_and_bounded() -> None:
     assert all(0 <= v < 60 for v in values) and len(values) > 900
     # the same in every process (a salted hash() would differ by PYTHONHASHSEED): sha256("x") starts 2d711642
     assert policy.jitter_seconds("x", 600) == 0x2D711642 / 0x1_0000_0000 * 0.1 * 600
+
+
+def test_fingerprint_follows_the_spec_and_the_secret_name_not_key_order() -> None:
+    fp = policy.fingerprint({"host": "h", "port": 5432}, "s")
+    assert fp == policy.fingerprint({"port": 5432, "host": "h"}, "s") and len(fp) == 16
+    assert fp != policy.fingerprint({"host": "h", "port": 5433}, "s")
+    assert fp != policy.fingerprint({"host": "h", "port": 5432}, "t")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-01-01T12:00:00Z", T0),
+    ("2026-01-01T12:00:00", T0),  # no zone: UTC
+    ("2026-01-01T13:00:00+01:00", T0),
+    ("not a time", None),
+    ("", None),
+    (None, None),
+], ids=["zulu", "naive", "offset", "garbage", "empty", "absent"])
+def test_parse_time(text: str | None, expected: dt.datetime | None) -> None:
+    assert policy.parse_time(text) == expected
+
+
+def test_rfc3339_is_whole_seconds_utc() -> None:
+    local = dt.datetime(2026, 1, 1, 13, 0, 0, 999_999, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert policy.rfc3339(local) == "2026-01-01T12:00:00Z"
 
 
 def test_condition_keeps_transition_time_while_unchanged() -> None:
@@ -74,16 +54,9 @@ def test_condition_keeps_transition_time_while_unchanged() -> None:
     assert flipped[0]["lastTransitionTime"] == "2026-01-01T14:00:00Z"
 
 
-def test_due_after_issue_is_what_decide_says_of_the_fresh_secret() -> None:
-    """The reconciler asks ``due_after_issue`` instead of building the new Secret's state for ``decide``."""
-    for interval in (60, 300, 600, 840):
-        for jitter in (0.0, 7.5, interval * 0.1):
-            for lifetime in (900, 600, 240, 180, 100, 12, 1):  # credentials may cap the token's life
-                for margin in (policy.EXPIRY_MARGIN, dt.timedelta(seconds=30)):
-                    state = fresh(T0, lifetime)
-                    assert state.expires_at is not None
-                    expected = decide(current="fp", secret=state, interval=interval, now=T0, jitter=jitter,
-                                      margin=margin).due
-                    due = policy.due_after_issue(T0, state.expires_at, interval=interval, jitter=jitter,
-                                                 margin=margin)
-                    assert due == expected, (interval, jitter, lifetime, margin)
+def test_ready_comes_first_and_other_conditions_are_kept() -> None:
+    connected = policy.condition(None, type_="Connected", status="True", reason="C", message="c", generation=1,
+                                 now=T0)
+    both = policy.condition(connected, type_="Ready", status="True", reason="A", message="m", generation=None,
+                            now=T0)
+    assert [c["type"] for c in both] == ["Ready", "Connected"] and "observedGeneration" not in both[0]

@@ -11,7 +11,7 @@ import pytest
 
 from rdsiam.operator import reasons
 from rdsiam.operator.aws import Credentials, IdentityError, IdentityKey
-from rdsiam.operator.kubeapi import ApiError
+from rdsiam.operator.kube import ApiError
 from rdsiam.operator.reconcile import Reconciler, json_copy, merge_patch
 from rdsiam.operator.tenancy import TenancyPolicy
 
@@ -324,45 +324,25 @@ async def test_status_view_kept_current_without_the_servers_answer() -> None:
 
 
 async def test_an_unexpected_error_is_reported_by_its_type_alone_and_retried() -> None:
-    """A reconciliation that raises (a bug) is a failure like any other: Ready=False, reason InternalError,
+    """A reconciliation that raised (a bug) is a failure like any other: Ready=False, reason InternalError,
     a Warning Event, a retry with backoff; the exception's text (it may hold anything) is not shown."""
-    import asyncio
-
-    from rdsiam.operator.scheduler import Scheduler
-
     kube = FakeKube()
-    reconciler = Reconciler(kube, FakeIdentities(), clock=lambda: T0)  # type: ignore[arg-type]
-
-    async def broken(body: dict[str, Any]) -> Any:
-        raise KeyError("text that must not reach status or Events")
-
-    reconciler.reconcile = broken  # type: ignore[method-assign]
-    scheduler = Scheduler(reconciler)
+    rec = reconciler(kube, FakeIdentities())
     body = resource()
-    scheduler.observe(body)
-    scheduler.ready.set()
-    scheduler.active.set()
-    task = asyncio.create_task(scheduler.run())
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if kube.events:
-            break
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await scheduler.drain()
-
+    outcome = await rec.internal_error(body, KeyError("text that must not reach status or Events"))
+    assert not outcome.ok and outcome.reason == reasons.INTERNAL_ERROR and outcome.retry_after == 10.0
     ready = kube.statuses[-1]["conditions"][0]
     assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", reasons.INTERNAL_ERROR)
     assert "Unexpected KeyError" in ready["message"] and "must not" not in ready["message"]
     assert [(e["type"], e["reason"]) for e in kube.events] == [("Warning", reasons.INTERNAL_ERROR)]
     assert "must not" not in kube.events[0]["message"]
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    outcome = scheduler.outcomes[key]
-    assert not outcome.ok and outcome.reason == reasons.INTERNAL_ERROR and outcome.retry_after == 10.0
+    # Reporting itself never raises, even for a body it cannot report on.
+    again = await rec.internal_error({"metadata": {}}, KeyError("x"))
+    assert again.reason == reasons.INTERNAL_ERROR and again.retry_after == 10.0
 
 
 async def test_a_refused_write_quoting_the_secret_shows_none_of_its_values() -> None:
-    """Behind ``kubeapi.scrub``: whatever of the written Secret a refusal quotes verbatim (here the token and
+    """Behind ``kube.scrub``: whatever of the written Secret a refusal quotes verbatim (here the token and
     the pgpass line, as if scrub had missed them) is cut out of status, the Event and the log."""
     kube, ids = FakeKube(), FakeIdentities()
     quoted: list[str] = []
@@ -386,3 +366,96 @@ def test_backoff_after_days_of_failures_is_the_cap() -> None:
     from rdsiam.operator.reconcile import backoff
 
     assert all(150.0 <= backoff(attempt, 5.0) <= 300.0 for attempt in (9, 1024, 10**6))
+
+
+async def test_a_routine_refresh_is_one_secret_write_and_one_status_write() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    body = resource()
+    await reconciler(kube, ids).reconcile(body)
+    kube.calls.clear()
+    later = T0 + dt.timedelta(minutes=11)  # past the interval: IntervalElapsed
+    rec = reconciler(kube, ids, now=later)
+    out = await rec.reconcile(body)
+    assert out.ok and out.refreshed and kube.calls == ["get_secret", "replace_secret", "patch_status"]
+    assert (rec.stats.secret_writes, rec.stats.status_writes, rec.stats.events) == (1, 1, 0)
+    kube.calls.clear()
+    out = await rec.reconcile(body)  # fresh, status in line: nothing to write
+    assert out.ok and not out.refreshed and kube.calls == []
+    # With --rotation-events the same refresh also posts a Normal Event.
+    events = reconciler(kube, ids, now=later + dt.timedelta(minutes=11), rotation_events=True)
+    await events.reconcile(body)
+    assert [(e["type"], e["reason"]) for e in kube.events[-1:]] == [("Normal", reasons.ROTATED)]
+
+
+async def test_status_behind_a_fresh_secret_is_written_once() -> None:
+    """A crash between the Secret write and the status write: the next pass brings status in line."""
+    kube, ids = FakeKube(), FakeIdentities()
+    body = resource()
+    await reconciler(kube, ids).reconcile(body)
+    body["status"] = {}
+    kube.calls.clear()
+    rec = reconciler(kube, ids, now=T0 + dt.timedelta(minutes=1))
+    out = await rec.reconcile(body)
+    assert out.ok and not out.refreshed and kube.calls == ["get_secret", "patch_status"]
+    assert body["status"]["expiresAt"] == "2026-01-01T12:15:00Z"
+    assert body["status"]["conditions"][0]["message"].endswith("in Secret orders; expires 2026-01-01T12:15:00Z.")
+    kube.calls.clear()
+    await rec.reconcile(body)
+    assert kube.calls == []
+
+
+async def test_a_failed_status_write_after_the_secret_comes_back_soon() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+
+    async def refused(ns: str, name: str, status: dict[str, Any]) -> None:
+        raise ApiError(500, "Err", "boom")
+
+    kube.patch_status = refused  # type: ignore[method-assign]
+    out = await reconciler(kube, ids).reconcile(resource())
+    assert out.ok and out.refreshed and out.next_due == T0 + dt.timedelta(seconds=2)
+    assert ("shop", "orders") in kube.secrets and kube.events[-1]["reason"] == reasons.TOKEN_ISSUED
+    # The next pass finds the Secret fresh and status still behind: a retry, not a failure report.
+    out = await reconciler(kube, ids, now=T0 + dt.timedelta(seconds=2)).reconcile(resource())
+    assert not out.ok and out.reason == reasons.KUBERNETES_ERROR and out.retry_after == 2.0
+    assert kube.secrets[("shop", "orders")]["metadata"]["resourceVersion"] == "1" and len(kube.events) == 1
+
+
+async def test_events_go_to_the_injected_sink() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    posted: list[tuple[Any, ...]] = []
+    rec = reconciler(kube, ids, events=lambda body, type_, reason, message: posted.append(
+        (body["metadata"]["name"], type_, reason, message)))
+    await rec.reconcile(resource())
+    assert "post_event" not in kube.calls and rec.stats.events == 1
+    assert posted == [("orders", "Normal", reasons.TOKEN_ISSUED,
+                       "Issued token (SecretMissing); Secret orders expires 2026-01-01T12:15:00Z.")]
+    bad = resource({"host": "db.example.com", "username": "u"})
+    await rec.reconcile(bad)
+    assert posted[-1][1:3] == ("Warning", reasons.INVALID_SPEC)
+
+
+async def test_events_are_best_effort() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+
+    async def refused(ns: str, body: dict[str, Any]) -> None:
+        raise ApiError(403, "Forbidden", "events")
+
+    def broken(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        raise RuntimeError("no event queue")
+
+    kube.post_event = refused  # type: ignore[method-assign]
+    assert (await reconciler(kube, ids).reconcile(resource())).ok
+    kube = FakeKube()
+    out = await reconciler(kube, ids, events=broken).reconcile(resource())
+    assert out.ok and out.refreshed and kube.statuses[-1]["conditions"][0]["status"] == "True"
+
+
+async def test_the_event_body_names_the_resource() -> None:
+    kube, ids = FakeKube(), FakeIdentities()
+    await reconciler(kube, ids, instance="rdsiam-0").reconcile(resource())
+    event = kube.events[0]
+    assert event["metadata"] == {"generateName": "orders.", "namespace": "shop"}
+    assert event["involvedObject"] == {"apiVersion": "rdsiam.io/v1alpha1", "kind": "RdsIamCredential",
+                                       "name": "orders", "namespace": "shop", "uid": "uid-1"}
+    assert (event["type"], event["reportingInstance"], event["firstTimestamp"], event["count"]) == (
+        "Normal", "rdsiam-0", "2026-01-01T12:00:00Z", 1)

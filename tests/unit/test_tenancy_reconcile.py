@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rdsiam.operator import reasons
-from rdsiam.operator.kubeapi import ApiError
+from rdsiam.operator.kube import ApiError
 from rdsiam.operator.reconcile import Reconciler
 from rdsiam.operator.tenancy import OPERATOR_IDENTITY_LABEL, TenancyPolicy
 from tests.unit.test_reconcile import HOST, T0, FakeIdentities, FakeKube, resource

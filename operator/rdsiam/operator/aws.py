@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from rdsiam.operator import reasons
-from rdsiam.operator.kubeapi import ApiError, Kube
+from rdsiam.operator.kube import ApiError, Kube
 
 logger = logging.getLogger("rdsiam.aws")
 UTC = datetime.UTC

@@ -1,39 +1,44 @@
-"""kopf activities: start and stop the operator's parts, serve the health probe.
+"""kopf handlers: translate kopf's events into reconciliations; no decisions here.
 
-kopf runs the process (login, signals, logging, the liveness endpoint). The credentials and their
-Secrets are watched by two light informers (LIST + WATCH) feeding one scheduler: kopf's own
-per-object event processing cost ~0.9 ms of CPU per watch event, about half of the operator's CPU
-per refresh at scale (benchmarks/bench_scale.py; numbers in the README), and it cannot be paused
-with our scheduler. kopf itself writes nothing to the API: every write is the operator's own,
-counted and explained.
+kopf watches RdsIamCredentials and the Secrets the operator manages, retries its own API calls,
+logs in (in-cluster, any kubeconfig), and runs one daemon per resource. A daemon reconciles its
+resource, then sleeps until the plan's next look or until kopf sees a change that matters (a new
+generation, a refresh request, its Secret deleted or edited by someone else). The managed Secrets
+are a kopf index, so no decision is taken before they are all listed. Daemons put kopf's finalizer
+on each resource: kopf stops the daemon before the resource goes (and the garbage collector then
+removes its Secret).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import gc
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import kopf
 
-from rdsiam.operator.spec import GROUP, PLURAL, VERSION
-
-if TYPE_CHECKING:
-    from rdsiam.operator.informer import Informer
-    from rdsiam.operator.kubeapi import KubeApi
-    from rdsiam.operator.scheduler import Scheduler
-
-MANAGED_SELECTOR = "app.kubernetes.io/managed-by=rdsiam"
+from rdsiam.operator.reconcile import (
+    CREDENTIAL_LABEL,
+    MANAGED_BY,
+    MANAGER,
+    REFRESH_ANN,
+    Reconciler,
+    _strip_data,
+    backoff,
+    json_copy,
+    secret_name_of,
+)
+from rdsiam.operator.spec import GROUP, KIND, PLURAL, VERSION
 
 logger = logging.getLogger("rdsiam.handlers")
+FINALIZER = "rdsiam.io/finalizer"
+Key = tuple[str, str]
 
 
 @dataclasses.dataclass
 class Config:
-    """Operator settings from ``rdsiam run`` flags (set before kopf starts)."""
+    """Operator settings from ``rdsiam run`` flags, handed to kopf as its memo."""
 
     concurrency: int = 16
     tenancy: Any = None
@@ -44,146 +49,270 @@ class Config:
     verify_timeout: float = 5.0
     verify_ca_file: str | None = None  # the RDS CA bundle, for a DSN's sslrootcert the operator cannot read
     rotation_events: bool = False
-    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
 
 
-CONFIG = Config()
-STATE: dict[str, Any] = {}
+class SecretCache:
+    """The managed Secrets as the reconciler reads them: kopf's index, overlaid with the operator's own
+    writes until their watch event arrives (so a write is never read back as stale)."""
+
+    def __init__(self) -> None:
+        self.index: Any = None  # kopf.Index[(namespace, name), stripped Secret], set by the first handler
+        self.own: dict[Key, dict[str, Any]] = {}
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        if key in self.own:
+            return self.own[key]
+        store = self.index.get(key) if self.index is not None else None
+        return next(iter(store), default) if store else default
+
+    def __setitem__(self, key: Key, value: dict[str, Any]) -> None:
+        self.own[key] = value
+
+    def pop(self, key: Key, default: Any = None) -> Any:
+        # Forgetting a Secret (a 409, a foreign one): the next read asks the API server.
+        found = self.own.pop(key, default)
+        self.own[key] = _UNKNOWN
+        return found
+
+    def seen(self, key: Key) -> None:
+        """A watch event for the Secret: the index has it now."""
+        self.own.pop(key, None)
+
+
+# A Secret whose cached state was dropped: ``keys`` None makes the reconciler read it.
+_UNKNOWN: dict[str, Any] = {"metadata": {}, "keys": None}
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What the handlers share (kept in kopf's operator memo; no module-level state)."""
+
+    config: Config
+    reconciler: Reconciler
+    kube: Any
+    identities: Any
+    secrets: SecretCache
+    slots: asyncio.Semaphore
+    active: asyncio.Event  # set while this replica acts (always, without leader election)
+    wakers: dict[Key, asyncio.Event] = dataclasses.field(default_factory=dict)
+    resources: dict[Key, Any] = dataclasses.field(default_factory=dict)  # live bodies, for metrics
+    election: Any = None
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     from rdsiam.operator import metrics
     from rdsiam.operator.aws import Identities
-    from rdsiam.operator.kubeapi import KubeApi
-    from rdsiam.operator.reconcile import EventPoster, Reconciler
-    from rdsiam.operator.scheduler import Scheduler
+    from rdsiam.operator.kube import KubeClient
     from rdsiam.operator.verify import make_resolver, make_verifier
 
-    # kopf posts handler log lines at INFO+ as Events; ours never carry secrets, but keep it quiet.
-    settings.posting.enabled = False
-    settings.persistence.finalizer = "rdsiam.io/finalizer"  # unused: no handler needs a finalizer
+    config: Config = memo.get("config") or Config()
+    # Events the operator posts go through kopf's queue (off the refresh path, retried); kopf's own log
+    # lines are never posted as Events.
+    settings.posting.level = logging.CRITICAL + 1
+    settings.posting.reporting_component = "rdsiam"
+    settings.posting.event_name_prefix = "rdsiam-"
+    settings.persistence.finalizer = FINALIZER
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
-    # kopf serves no resources here: no need for its cluster-wide CRD/namespace observation (and RBAC).
+    settings.networking.trust_env = True  # HTTPS_PROXY / NO_PROXY, as the kubernetes client honours them
+    # Only the resources and the Secrets the handlers name are watched (no CRD or namespace scanning, and
+    # no RBAC for it); of the Secrets, only the managed ones (a server-side label selector).
     settings.scanning.disabled = True
+    settings.watching.label_selectors["", "v1", "secrets"] = f"{MANAGED_BY}={MANAGER}"
 
-    info = await _connection_info(settings)
-    kube = KubeApi.from_connection_info(info)
+    kube = await asyncio.to_thread(KubeClient.from_environment, config.concurrency)
     identities = Identities(kube)
-    events = EventPoster(kube)
-    reconciler = Reconciler(kube, identities, tenancy=CONFIG.tenancy, events=events,
-                            verifier=make_verifier(CONFIG.verify_timeout, CONFIG.verify_ca_file),
-                            resolver=make_resolver(), rotation_events=CONFIG.rotation_events)
-    scheduler = Scheduler(reconciler, concurrency=CONFIG.concurrency, fetch=kube.get_credential)
-    metrics.instrument(reconciler, identities, scheduler, kube)
-    if CONFIG.metrics_port is not None:
-        metrics.serve(CONFIG.metrics_port)
-    informers = [i for ns in CONFIG.namespaces or (None,) for i in informers_for(kube, scheduler, ns)]
+    secrets = SecretCache()
+    reconciler = Reconciler(kube, identities, tenancy=config.tenancy, events=_post_event,
+                            verifier=make_verifier(config.verify_timeout, config.verify_ca_file),
+                            resolver=make_resolver(), rotation_events=config.rotation_events,
+                            secret_cache=secrets)  # type: ignore[arg-type]
+    reconciler.secrets_listed = True  # kopf lists the Secret index before any handler runs
+    settings.posting.reporting_instance = reconciler.instance
+    runtime = Runtime(config, reconciler, kube, identities, secrets, asyncio.Semaphore(config.concurrency),
+                      asyncio.Event())
+    metrics.instrument(runtime)
+    if config.metrics_port is not None:
+        metrics.serve(config.metrics_port)
+    if config.leader_election:
+        from rdsiam.operator.election import Election
 
-    async def mark_ready() -> None:
-        await asyncio.gather(*(i.synced.wait() for i in informers))
-        settle_heap()
-        scheduler.ready.set()
-
-    tasks = [asyncio.create_task(i.run(), name=f"rdsiam informer {i.name}") for i in informers]
-    tasks += [asyncio.create_task(mark_ready(), name="rdsiam ready"),
-              asyncio.create_task(scheduler.run(), name="rdsiam scheduler")]
-    if CONFIG.leader_election:
-        from rdsiam.operator.leader import LeaderElector
-
-        elector = LeaderElector(kube, scheduler.active, namespace=CONFIG.lease_namespace or "default",
-                                name=CONFIG.lease_name, identity=reconciler.instance)
-        tasks.append(asyncio.create_task(elector.run(), name="rdsiam leader election"))
+        runtime.election = Election(runtime.active, namespace=config.lease_namespace or "default",
+                                    name=config.lease_name, identity=reconciler.instance, kube=kube)
+        runtime.election.start()
     else:
-        scheduler.active.set()
-    tasks.append(asyncio.create_task(_warm_up(identities), name="rdsiam identity warm-up"))
-    STATE.update(kube=kube, scheduler=scheduler, reconciler=reconciler, identities=identities, tasks=tasks,
-                 events=events)
+        runtime.active.set()
+    memo.runtime = runtime
+    asyncio.create_task(_warm_up(identities), name="rdsiam identity warm-up")
     logger.info("rdsiam operator started (concurrency %d, leader election %s)",
-                CONFIG.concurrency, "on" if CONFIG.leader_election else "off")
+                config.concurrency, "on" if config.leader_election else "off")
 
 
-def informers_for(kube: KubeApi, scheduler: Scheduler, namespace: str | None) -> list[Informer]:
-    """The two informers feeding ``scheduler`` for one namespace (None: cluster-wide): the resources, and
-    the Secrets the operator manages."""
-    from rdsiam.operator.informer import Informer
-    from rdsiam.operator.reconcile import _strip_data
-
-    scope = f"/namespaces/{namespace}" if namespace else ""
-    # A listing replaces what the scheduler holds of this namespace only: with several watched namespaces,
-    # each pair of informers lists its own.
-    return [
-        # The resources: listed whole, then watched as metadata only when the scheduler can read one whole
-        # (the echo of every status write then comes back without the spec and status it already holds;
-        # a new resource, a new generation or a refresh request is read before it is reconciled).
-        Informer(kube, f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}", name=f"{PLURAL}{scope}",
-                 on_list=functools.partial(scheduler.replace_credentials, namespace=namespace),
-                 on_event=scheduler.credential_event, watch_metadata_only=scheduler.fetch is not None),
-        # Secrets: listed whole in pages, each page reduced at once to which keys each Secret has (no
-        # data is kept), then watched as metadata only: the echo of every write the operator makes comes
-        # back without its tokens (a change by someone else is re-read).
-        Informer(kube, f"/api/v1{scope}/secrets", label_selector=MANAGED_SELECTOR, name=f"secrets{scope}",
-                 on_list=functools.partial(scheduler.replace_secrets, namespace=namespace),
-                 on_event=scheduler.secret_event, watch_metadata_only=True, each=_strip_data),
-    ]
-
-
-def settle_heap() -> None:
-    """Once the caches are listed: keep the cyclic garbage collector off what lives as long as the process.
-
-    The modules, kopf, aiohttp, botocore's service models and the listed objects are ~160,000 objects;
-    every full collection walked them all (~0.1 s at 3,000 resources) and a refresh burst triggered
-    one or two, while JSON-decoded bodies are freed by reference counting anyway. Freezing them and
-    collecting the young generation less often cut the collector's time in a 3,000-refresh burst from
-    0.195 s to 0.037 s (benchmarks/, issue 8). Objects created later are collected as usual.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 10)
+def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """An Event about the resource, posted by kopf's queue (in order per resource, retried, off the
+    refresh path)."""
+    involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": body["metadata"]}
+    kopf.event(involved, type=type_, reason=reason, message=message)  # type: ignore[arg-type]
 
 
 async def _warm_up(identities: Any) -> None:
-    """Build boto3's session and STS clients at start (~0.5 s, no network call), off the first refresh's
-    path. Credentials are still fetched only when a resource needs them."""
+    """Build boto3's session and STS clients at start, off the first refresh's path. Credentials are
+    still fetched only when a resource needs them."""
     try:
         await asyncio.to_thread(identities.prepare)
     except Exception as exc:  # the first refresh will report it with its reason
         logger.warning("Could not prepare the AWS clients: %s", type(exc).__name__)
 
 
-async def _connection_info(settings: kopf.OperatorSettings) -> Any:
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise kopf.PermanentError("No Kubernetes credentials: neither in-cluster nor a kubeconfig.")
-    return info
-
-
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    for task in STATE.get("tasks", []):
-        task.cancel()
-    await asyncio.gather(*STATE.get("tasks", []), return_exceptions=True)
-    if "scheduler" in STATE:
-        await STATE["scheduler"].drain()
-    if "events" in STATE:
-        await STATE["events"].close()
-    if "kube" in STATE:
-        await STATE["kube"].close()
-    STATE.clear()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is None:
+        return
+    if runtime.election is not None:
+        await runtime.election.stop()
+    runtime.kube.close()
 
 
-@kopf.on.probe(id="scheduler")
-async def probe(**_: Any) -> dict[str, Any]:
-    scheduler = STATE.get("scheduler")
-    if scheduler is None:
+@kopf.on.probe(id="rdsiam")
+async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is None:
         return {"ready": False}
-    # kopf caches probe results for 10 s: wait briefly for the Secret cache rather than report
-    # "not ready" for the next 10 s.
+    return {"ready": True, "leading": runtime.active.is_set(), "resources": len(runtime.resources)}
+
+
+# ---- the managed Secrets ---------------------------------------------------------------------
+
+@kopf.index("", "v1", "secrets", labels={MANAGED_BY: MANAGER})
+def managed_secrets(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+    """What the reconciler knows of each managed Secret: metadata and key names, never the data."""
+    return {(str(namespace), name): _strip_data(dict(body))}
+
+
+@kopf.on.event("", "v1", "secrets", labels={MANAGED_BY: MANAGER})
+def secret_event(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, memo: Any,
+                 **kwargs: Any) -> None:
+    """A Secret deleted, or changed by someone else: its resource reconciles now (its own writes echo
+    back with the version it wrote, and change nothing)."""
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is None:
+        return
+    runtime.secrets.index = kwargs["managed_secrets"]  # kopf passes each index by its name
+    key = (str(namespace), name)
+    mine = runtime.secrets.own.get(key)
+    runtime.secrets.seen(key)
+    version = body.get("metadata", {}).get("resourceVersion")
+    if mine is not None and event.get("type") != "DELETED" and mine["metadata"].get("resourceVersion") == version:
+        return  # the echo of the operator's own write
+    owner = _owner(body.get("metadata", {}))
+    waker = runtime.wakers.get((str(namespace), owner))
+    if waker is not None and event.get("type") is not None:
+        waker.set()
+
+
+def _owner(meta: Any) -> str:
+    """The RdsIamCredential a Secret belongs to: its controller reference, else the credential label."""
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == KIND:
+            return str(ref.get("name") or "")
+    return str((meta.get("labels") or {}).get(CREDENTIAL_LABEL) or "")
+
+
+# ---- the resources ---------------------------------------------------------------------------
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def credential_event(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, memo: Any,
+                     **_: Any) -> None:
+    """A new generation or a refresh request wakes the resource's daemon (status echoes do not). So does
+    a listing after the first (kopf lists again when a watch cannot resume): a Secret deleted while
+    nothing was watched sent no event, so the daemon reads its Secret once."""
+    runtime: Runtime | None = memo.get("runtime")
+    waker = runtime.wakers.get((str(namespace), name)) if runtime is not None else None
+    if event.get("type") is None and memo.get("known") and waker is not None:
+        logger.debug("%s/%s: listed again; its Secret is read once", namespace, name)
+        memo.verify = True
+        waker.set()
+    memo.known = True
+    if waker is None:
+        return
+    meta = body.get("metadata", {})
+    seen = (meta.get("generation"), (meta.get("annotations") or {}).get(REFRESH_ANN))
+    if memo.get("seen") != seen:
+        memo.seen = seen
+        waker.set()
+
+
+# A reconciliation under way when kopf stops the daemon gets a few seconds to finish its writes.
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_backoff=5.0, cancellation_timeout=5.0)
+async def keep_fresh(body: kopf.Body, namespace: str | None, name: str, memo: Any, stopped: kopf.DaemonStopped,
+                     **kwargs: Any) -> None:
+    """Reconcile, then wait for the next look (or a change); until kopf stops the daemon."""
+    runtime: Runtime = memo.runtime
+    runtime.secrets.index = kwargs["managed_secrets"]
+    key = (str(namespace), name)
+    wake = runtime.wakers[key] = asyncio.Event()
+    runtime.resources[key] = body
+    meta = body.get("metadata", {})
+    memo.seen = (meta.get("generation"), (meta.get("annotations") or {}).get(REFRESH_ANN))
+    ours: tuple[Any, dict[str, Any]] | None = None  # (version before our status write, status written)
+    attempt = 0
     try:
-        await asyncio.wait_for(scheduler.ready.wait(), 5.0)
-    except TimeoutError:
-        pass
-    return {"ready": scheduler.ready.is_set(), "leading": scheduler.active.is_set(),
-            "resources": len(scheduler.bodies)}
+        while not stopped:
+            if not runtime.active.is_set():
+                await _wait(runtime.active, stopped, None)
+                continue
+            wake.clear()
+            snapshot = _snapshot(body)
+            if memo.get("verify"):  # after a listing: read the Secret from the API server, not the index
+                memo.verify = False
+                runtime.secrets.pop((key[0], secret_name_of(snapshot)), None)
+            if ours is not None and ours[0] == snapshot["metadata"]["resourceVersion"]:
+                snapshot["status"] = ours[1]  # our status write has not come back yet: it is what we wrote
+            async with runtime.slots:
+                if stopped:
+                    break
+                try:
+                    outcome = await runtime.reconciler.reconcile(snapshot)
+                except Exception as exc:  # a bug or a failure nobody foresaw: reported, never ends the daemon
+                    logger.exception("Unexpected error reconciling %s/%s: %s", *key, type(exc).__name__)
+                    outcome = await runtime.reconciler.internal_error(snapshot, exc)
+            if snapshot["status"] != (body.get("status") or {}):
+                ours = (snapshot["metadata"]["resourceVersion"], snapshot["status"])
+            delay: float | None = None
+            if outcome.ok:
+                attempt = 0
+                if outcome.next_due is not None:
+                    delay = max(0.0, (outcome.next_due - runtime.reconciler.clock()).total_seconds())
+            elif outcome.retry_after is not None:
+                delay = backoff(attempt, outcome.retry_after)
+                attempt += 1
+            await _wait(wake, stopped, delay)
+    finally:
+        runtime.wakers.pop(key, None)
+        runtime.resources.pop(key, None)
+        runtime.reconciler.forget(*key)
+
+
+def _snapshot(body: kopf.Body) -> dict[str, Any]:
+    """The resource as one reconciliation sees it (kopf's body is a live view that changes under it)."""
+    meta = body.get("metadata", {})
+    return {
+        "metadata": {k: json_copy(meta.get(k)) for k in (
+            "name", "namespace", "uid", "generation", "resourceVersion", "annotations", "deletionTimestamp")},
+        "spec": json_copy(dict(body.get("spec") or {})),
+        "status": json_copy(dict(body.get("status") or {})),
+    }
+
+
+async def _wait(event: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float | None) -> None:
+    """Until ``event`` is set, the daemon is stopped, or ``timeout`` seconds pass (None: no limit)."""
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+

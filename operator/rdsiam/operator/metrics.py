@@ -17,7 +17,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from rdsiam.operator.kubeapi import KubeApi
 from rdsiam.operator.policy import parse_time
 from rdsiam.operator.reconcile import EXPIRES_ANN, _owned_by, secret_name_of
 
@@ -43,14 +42,14 @@ KUBE_WRITE_ERRORS = Counter(
 )
 
 
-class _Expiry:
-    """Collected on scrape from the scheduler's state: no per-resource bookkeeping on the hot path."""
+class _Collected:
+    """Collected on scrape from the runtime's state: no per-resource bookkeeping on the hot path."""
 
     def __init__(self) -> None:
-        self.scheduler: Any = None
-        self.kube: Any = None
+        self.runtime: Any = None
 
     def collect(self) -> Any:
+        runtime = self.runtime
         now = datetime.datetime.now(datetime.UTC)
         family = GaugeMetricFamily(
             "rdsiam_token_expiry_seconds",
@@ -59,34 +58,34 @@ class _Expiry:
         )
         # One series per resource, from the Secret its spec names now (a Secret left behind by a renamed
         # spec.target.name is not counted: it would report its stale token as this resource's).
-        secrets = self.scheduler.reconciler.secrets if self.scheduler else {}
-        for (ns, name), body in list(self.scheduler.bodies.items()) if self.scheduler else []:
-            secret = secrets.get((ns, secret_name_of(body)))
-            if secret is None or not _owned_by(secret, body["metadata"].get("uid")):
+        resources = list(runtime.resources.items()) if runtime else []
+        for (ns, name), body in resources:
+            secret = runtime.secrets.get((ns, secret_name_of(body)))
+            if secret is None or not _owned_by(secret, body.get("metadata", {}).get("uid")):
                 continue  # none yet, or not this resource's (a foreign Secret of that name)
             meta = secret["metadata"]
             when = parse_time((meta.get("annotations") or {}).get(EXPIRES_ANN))
             if when:
                 family.add_metric([ns, name], (when - now).total_seconds())
         yield family
-        resources = GaugeMetricFamily("rdsiam_resources", "RdsIamCredential resources known.")
-        resources.add_metric([], len(self.scheduler.bodies) if self.scheduler else 0)
-        yield resources
+        known = GaugeMetricFamily("rdsiam_resources", "RdsIamCredential resources known.")
+        known.add_metric([], len(resources))
+        yield known
         leader = GaugeMetricFamily("rdsiam_leader", "1 while this replica refreshes tokens.")
-        leader.add_metric([], 1 if self.scheduler and self.scheduler.active.is_set() else 0)
+        leader.add_metric([], 1 if runtime and runtime.active.is_set() else 0)
         yield leader
         writes = GaugeMetricFamily("rdsiam_kubernetes_writes", "Mutating Kubernetes API calls made.")
-        writes.add_metric([], self.kube.writes if self.kube else 0)
+        writes.add_metric([], runtime.kube.writes if runtime else 0)
         yield writes
 
 
-EXPIRY = _Expiry()
-REGISTRY.register(EXPIRY)
+COLLECTED = _Collected()
+REGISTRY.register(COLLECTED)
 
 
-def instrument(reconciler: Any, identities: Any, scheduler: Any, kube: Any) -> None:
+def instrument(runtime: Any) -> None:
     """Hook the metrics into the operator's objects (callbacks, not polling)."""
-    EXPIRY.scheduler, EXPIRY.kube = scheduler, kube
+    COLLECTED.runtime = runtime
 
     def refreshed(body: dict[str, Any], reason: str, expires: datetime.datetime) -> None:
         REFRESHES.labels("ok", reason).inc()
@@ -98,11 +97,10 @@ def instrument(reconciler: Any, identities: Any, scheduler: Any, kube: Any) -> N
         STS_REQUESTS.labels(action, "error" if error else "ok").inc()
         STS_SECONDS.labels(action).observe(seconds)
 
-    reconciler.on_refresh = refreshed
-    reconciler.on_failure = failed
-    identities.on_sts_call = sts_call
-    if isinstance(kube, KubeApi):
-        kube.on_write_error = lambda path, status: KUBE_WRITE_ERRORS.labels(api_resource(path), str(status)).inc()
+    runtime.reconciler.on_refresh = refreshed
+    runtime.reconciler.on_failure = failed
+    runtime.identities.on_sts_call = sts_call
+    runtime.kube.on_write_error = lambda path, status: KUBE_WRITE_ERRORS.labels(api_resource(path), str(status)).inc()
 
 
 def api_resource(path: str) -> str:

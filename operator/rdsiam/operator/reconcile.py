@@ -1,12 +1,13 @@
-"""One reconciliation of one RdsIamCredential: decide, mint, write the Secret, report.
+"""One reconciliation of one RdsIamCredential: gather, plan, apply (mint, write the Secret, report).
 
-I/O goes through the ``Kube`` and ``Identities`` objects passed in; decisions come from
-``policy``. Tokens never leave this module except inside the Secret body.
+The imperative shell around ``plan``: it gathers what a decision needs (the parsed spec, the tenancy
+verdict, the Secret's state, credentials once the plan says mint), and carries out what the plan
+decides. I/O goes through the ``Kube`` and ``Identities`` objects passed in. Tokens never leave this
+module except inside the Secret body.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import datetime
@@ -17,9 +18,9 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rdsiam.operator import policy, reasons
+from rdsiam.operator import plan, policy
 from rdsiam.operator.aws import Identities, IdentityError, IdentityKey, sign_token
-from rdsiam.operator.kubeapi import ApiError, Kube
+from rdsiam.operator.kube import ApiError, Kube
 from rdsiam.operator.spec import GROUP, KIND, VERSION, CredentialSpec, SpecError, parse_spec
 from rdsiam.operator.target import (
     MYSQL,
@@ -36,7 +37,6 @@ from rdsiam.operator.tenancy import TenancyPolicy
 
 logger = logging.getLogger("rdsiam.reconcile")
 UTC = datetime.UTC
-TOKEN_LIFETIME = datetime.timedelta(seconds=900)
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "rdsiam"
@@ -77,7 +77,7 @@ class Reconciler:
         tenancy: TenancyPolicy | None = None, secret_cache: dict[tuple[str, str], dict[str, Any]] | None = None,
         instance: str | None = None, verifier: Callable[..., Awaitable[tuple[str, str, str]]] | None = None,
         resolver: Callable[[str], Awaitable[str | None]] | None = None, rotation_events: bool = False,
-        events: EventPoster | None = None,
+        events: Callable[[dict[str, Any], str, str, str], None] | None = None,
     ) -> None:
         self.kube = kube
         self.identities = identities
@@ -92,6 +92,7 @@ class Reconciler:
         # so a refresh costs one Secret write and one status write. First issue, spec changes,
         # requested refreshes, recoveries and every failure always get an Event.
         self.rotation_events = rotation_events
+        # Called as events(body, type, reason, message); None: posted through ``kube`` here.
         self.events = events
         self.stats = Stats()
         self.on_refresh: Callable[[dict[str, Any], str, datetime.datetime], None] | None = None
@@ -136,12 +137,17 @@ class Reconciler:
         target = resolve(
             dsn=spec.dsn, host=spec.host, port=spec.port, database=spec.database, username=spec.username,
             engine=spec.engine, region=spec.region, signing_host=spec.signing_host or endpoint)
+        secret_name = spec.target.name or name
+        resource = plan.Resource(
+            ns, secret_name, policy.fingerprint(raw or {}, secret_name), spec.refresh_seconds,
+            policy.jitter_seconds(uid or name, spec.refresh_seconds),
+            f"{target.username}@{target.signing_endpoint} ({target.region})", target.signing_endpoint, spec.verify)
         memo = self._parsed[(ns, name)] = _Parsed(
-            json_copy(raw), spec, endpoint, target, policy.fingerprint(raw or {}, spec.target.name or name),
-            _identity_key(ns, spec), uid, policy.jitter_seconds(uid or name, spec.refresh_seconds))
+            json_copy(raw), spec, endpoint, target, resource, _identity_key(ns, spec), uid)
         return memo
 
     async def reconcile(self, body: dict[str, Any]) -> Outcome:
+        """Gather what the decision needs, ``plan`` it, apply the plan (mint and write when it says so)."""
         meta = body.get("metadata", {})
         ns, name = meta["namespace"], meta["name"]
         now = self.clock()
@@ -158,19 +164,17 @@ class Reconciler:
                 try:
                     endpoint = await self.resolver(check_hostname("spec.host" if spec.host else "spec.dsn", dial))
                 except LookupError as exc:
-                    return await self._fail(body, reasons.ENDPOINT_NOT_RESOLVED, str(exc), retry_after=5.0)
+                    return await self._fail(body, plan.endpoint_not_resolved(dial, str(exc)))
                 if endpoint is None:
-                    return await self._fail(body, reasons.ENDPOINT_NOT_RESOLVED,
-                                            f"spec.resolveCNAME: no RDS endpoint found behind {dial}.", retry_after=5.0)
+                    return await self._fail(body, plan.endpoint_not_resolved(dial))
             if memo is not None and memo.endpoint == endpoint:
                 target = memo.target
             else:
                 memo = self._remember(ns, name, uid, raw, spec, endpoint)
                 target = memo.target
         except (SpecError, TargetError) as exc:
-            return await self._fail(body, reasons.INVALID_SPEC, f"Invalid spec: {str(exc).rstrip('.')}. Fix the "
-                                    "field and re-apply; the operator will not retry this generation.", permanent=True)
-        secret_name = spec.target.name or name
+            return await self._fail(body, plan.invalid_spec(str(exc)))
+        secret_name = memo.resource.secret_name
         debug = logger.isEnabledFor(logging.DEBUG)
         if debug:
             logger.debug(
@@ -181,78 +185,53 @@ class Reconciler:
                 "dropped" if spec.dsn and parse_dsn(spec.dsn).had_password else "absent", len(target.options),
                 secret_name, spec.refresh_interval)
 
-        key = memo.identity
         try:
             refusal = await self._check_tenancy(ns, spec)
-        except ApiError as exc:  # fail closed: a narrowing namespace rule unread is not "no rule"
-            return await self._fail(
-                body, reasons.KUBERNETES_ERROR, f"Could not read namespace {ns} for the tenancy policy: "
-                f"{exc.status} {exc.reason}. Check the operator's RBAC (namespaces get); retrying.", retry_after=5.0)
-        if refusal is not None:
-            # A refusal decided by the namespace's labels/annotations is retried (slowly): an admin may
-            # change those without touching this resource.
-            return await self._fail(body, reasons.IDENTITY_NOT_ALLOWED,
-                                    f"Identity not allowed by rule {refusal.rule}: {refusal.message}.",
-                                    permanent=not refusal.depends_on_namespace, retry_after=60.0)
-
-        try:
-            state, current = await self._secret_state(ns, secret_name, meta, _SECRET_KEY_SETS[target.engine])
         except ApiError as exc:
-            return await self._fail(body, reasons.KUBERNETES_ERROR, self._kube_message("read", ns, secret_name, exc),
-                                    retry_after=2.0)
-        if state.exists and not state.owned:
-            return await self._fail(
-                body, reasons.SECRET_CONFLICT,
-                f"Secret {ns}/{secret_name} already exists and is not owned by this RdsIamCredential"
-                f"{' (it belongs to ' + state.owner + ')' if state.owner else ''}; the operator never "
-                "overwrites or adopts a Secret it did not create. Delete that Secret or set spec.target.name "
-                "to a free name.", retry_after=60.0)
+            return await self._fail(body, plan.namespace_unreadable(ns, exc.status, exc.reason))
+        if refusal is not None:
+            return await self._fail(body, plan.identity_not_allowed(
+                refusal.rule, refusal.message, depends_on_namespace=refusal.depends_on_namespace))
+        try:
+            state = await self._secret_state(ns, secret_name, meta, _SECRET_KEY_SETS[target.engine])
+        except ApiError as exc:
+            return await self._fail(body, plan.secret_api_failed(
+                "read", ns, secret_name, exc.status, exc.reason, exc.message, retry_after=2.0))
 
-        fp = memo.fingerprint
-        interval = spec.refresh_seconds
-        jitter = memo.jitter
-        requested = policy.parse_time((meta.get("annotations") or {}).get(REFRESH_ANN))
-        decision = policy.decide(
-            current=fp, secret=state, interval=interval, now=now, requested_at=requested, jitter=jitter)
-        if not decision.refresh:
-            try:
-                await self._sync_status_if_behind(body, spec, target, secret_name, state)
-            except ApiError as exc:
-                logger.warning("%s/%s: could not bring status in line with Secret %s: %s %s; retrying", ns, name,
-                               secret_name, exc.status, exc.reason)
-                return Outcome(None, False, reasons.KUBERNETES_ERROR, retry_after=2.0)
-            return Outcome(decision.due, True, reasons.TOKEN_ISSUED)
+        inp = plan.Input(
+            memo.resource, state, body.get("status") or {}, meta.get("generation"),
+            policy.parse_time((meta.get("annotations") or {}).get(REFRESH_ANN)), now,
+            self._warned.get(f"{ns}/{name}"), self.rotation_events)
+        decided = plan.plan_refresh(inp)
+        if not decided.mint:
+            return await self._apply(body, decided, secret_name)
 
         if debug:
-            logger.debug("Refreshing %s/%s: %s (endpoint %s, user %s, identity %s)", ns, name, decision.reason,
-                         target.signing_endpoint, target.username, key.describe())
+            logger.debug("Refreshing %s/%s: %s (endpoint %s, user %s, identity %s)", ns, name, decided.why,
+                         target.signing_endpoint, target.username, memo.identity.describe())
         try:
-            creds = await self.identities.get(key)
+            creds = await self.identities.get(memo.identity)
         except IdentityError as exc:
-            return await self._fail(body, exc.reason, exc.message, retry_after=exc.retry_after or 5.0)
+            return await self._fail(body, plan.identity_failed(exc.reason, exc.message, exc.retry_after))
         token = sign_token(creds, target.signing_host, target.port, target.username, target.region)
-        issued = self.clock()
-        expires = issued + TOKEN_LIFETIME
-        if creds.expiry is not None and creds.expiry < expires:
-            expires = creds.expiry
-        issued_at, expires_at = policy.rfc3339(issued), policy.rfc3339(expires)
+        issued = plan.issued(self.clock(), creds.expiry, creds.arn)
         if debug:
             logger.debug("Token issued for %s/%s (%d bytes, expires %s, signed by %s)", ns, name, len(token),
-                         expires_at, creds.arn or "unknown principal")
+                         issued.expires_at, creds.arn or "unknown principal")
 
-        secret = self._secret_body(body, spec, target, secret_name, token, issued_at, expires_at, fp, state,
-                                   creds.arn)
+        secret = self._secret_body(body, spec, target, secret_name, token, issued.issued_at, issued.expires_at,
+                                   memo.resource.fingerprint, state, creds.arn)
         del token
         try:
             written = await self._write_secret(ns, secret_name, secret, state, meta)
         except ApiError as exc:
-            if exc.status == 409:
-                # Someone else wrote it between our read and write: re-read and decide again soon.
+            if exc.status in (404, 409):
+                # Someone else wrote (or deleted) it between our read and write: re-read, decide again soon.
                 self.secrets.pop((ns, secret_name), None)
-            return await self._fail(body, reasons.KUBERNETES_ERROR,
-                                    self._kube_message("write", ns, secret_name, exc, sent=secret), retry_after=1.0)
+            return await self._fail(body, plan.secret_api_failed(
+                "write", ns, secret_name, exc.status, exc.reason, _redact(exc.message, secret), retry_after=1.0))
         except _Conflict as exc:
-            return await self._fail(body, reasons.SECRET_CONFLICT, str(exc), retry_after=60.0)
+            return await self._fail(body, plan.secret_conflict(ns, secret_name, exc.owner))
         # The write answers with its metadata alone; the keys are the ones just written (PUT replaces them).
         self.secrets[(ns, secret_name)] = _strip_data({"metadata": written.get("metadata") or {},
                                                        "data": secret["data"]})
@@ -262,59 +241,42 @@ class Reconciler:
         connected: tuple[str, str, str] | None = None
         if spec.verify and self.verifier is not None:
             connected = await self.verifier(target, secret)
-        first = not state.exists
-        early = creds.expiry is not None and creds.expiry < issued + TOKEN_LIFETIME
-        message = (f"Token for {target.username}@{target.signing_endpoint} ({target.region}) written to Secret "
-                   f"{secret_name}; expires {expires_at}{' (credentials expire first)' if early else ''}.")
-        status: dict[str, Any] = {
-            "observedGeneration": meta.get("generation"),
-            "lastRefreshTime": issued_at,
-            "expiresAt": expires_at,
-            "secretName": secret_name,
-            "identity": creds.arn,
-            "endpoint": target.signing_endpoint,
-        }
-        conditions = policy.condition(
-            (body.get("status") or {}).get("conditions"), type_="Ready", status="True",
-            reason=reasons.TOKEN_ISSUED, message=message, generation=meta.get("generation"), now=issued)
-        if connected is not None:
-            c_status, c_reason, c_message = connected
-            conditions = policy.condition(conditions, type_="Connected", status=c_status, reason=c_reason,
-                                          message=c_message, generation=meta.get("generation"), now=issued)
-            if c_status == "False":  # "Unknown" (MySQL: not probed) is in the condition, not a Warning each time
-                await self._event(body, "Warning", c_reason, c_message)
-        elif not spec.verify:  # verify switched off: no stale Connected condition
-            conditions = [c for c in conditions if c.get("type") != "Connected"]
-        status["conditions"] = conditions
-        old_ready = next((c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"),
-                         None)
-        recovered = old_ready is not None and old_ready.get("status") != "True"
-        status_behind = False
-        try:
-            await self._patch_status(body, status)
-        except ApiError as exc:  # the Secret is written; status catches up on a pass soon (see below)
-            logger.warning("%s/%s: token written to Secret %s but status not updated: %s %s; retrying", ns, name,
-                           secret_name, exc.status, exc.reason)
-            status_behind = True
-        self._warned.pop(f"{ns}/{name}", None)
-        if first or recovered or self.rotation_events or decision.reason not in (policy.INTERVAL_ELAPSED,
-                                                                                 policy.EXPIRING):
-            await self._event(body, "Normal", reasons.TOKEN_ISSUED if first else reasons.ROTATED,
-                              f"{'Issued' if first else 'Rotated'} token ({decision.reason}); Secret {secret_name} "
-                              f"expires {expires_at}.")
+        done = plan.plan_issued(inp, decided.why, issued, connected)
+        outcome = await self._apply(body, done, secret_name)
         if self.on_refresh is not None:
-            self.on_refresh(body, decision.reason, expires)
-        due = policy.due_after_issue(issued, expires, interval=interval, jitter=jitter)
-        if early:
-            # Credentials that die before the token would: the expiry margin may already have passed, so
-            # come back at half the token's life (the identity cache hands out new credentials by then),
-            # never in a tight loop; the refresh interval still applies when it is sooner.
-            floor = issued + max((expires - issued) / 2, datetime.timedelta(seconds=1))
-            by_interval = issued + datetime.timedelta(seconds=max(interval - jitter, 1.0))
-            due = min(by_interval, max(due, floor))
-        if status_behind:
-            due = min(due, issued + datetime.timedelta(seconds=2))
-        return Outcome(due, True, reasons.TOKEN_ISSUED, refreshed=True)
+            self.on_refresh(body, decided.why, issued.expires)
+        return outcome
+
+    async def _apply(self, body: dict[str, Any], p: plan.Plan, secret_name: str = "") -> Outcome:
+        """Write the plan's status, post its Events, and tell the scheduler what it says."""
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if p.failed:
+            self.stats.failures[p.why] = self.stats.failures.get(p.why, 0) + 1
+            logger.warning("%s/%s: %s: %s", ns, name, p.why, p.message)
+            if self.on_failure is not None:
+                self.on_failure(body, p.why)
+        told = p.next
+        if p.status is not None:
+            try:
+                await self._patch_status(body, p.status)
+            except ApiError as exc:
+                if p.failed:
+                    logger.warning("%s/%s: could not write status: %s", ns, name, exc.status)
+                elif p.mint:
+                    logger.warning("%s/%s: token written to Secret %s but status not updated: %s %s; retrying",
+                                   ns, name, secret_name, exc.status, exc.reason)
+                else:
+                    logger.warning("%s/%s: could not bring status in line with Secret %s: %s %s; retrying", ns,
+                                   name, secret_name, exc.status, exc.reason)
+                told = p.if_status_fails or told
+        if p.reported is None:
+            self._warned.pop(f"{ns}/{name}", None)
+        else:
+            self._warned[f"{ns}/{name}"] = p.reported
+        for event in p.events:
+            await self._event(body, event.type, event.reason, event.message)
+        return Outcome(told.due, told.ok, told.reason, refreshed=told.refreshed, retry_after=told.retry_after)
 
     # ---- pieces -------------------------------------------------------------------------------
 
@@ -327,7 +289,7 @@ class Reconciler:
 
     async def _secret_state(
         self, ns: str, name: str, meta: dict[str, Any], keys: frozenset[str],
-    ) -> tuple[policy.SecretState, Any]:
+    ) -> policy.SecretState:
         """The Secret as the cache (or a read) has it; ``keys``: the keys a complete one has."""
         cached = self.secrets.get((ns, name))
         # Read it when the cache cannot tell: before the informer has listed, or after someone else changed
@@ -341,7 +303,7 @@ class Reconciler:
                 self.secrets[(ns, name)] = cached
             else:  # only our own Secrets are kept (a foreign one is checked again on each write)
                 self.secrets.pop((ns, name), None)
-        return _state_of(cached, meta.get("uid"), keys), cached
+        return _state_of(cached, meta.get("uid"), keys)
 
     def _secret_body(
         self, body: dict[str, Any], spec: CredentialSpec, target: Target, secret_name: str, token: str,
@@ -383,85 +345,26 @@ class Reconciler:
         # only ever replace it when it is ours.
         existing = await self.kube.get_secret(ns, name)
         if existing is None or not _owned_by(existing, meta.get("uid")):
-            owner = _owner_of(existing) if existing else None
-            raise _Conflict(
-                f"Secret {ns}/{name} already exists and is not owned by this RdsIamCredential"
-                f"{' (it belongs to ' + owner + ')' if owner else ''}; the operator never overwrites or adopts "
-                "a Secret it did not create. Delete that Secret or set spec.target.name to a free name.")
+            raise _Conflict(_owner_of(existing) if existing else None)
         secret["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
         return await self.kube.replace_secret(ns, name, secret)
 
-    async def _sync_status_if_behind(
-        self, body: dict[str, Any], spec: CredentialSpec, target: Target, secret_name: str,
-        state: policy.SecretState,
-    ) -> None:
-        """After a restart or a failed status write: make status match a still-fresh Secret."""
-        status = body.get("status") or {}
+    async def _fail(self, body: dict[str, Any], failure: plan.Failure) -> Outcome:
         meta = body["metadata"]
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-        assert state.expires_at is not None and state.issued_at is not None
-        # expiresAt too: a crash (or a failed status write) between the Secret write and the status write
-        # leaves Ready=True with the previous token's expiry.
-        if ready and ready.get("status") == "True" and status.get("observedGeneration") == meta.get("generation") \
-                and status.get("secretName") == secret_name \
-                and status.get("expiresAt") == policy.rfc3339(state.expires_at):
-            return
-        message = (f"Token for {target.username}@{target.signing_endpoint} ({target.region}) in Secret "
-                   f"{secret_name}; expires {policy.rfc3339(state.expires_at)}.")
-        await self._patch_status(body, {
-            "observedGeneration": meta.get("generation"),
-            "lastRefreshTime": policy.rfc3339(state.issued_at),
-            "expiresAt": policy.rfc3339(state.expires_at),
-            "secretName": secret_name,
-            "endpoint": target.signing_endpoint,
-            "conditions": policy.condition(status.get("conditions"), type_="Ready", status="True",
-                                           reason=reasons.TOKEN_ISSUED, message=message,
-                                           generation=meta.get("generation"), now=self.clock()),
-        })
-
-    async def _fail(
-        self, body: dict[str, Any], reason: str, message: str, *, permanent: bool = False,
-        retry_after: float | None = None,
-    ) -> Outcome:
-        meta = body["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
-        logger.warning("%s/%s: %s: %s", ns, name, reason, message)
-        if self.on_failure is not None:
-            self.on_failure(body, reason)
-        status = body.get("status") or {}
-        conditions = policy.condition(
-            status.get("conditions"), type_="Ready", status="False", reason=reason, message=message,
-            generation=meta.get("generation"), now=self.clock())
-        # Write status and a Warning Event when something changed; repeated identical failures under
-        # backoff only refresh nothing (no flood), the Event's message already says it all.
-        previous = self._warned.get(f"{ns}/{name}")
-        old_ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-        changed = previous != (reason, message) or not old_ready or old_ready.get("reason") != reason \
-            or old_ready.get("message") != message or status.get("observedGeneration") != meta.get("generation")
-        if changed:
-            try:
-                await self._patch_status(body, {"observedGeneration": meta.get("generation"),
-                                                "conditions": conditions})
-            except ApiError as exc:
-                logger.warning("%s/%s: could not write status: %s", ns, name, exc.status)
-            await self._event(body, "Warning", reason, message)
-            self._warned[f"{ns}/{name}"] = (reason, message)
-        if permanent:
-            return Outcome(None, False, reason)
-        return Outcome(None, False, reason, retry_after=retry_after or 5.0)
+        p = plan.plan_failure(failure, status=body.get("status") or {}, generation=meta.get("generation"),
+                              reported=self._warned.get(f"{meta['namespace']}/{meta['name']}"), now=self.clock())
+        return await self._apply(body, p)
 
     async def internal_error(self, body: dict[str, Any], exc: Exception) -> Outcome:
         """A reconciliation that raised (a bug, or a failure nobody foresaw): said in status and a Warning
         Event like any other failure, by the exception's type alone (its text may hold anything), and
-        retried with backoff. Never raises: reporting must not fail the scheduler."""
-        message = (f"Unexpected {type(exc).__name__} in the operator while reconciling; the operator's log has "
-                   "the traceback (please report it). Retrying with backoff.")
+        retried with backoff. Never raises: reporting must not fail the caller."""
+        failure = plan.internal_error(type(exc).__name__)
         try:
-            return await self._fail(body, reasons.INTERNAL_ERROR, message, retry_after=10.0)
+            return await self._fail(body, failure)
         except Exception as again:  # a body too malformed to report on, or the report itself failing
             logger.error("Could not report an internal error: %s", type(again).__name__)
-            return Outcome(None, False, reasons.INTERNAL_ERROR, retry_after=10.0)
+            return Outcome(None, False, failure.reason, retry_after=failure.retry_after)
 
     async def _patch_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -472,7 +375,15 @@ class Reconciler:
         body["status"] = merge_patch(body.get("status") or {}, status)
 
     async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Best effort: an Event that cannot be posted never fails a refresh."""
         meta = body["metadata"]
+        self.stats.events += 1
+        if self.events is not None:
+            try:
+                self.events(body, type_, reason, message)
+            except Exception as exc:
+                logger.warning("Event not posted in %s: %s", meta["namespace"], type(exc).__name__)
+            return
         now = policy.rfc3339(self.clock())
         event = {
             "apiVersion": "v1", "kind": "Event",
@@ -483,27 +394,20 @@ class Reconciler:
             "source": {"component": "rdsiam"}, "reportingComponent": "rdsiam.io/operator",
             "reportingInstance": self.instance, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
-        self.stats.events += 1
-        if self.events is not None:
-            self.events.post(meta["namespace"], event)
-            return
-        await post_event(self.kube, meta["namespace"], event)
+        try:
+            await self.kube.post_event(meta["namespace"], event)
+        except ApiError as exc:
+            logger.debug("Event not posted in %s: %s", meta["namespace"], exc.status)
 
-    @staticmethod
-    def _kube_message(what: str, ns: str, name: str, exc: ApiError, sent: dict[str, Any] | None = None) -> str:
-        """``sent``: the Secret written; any of its values the answer quotes verbatim (an admission webhook
-        may), as sent or decoded, is cut out before the text goes to status, Events and the log
-        (``kubeapi.scrub`` has already cut what looks like a token)."""
-        text = exc.message
-        for value in ((sent or {}).get("data") or {}).values():
-            for shown in (value, base64.b64decode(value).decode(errors="replace")):
-                if len(shown) >= 16:  # a port or a short user name is no secret, and would cut too much
-                    text = text.replace(shown, "<redacted>")
-        hint = {403: "check the operator's RBAC for secrets (get, create, update)",
-                409: "someone else changed it at the same moment; retrying",
-                422: "the API server rejected the Secret; check spec.target labels and annotations"}.get(
-            exc.status, "the API server or network had a problem; retrying with backoff")
-        return f"Could not {what} Secret {ns}/{name}: {exc.status} {exc.reason}: {text[:300]}. {hint}."
+
+def _redact(text: str, sent: dict[str, Any]) -> str:
+    """An API server's answer to writing ``sent`` (a Secret) without any of its values, as sent or
+    decoded: an admission webhook may quote them (``kube.scrub`` has already cut what looks like a token)."""
+    for value in (sent.get("data") or {}).values():
+        for shown in (value, base64.b64decode(value).decode(errors="replace")):
+            if len(shown) >= 16:  # a port or a short user name is no secret, and would cut too much
+                text = text.replace(shown, "<redacted>")
+    return text
 
 
 def secret_data(target: Target, token: str, expires_at: str) -> dict[str, str]:
@@ -524,21 +428,24 @@ def secret_data(target: Target, token: str, expires_at: str) -> dict[str, str]:
 
 
 class _Conflict(Exception):
-    pass
+    """The Secret to write exists and is someone else's."""
+
+    def __init__(self, owner: str | None) -> None:
+        super().__init__(owner)
+        self.owner = owner
 
 
-# Never changed once built, but not frozen: a frozen dataclass's __init__ costs about five times the
-# instructions (13,000 for eight fields), and one is built for every resource after each restart.
+# Never changed once built, but not frozen: a frozen dataclass's __init__ costs several times the
+# instructions, and one is built for every resource after each restart.
 @dataclasses.dataclass(slots=True)
 class _Parsed:
     raw: Any  # a copy of the spec as watched (compared by value)
     spec: CredentialSpec
     endpoint: str | None  # the resolved RDS endpoint this target was built for (spec.resolveCNAME)
     target: Target
-    fingerprint: str
+    resource: plan.Resource  # what the plan needs of this spec (fingerprint, jitter, names)
     identity: IdentityKey
     uid: str | None  # the resource this was parsed for (a new one of the same name starts afresh)
-    jitter: float  # policy.jitter_seconds of the resource and its interval
 
 
 _OPERATOR_IDENTITY = IdentityKey()  # the operator's own identity: most specs, one key (frozen)
@@ -582,40 +489,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             merged[key] = value
     return merged
-
-
-async def post_event(kube: Kube, namespace: str, event: dict[str, Any]) -> None:
-    try:
-        await kube.post_event(namespace, event)
-    except ApiError as exc:  # Events are best effort; never fail a refresh over them
-        logger.debug("Event not posted in %s: %s", namespace, exc.status)
-
-
-class EventPoster:
-    """Posts Events off the refresh path, a few at a time, so a burst of first issues (thousands of
-    resources at operator start) writes Secrets first and lets its Events trail."""
-
-    def __init__(self, kube: Kube, workers: int = 2, limit: int = 20_000) -> None:
-        self.kube = kube
-        self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(limit)
-        self.dropped = 0
-        self._tasks = [asyncio.create_task(self._work(), name=f"rdsiam events {i}") for i in range(workers)]
-
-    def post(self, namespace: str, event: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait((namespace, event))
-        except asyncio.QueueFull:
-            self.dropped += 1
-
-    async def _work(self) -> None:
-        while True:
-            namespace, event = await self.queue.get()
-            await post_event(self.kube, namespace, event)
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _strip_data(secret: dict[str, Any]) -> dict[str, Any]:
