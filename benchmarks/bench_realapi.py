@@ -43,6 +43,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,6 +267,19 @@ def run_floor(ctx: Context, stack: Stack, n: int) -> dict[str, Any]:
     return {"error": "; ".join(errors) or "no floor.py"}
 
 
+def profile(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """With RDSIAM_BENCH_PROFILE=DIR and py-spy installed: sample the operator until all are Ready, into
+    DIR/NAME.txt (collapsed stacks, for flame graphs or grep)."""
+    where = os.environ.get("RDSIAM_BENCH_PROFILE")
+    spy = shutil.which("py-spy")
+    if not where or not spy:
+        return None
+    Path(where).mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw",
+                             "-o", str(Path(where) / f"{name}.txt")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def phase_start(ctx: Context, runtime: Runtime, n: int) -> dict[str, Any]:
     args = ctx.args
     slug = re.sub(r"[^a-z0-9]+", "-", runtime.label.lower()).strip("-")
@@ -282,7 +296,11 @@ def phase_start(ctx: Context, runtime: Runtime, n: int) -> dict[str, Any]:
         op = st.start_operator(runtime)
         r["healthy_s"] = time.monotonic() - t0
         cpu_healthy = cpu_seconds(op.pid)
+        profiler = profile(op.pid, f"start-{n}-{slug}")
         wait_for(f"all {n} Ready", lambda: st.alive() and sum(ready.values()) >= n, args.timeout, 0.25)
+        if profiler is not None:  # py-spy writes its profile when interrupted
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
         r["all_ready_s"] = time.monotonic() - t0
         r["cpu_ready_s"] = cpu_seconds(op.pid)
         r["rss_mib"], r["hwm_mib"] = memory_mib(op.pid)

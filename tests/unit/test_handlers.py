@@ -100,3 +100,18 @@ async def test_a_listing_after_the_first_makes_the_daemon_read_its_secret_again(
     handlers.credential_event(event={"type": "ADDED"}, body=body, namespace="shop", name="db", memo=memo)
     handlers.credential_event(event={"type": None}, body=body, namespace="shop", name="db", memo=memo)
     assert runtime.wakers[("shop", "db")].is_set() and memo.verify
+
+
+async def test_the_echo_of_kopfs_finalizer_lets_a_new_resources_first_pass_go() -> None:
+    """A status write before kopf's finalizer patch lands makes that patch (guarded by the resource's
+    version) fail with 422 and kopf send it again: the first pass waits for the echo."""
+    runtime = _runtime()
+    memo = kopf.Memo(runtime=runtime, seen=(1, None), unheld=True, known=True)
+    meta = {"name": "db", "namespace": "shop", "generation": 1}
+    handlers.credential_event(event={"type": "MODIFIED"}, body=kopf.Body({"metadata": meta}), namespace="shop",
+                              name="db", memo=memo)
+    assert not runtime.wakers[("shop", "db")].is_set()  # an event without the finalizer: keep waiting
+    held = {**meta, "finalizers": [handlers.FINALIZER]}
+    handlers.credential_event(event={"type": "MODIFIED"}, body=kopf.Body({"metadata": held}), namespace="shop",
+                              name="db", memo=memo)
+    assert runtime.wakers[("shop", "db")].is_set() and not memo.unheld

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -33,6 +34,8 @@ from rdsiam.operator.spec import GROUP, KIND, PLURAL, VERSION
 
 logger = logging.getLogger("rdsiam.handlers")
 FINALIZER = "rdsiam.io/finalizer"
+FINALIZER_WAIT = 5.0  # seconds a new resource's first pass waits for kopf's finalizer at most
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 Key = tuple[str, str]
 
 
@@ -116,7 +119,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
-    settings.networking.trust_env = True  # HTTPS_PROXY / NO_PROXY, as the kubernetes client honours them
+    # HTTPS_PROXY / NO_PROXY, as the kubernetes client honours them; only when set: aiohttp then looks up
+    # proxies (and ~/.netrc) in a thread for every request.
+    settings.networking.trust_env = any(os.environ.get(v) for v in PROXY_VARIABLES)
     # Only the resources and the Secrets the handlers name are watched (no CRD or namespace scanning, and
     # no RBAC for it); of the Secrets, only the managed ones (a server-side label selector).
     settings.scanning.disabled = True
@@ -239,6 +244,9 @@ def credential_event(event: kopf.RawEvent, body: kopf.Body, namespace: str | Non
     if waker is None:
         return
     meta = body.get("metadata", {})
+    if memo.get("unheld") and FINALIZER in (meta.get("finalizers") or ()):
+        memo.unheld = False  # kopf's finalizer is in: the daemon's first pass may write status now
+        waker.set()
     seen = (meta.get("generation"), (meta.get("annotations") or {}).get(REFRESH_ANN))
     if memo.get("seen") != seen:
         memo.seen = seen
@@ -260,6 +268,11 @@ async def keep_fresh(body: kopf.Body, namespace: str | None, name: str, memo: An
     ours: tuple[Any, dict[str, Any]] | None = None  # (version before our status write, status written)
     attempt = 0
     try:
+        if FINALIZER not in (meta.get("finalizers") or ()):
+            # kopf is adding its finalizer (a patch guarded by the resource's version): a status write
+            # first would make that patch fail and kopf send it again. Its echo wakes this daemon.
+            memo.unheld = True
+            await _wait(wake, stopped, FINALIZER_WAIT)
         while not stopped:
             if not runtime.active.is_set():
                 await _wait(runtime.active, stopped, None)
