@@ -119,3 +119,21 @@ def test_helm_uninstall_keeps_the_crd_the_resources_and_their_secrets(
     after = {s["metadata"]["name"]: s["metadata"]["uid"]
              for s in kubectl.list("secrets", shop, selector="app.kubernetes.io/managed-by=rdsiam")}
     assert after == secrets
+
+    # Each resource keeps kopf's finalizer: deleting one now waits, until the finalizer is removed as the
+    # README says; then the resource goes, and the garbage collector takes its Secret.
+    name = sorted(creds)[0]
+    obj = kubectl.get("rdsiamcredential", name, shop)
+    assert obj is not None and "rdsiam.io/finalizer" in obj["metadata"].get("finalizers", [])
+    owned = [s["metadata"]["name"] for s in kubectl.list("secrets", shop)
+             if any(r.get("uid") == obj["metadata"]["uid"] for r in s["metadata"].get("ownerReferences", []))]
+    assert owned
+    kubectl.run("delete", "rdsiamcredential", name, "-n", shop, "--wait=false")
+    time.sleep(2)
+    held = kubectl.get("rdsiamcredential", name, shop)
+    assert held is not None and held["metadata"].get("deletionTimestamp")
+    kubectl.run("patch", "rdsiamcredential", name, "-n", shop, "--type=merge",
+                "-p", '{"metadata":{"finalizers":null}}')
+    kubectl.wait("the resource gone", lambda: kubectl.get("rdsiamcredential", name, shop) is None, timeout=30)
+    kubectl.wait("its Secret collected", lambda: all(kubectl.get("secret", s, shop) is None for s in owned),
+                 timeout=60)

@@ -35,6 +35,7 @@ from rdsiam.operator.spec import GROUP, KIND, PLURAL, VERSION
 logger = logging.getLogger("rdsiam.handlers")
 FINALIZER = "rdsiam.io/finalizer"
 FINALIZER_WAIT = 5.0  # seconds a new resource's first pass waits for kopf's finalizer at most
+ECHO_WAIT = 30.0  # seconds the status the operator wrote stands in for a watch that has not shown it yet
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 Key = tuple[str, str]
 
@@ -265,7 +266,8 @@ async def keep_fresh(body: kopf.Body, namespace: str | None, name: str, memo: An
     runtime.resources[key] = body
     meta = body.get("metadata", {})
     memo.seen = (meta.get("generation"), (meta.get("annotations") or {}).get(REFRESH_ANN))
-    ours: tuple[Any, dict[str, Any]] | None = None  # (version before our status write, status written)
+    loop = asyncio.get_running_loop()
+    ours: tuple[float, dict[str, Any]] | None = None  # (loop time, the status last written) until its echo
     attempt = 0
     try:
         if FINALIZER not in (meta.get("finalizers") or ()):
@@ -273,6 +275,7 @@ async def keep_fresh(body: kopf.Body, namespace: str | None, name: str, memo: An
             # first would make that patch fail and kopf send it again. Its echo wakes this daemon.
             memo.unheld = True
             await _wait(wake, stopped, FINALIZER_WAIT)
+            memo.unheld = False  # (a late echo must not start a second pass)
         while not stopped:
             if not runtime.active.is_set():
                 await _wait(runtime.active, stopped, None)
@@ -282,8 +285,14 @@ async def keep_fresh(body: kopf.Body, namespace: str | None, name: str, memo: An
             if memo.get("verify"):  # after a listing: read the Secret from the API server, not the index
                 memo.verify = False
                 runtime.secrets.pop((key[0], secret_name_of(snapshot)), None)
-            if ours is not None and ours[0] == snapshot["metadata"]["resourceVersion"]:
-                snapshot["status"] = ours[1]  # our status write has not come back yet: it is what we wrote
+            if ours is not None:
+                # Until the watch brings back the status the operator wrote, that status is the truth
+                # (only the operator writes status); after ECHO_WAIT, whatever the watch shows.
+                if snapshot["status"] == ours[1] or loop.time() - ours[0] > ECHO_WAIT:
+                    ours = None
+                else:
+                    snapshot["status"] = json_copy(ours[1])
+            before = snapshot["status"]
             async with runtime.slots:
                 if stopped:
                     break
@@ -292,8 +301,8 @@ async def keep_fresh(body: kopf.Body, namespace: str | None, name: str, memo: An
                 except Exception as exc:  # a bug or a failure nobody foresaw: reported, never ends the daemon
                     logger.exception("Unexpected error reconciling %s/%s: %s", *key, type(exc).__name__)
                     outcome = await runtime.reconciler.internal_error(snapshot, exc)
-            if snapshot["status"] != (body.get("status") or {}):
-                ours = (snapshot["metadata"]["resourceVersion"], snapshot["status"])
+            if snapshot["status"] is not before and snapshot["status"] != (body.get("status") or {}):
+                ours = (loop.time(), snapshot["status"])  # written (the reconciler replaced its view)
             delay: float | None = None
             if outcome.ok:
                 attempt = 0
