@@ -268,8 +268,8 @@ def run_floor(ctx: Context, stack: Stack, n: int) -> dict[str, Any]:
 
 
 def profile(pid: int, name: str) -> subprocess.Popen[bytes] | None:
-    """With RDSIAM_BENCH_PROFILE=DIR and py-spy installed: sample the operator until all are Ready, into
-    DIR/NAME.txt (collapsed stacks, for flame graphs or grep)."""
+    """With RDSIAM_BENCH_PROFILE=DIR and py-spy installed: sample the operator (from start to all Ready, and
+    the idle window) into DIR/NAME.txt (collapsed stacks, for flame graphs or grep)."""
     where = os.environ.get("RDSIAM_BENCH_PROFILE")
     spy = shutil.which("py-spy")
     if not where or not spy:
@@ -316,7 +316,11 @@ def phase_start(ctx: Context, runtime: Runtime, n: int) -> dict[str, Any]:
         r["writes_start"] = st.audit.count(since)
         idle_since = time.time()
         cpu_a = cpu_seconds(op.pid)
+        profiler = profile(op.pid, f"idle-{n}-{slug}")
         time.sleep(args.idle_seconds)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
         st.alive()
         cpu_b = cpu_seconds(op.pid)
         r["rss_idle_mib"], _ = memory_mib(op.pid)

@@ -63,7 +63,7 @@ async def test_secret_events_wake_the_owner_only_when_someone_else_acted(
     runtime = _runtime()
     runtime.secrets[("shop", "db")] = _secret("db", "5")
     body = _secret("db", version)
-    handlers.secret_event(event={"type": event_type, "object": body}, body=kopf.Body(body), namespace="shop",
+    await handlers.secret_event(event={"type": event_type, "object": body}, body=kopf.Body(body), namespace="shop",
                           name="db", memo=kopf.Memo(runtime=runtime), managed_secrets={})
     assert runtime.wakers[("shop", "db")].is_set() is wakes
     assert ("shop", "db") not in runtime.secrets.own  # the index is current again
@@ -81,7 +81,7 @@ async def test_resource_events_wake_the_daemon_for_a_new_generation_or_a_refresh
     runtime = _runtime()
     memo = kopf.Memo(runtime=runtime, seen=(1, None))
     meta = {"name": "db", "namespace": "shop", "generation": 1, **change}
-    handlers.credential_event(event={"type": "MODIFIED"}, body=kopf.Body({"metadata": meta}), namespace="shop",
+    await handlers.credential_event(event={"type": "MODIFIED"}, body=kopf.Body({"metadata": meta}), namespace="shop",
                               name="db", memo=memo)
     assert runtime.wakers[("shop", "db")].is_set() is wakes
 
@@ -91,14 +91,14 @@ async def test_a_listing_after_the_first_makes_the_daemon_read_its_secret_again(
     runtime = _runtime()
     memo = kopf.Memo(runtime=runtime, seen=(1, None))
     body = kopf.Body({"metadata": {"name": "db", "namespace": "shop", "generation": 1}})
-    handlers.credential_event(event={"type": None}, body=body, namespace="shop", name="db", memo=memo)
+    await handlers.credential_event(event={"type": None}, body=body, namespace="shop", name="db", memo=memo)
     assert not runtime.wakers[("shop", "db")].is_set() and not memo.get("verify")  # the first listing
-    handlers.credential_event(event={"type": None}, body=body, namespace="shop", name="db", memo=memo)
+    await handlers.credential_event(event={"type": None}, body=body, namespace="shop", name="db", memo=memo)
     assert runtime.wakers[("shop", "db")].is_set() and memo.verify
     runtime.wakers[("shop", "db")].clear()
     memo = kopf.Memo(runtime=runtime, seen=(1, None))  # a resource first seen by a watch event, not a listing
-    handlers.credential_event(event={"type": "ADDED"}, body=body, namespace="shop", name="db", memo=memo)
-    handlers.credential_event(event={"type": None}, body=body, namespace="shop", name="db", memo=memo)
+    await handlers.credential_event(event={"type": "ADDED"}, body=body, namespace="shop", name="db", memo=memo)
+    await handlers.credential_event(event={"type": None}, body=body, namespace="shop", name="db", memo=memo)
     assert runtime.wakers[("shop", "db")].is_set() and memo.verify
 
 
@@ -108,10 +108,10 @@ async def test_the_echo_of_kopfs_finalizer_lets_a_new_resources_first_pass_go() 
     runtime = _runtime()
     memo = kopf.Memo(runtime=runtime, seen=(1, None), unheld=True, known=True)
     meta = {"name": "db", "namespace": "shop", "generation": 1}
-    handlers.credential_event(event={"type": "MODIFIED"}, body=kopf.Body({"metadata": meta}), namespace="shop",
+    await handlers.credential_event(event={"type": "MODIFIED"}, body=kopf.Body({"metadata": meta}), namespace="shop",
                               name="db", memo=memo)
     assert not runtime.wakers[("shop", "db")].is_set()  # an event without the finalizer: keep waiting
     held = {**meta, "finalizers": [handlers.FINALIZER]}
-    handlers.credential_event(event={"type": "MODIFIED"}, body=kopf.Body({"metadata": held}), namespace="shop",
+    await handlers.credential_event(event={"type": "MODIFIED"}, body=kopf.Body({"metadata": held}), namespace="shop",
                               name="db", memo=memo)
     assert runtime.wakers[("shop", "db")].is_set() and not memo.unheld

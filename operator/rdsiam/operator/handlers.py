@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -83,6 +83,14 @@ class SecretCache:
         self.own.pop(key, None)
 
 
+class _NoDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf builds each object's "essence" (a deep copy, a Secret's data included) on every watch event, for
+    handlers that react to changes of it (on.create, on.update, on.field); the operator has none."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {})
+
+
 # A Secret whose cached state was dropped: ``keys`` None makes the reconciler read it.
 _UNKNOWN: dict[str, Any] = {"metadata": {}, "keys": None}
 
@@ -117,6 +125,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.reporting_component = "rdsiam"
     settings.posting.event_name_prefix = "rdsiam-"
     settings.persistence.finalizer = FINALIZER
+    settings.persistence.diffbase_storage = _NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
@@ -192,14 +201,15 @@ async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
 
 # ---- the managed Secrets ---------------------------------------------------------------------
 
+# The handlers below are coroutines: kopf runs a plain function in a worker thread, a hop per watch event.
 @kopf.index("", "v1", "secrets", labels={MANAGED_BY: MANAGER})
-def managed_secrets(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+async def managed_secrets(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
     """What the reconciler knows of each managed Secret: metadata and key names, never the data."""
     return {(str(namespace), name): _strip_data(dict(body))}
 
 
 @kopf.on.event("", "v1", "secrets", labels={MANAGED_BY: MANAGER})
-def secret_event(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, memo: Any,
+async def secret_event(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, memo: Any,
                  **kwargs: Any) -> None:
     """A Secret deleted, or changed by someone else: its resource reconciles now (its own writes echo
     back with the version it wrote, and change nothing)."""
@@ -230,7 +240,7 @@ def _owner(meta: Any) -> str:
 # ---- the resources ---------------------------------------------------------------------------
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def credential_event(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, memo: Any,
+async def credential_event(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, memo: Any,
                      **_: Any) -> None:
     """A new generation or a refresh request wakes the resource's daemon (status echoes do not). So does
     a listing after the first (kopf lists again when a watch cannot resume): a Secret deleted while
