@@ -35,6 +35,9 @@ from rdsiam.operator.spec import GROUP, KIND, PLURAL, VERSION
 logger = logging.getLogger("rdsiam.handlers")
 FINALIZER = "rdsiam.io/finalizer"
 FINALIZER_WAIT = 5.0  # seconds a new resource's first pass waits for kopf's finalizer at most
+# A look is taken this long after the plan's time: a token capped by short-lived credentials is due at the
+# instant the cached credentials go stale, and a look a few milliseconds early would sign with them again.
+DUE_SLACK = 1.0
 ECHO_WAIT = 30.0  # seconds the status the operator wrote stands in for a watch that has not shown it yet
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 Key = tuple[str, str]
@@ -317,7 +320,7 @@ async def keep_fresh(body: kopf.Body, namespace: str | None, name: str, memo: An
             if outcome.ok:
                 attempt = 0
                 if outcome.next_due is not None:
-                    delay = max(0.0, (outcome.next_due - runtime.reconciler.clock()).total_seconds())
+                    delay = max(0.0, (outcome.next_due - runtime.reconciler.clock()).total_seconds()) + DUE_SLACK
             elif outcome.retry_after is not None:
                 delay = backoff(attempt, outcome.retry_after)
                 attempt += 1
