@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rdsiam.testing.operator import OperatorProcess
-from rdsiam.testing.realapi import RealCluster
+from rdsiam.testing.realapi import _WATCHDOG, RealCluster
 
 TICKS = os.sysconf("SC_CLK_TCK")
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
@@ -92,21 +92,9 @@ def components_cpu(pids: dict[str, int]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------- cleanup
 
-# Reads process-group ids on stdin; when stdin closes without "disarm" (the benchmark was killed), ends
-# those groups and removes the work directory. RealCluster has its own for the control plane.
-_REAPER = r"""
-groups=""
-while IFS= read -r line; do
-    case "$line" in
-        disarm) exit 0 ;;
-        *) groups="$groups $line" ;;
-    esac
-done
-for g in $groups; do kill -TERM "-$g" 2>/dev/null; done
-sleep 3
-for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
-rm -rf -- "$1"
-"""
+# The same watchdog script RealCluster runs for the control plane: reads process-group ids on stdin; when
+# stdin closes without "disarm" (the benchmark was killed), ends those groups and removes the work directory.
+_REAPER = _WATCHDOG
 
 
 class Reaper:
