@@ -28,7 +28,7 @@ node-images:
 	@scripts/build-node-images.sh
 
 lint: setup
-	@.venv/bin/ruff check operator tests benchmarks
+	@.venv/bin/ruff check operator testing tests benchmarks
 	@.venv/bin/mypy
 	@.venv/bin/lint-imports
 

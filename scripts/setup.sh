@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the demo and the tests need on a fresh Debian machine (idempotent, fast when done):
 # PostgreSQL and MariaDB servers (Debian packages), kubectl if missing, and a virtualenv in .venv with
-# rdsiam (editable) and its test dependency group.
+# rdsiam and rdsiam-testing (both editable) and the test dependency group.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,10 +32,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.rdsiam-setup
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ testing/pyproject.toml -nt "$stamp" ] \
+    || [ constraints.txt -nt "$stamp" ]; then
   echo "setup: installing Python dependencies into .venv (versions pinned by constraints.txt)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -U "pip>=25.1"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e . --group test
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e . -e ./testing --group test
   touch "$stamp"
 fi
 echo "setup: ready"

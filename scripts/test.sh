@@ -13,7 +13,7 @@ else
   # Bounded: a stalled Go module proxy must not hold CI (a cold build takes ~10 minutes here).
   timeout 1500 scripts/build-realapi.sh || echo "test: real-API build failed or timed out; that tier will skip (see above)"
 fi
-.venv/bin/ruff check operator tests benchmarks
+.venv/bin/ruff check operator testing tests benchmarks
 .venv/bin/lint-imports
 .venv/bin/mypy
 .venv/bin/python -m pytest tests --ignore=tests/e2e "$@"

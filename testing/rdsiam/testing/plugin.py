@@ -1,0 +1,18 @@
+"""pytest plugin of ``rdsiam.testing``: fixtures for the local stack.
+
+Registered through the ``pytest11`` entry point of the ``rdsiam-testing`` distribution (installed by
+``pip install rdsiam[testing]``), so these fixtures are available to any test suite that has it:
+
+- ``kube``: a Kubernetes API server emulator (session scope), see ``rdsiam.testing.kube``.
+- ``sts``: a moto STS/IAM server on loopback reached the way IRSA reaches STS.
+- ``postgres``: a real PostgreSQL in a temporary directory (unix socket, trust auth).
+- ``rds``: an IAM-checking PostgreSQL front door that accepts only valid RDS IAM tokens.
+- ``operator``: the rdsiam operator running against ``kube`` and ``sts``.
+
+Each component module defines its own fixtures; this module only gathers them. ``rdsiam`` alone
+(the operator and the in-pod library) registers no plugin.
+"""
+
+from __future__ import annotations
+
+from rdsiam.testing.fixtures import *  # noqa: F401,F403
