@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import subprocess
+import sys
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,7 +41,7 @@ from rdsiam.testing.postgres import PostgresError, PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-TESTED_HERE = ("basic", "assume-role", "service-account", "signing-host", "mysql")
+TESTED_HERE = ("basic", "assume-role", "service-account", "signing-host", "mysql", "app-tests")
 SECRET_KEYS = {"username", "password", "host", "port", "dbname", "dsn", "expires-at"}
 
 
@@ -339,3 +342,15 @@ def test_every_example_is_run_by_a_test() -> None:
         assert directory in TESTED_HERE or f"examples/{directory}" in others, (
             f"examples/{directory} is not run by any test"
         )
+
+
+def test_the_app_teams_example_runs_as_an_app_teams_suite() -> None:
+    """``examples/app-tests`` in a pytest process of its own, without this repository's configuration:
+    its fixtures come from the installed ``rdsiam-testing`` plugin, as in an app's repository."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-c", os.devnull, "--rootdir", ".", "-p", "no:cacheprovider",
+         "-W", "error::pytest.PytestUnraisableExceptionWarning"],
+        cwd=EXAMPLES / "app-tests", capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert re.search(r"^3 passed in ", done.stdout, re.M), done.stdout[-2000:]
