@@ -1,15 +1,11 @@
-"""The Helm chart (charts/rdsiam): what it renders, with helm and with the fallback renderer.
+"""The Helm chart (charts/rdsiam): what the real helm renders (``helm template``, tests/_helm.py).
 
-Rendering uses ``helm template`` when helm is installed (on PATH or built by scripts/build-realapi.sh)
-and ``rdsiam.testing.helm`` otherwise; while helm exists, both must produce the same objects, so the
-fallback stays honest. Every rendered object is validated against the Kubernetes OpenAPI schemas
-(kubernetes-validate). The RBAC rules are cross-checked against the operator's real API calls in
-test_chart_rbac.py.
+Every rendered object is validated against the Kubernetes OpenAPI schemas (kubernetes-validate). The
+RBAC rules are cross-checked against the operator's real API calls in test_chart_rbac.py.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import shutil
@@ -20,14 +16,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from rdsiam.testing import helm
+from tests import _helm as helm
+from tests._helm import CHART, KUBE_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "rdsiam"
 CRD_FILE = ROOT / "crds" / "rdsiam.io_rdsiamcredentials.yaml"
-KUBE_VERSION = "1.33.0"  # a recent Kubernetes; kubernetes-validate has its schemas
-HELM = helm.find_helm()
-needs_helm = pytest.mark.skipif(HELM is None, reason="helm not installed (PATH or scripts/build-realapi.sh helm)")
 
 # Value sets every check runs on: the defaults, the ci/ files, and switches the ci/ files leave out.
 VALUE_SETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
@@ -54,20 +47,10 @@ VALUE_SETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 }
 
 
-@functools.cache
-def _render(name: str, with_helm: bool = False) -> tuple[dict[str, Any], ...]:
-    files, values = VALUE_SETS[name]
-    paths = [CHART / f for f in files]
-    if with_helm:
-        text = helm.template(CHART, values_files=paths, values=values, kube_version=KUBE_VERSION)
-        assert text is not None
-        return tuple(helm.objects(text))
-    return tuple(helm.objects(helm.render(CHART, values_files=paths, values=values, kube_version=KUBE_VERSION)))
-
-
 def rendered(name: str) -> list[dict[str, Any]]:
-    """The objects, from helm when installed (the real thing), else from the fallback renderer."""
-    return list(_render(name, with_helm=HELM is not None))
+    """The objects helm renders for a value set (once per session)."""
+    files, values = VALUE_SETS[name]
+    return helm.template(values_files=[CHART / f for f in files], values=values)
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -88,42 +71,13 @@ def _key(obj: dict[str, Any]) -> tuple[str, str, str]:
     return (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
 
 
-# ---- both renderers agree; helm lint ---------------------------------------------------------
+# ---- helm lint --------------------------------------------------------------------------------
 
 
-@needs_helm
-@pytest.mark.parametrize("name", VALUE_SETS)
-def test_fallback_renderer_matches_helm(name: str) -> None:
-    ours = {_key(o): o for o in _render(name)}
-    helms = {_key(o): o for o in _render(name, with_helm=True)}
-    assert sorted(ours) == sorted(helms)
-    for key, obj in helms.items():
-        assert ours[key] == obj, f"{key} differs between helm and the fallback renderer"
-
-
-@needs_helm
-def test_notes_are_the_same_with_both_renderers(tmp_path: Path) -> None:
-    # helm template never prints NOTES.txt: render it into a ConfigMap of a copy of the chart.
-    chart = tmp_path / "rdsiam"
-    shutil.copytree(CHART, chart)
-    notes = (chart / "templates" / "NOTES.txt").read_text()
-    (chart / "templates" / "_notes.tpl").write_text('{{- define "notes" -}}\n' + notes + "{{- end }}\n")
-    (chart / "templates" / "notes.yaml").write_text(
-        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ include "notes" . | toJson }}\n'
-    )
-    for files in ((), (chart / "ci" / "all-values.yaml",), (chart / "ci" / "namespaced-values.yaml",)):
-        text = helm.template(chart, values_files=files, kube_version=KUBE_VERSION)
-        assert text is not None
-        from_helm = next(o for o in helm.objects(text) if o["kind"] == "ConfigMap")["data"]["notes"]
-        ours = helm.render(chart, values_files=files, kube_version=KUBE_VERSION)["NOTES.txt"]
-        assert from_helm.strip() == ours.strip()
-
-
-@needs_helm
 @pytest.mark.parametrize("files", [(), ("ci/all-values.yaml",), ("ci/namespaced-values.yaml",)])
 def test_helm_lint_strict(files: tuple[str, ...]) -> None:
-    out = helm.lint(CHART, values_files=[CHART / f for f in files])
-    assert out is not None and "0 chart(s) failed" in out
+    out = helm.run("lint", "--strict", str(CHART), values_files=[CHART / f for f in files])
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
 
 
 # ---- the objects are valid Kubernetes objects ---------------------------------------------
@@ -236,7 +190,7 @@ def test_ci_values_map_to_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_more_than_one_replica_turns_leader_election_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    objects = helm.objects(helm.render(CHART, values={"replicaCount": 3}, namespace="ops"))
+    objects = helm.template(values={"replicaCount": 3}, namespace="ops")
     args = _parsed_args(objects, monkeypatch)
     assert args.leader_election and args.lease_namespace == "ops"
     role = next(r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("-leader-election"))
@@ -363,53 +317,66 @@ def test_every_values_key_is_documented_and_in_the_schema() -> None:
     assert schema["additionalProperties"] is False  # a misspelt key is an error, not silently ignored
 
 
+# (values, the line helm's schema check prints)
 BAD_VALUES = {
-    "misspelt key": {"tenancy": {"requireServiceAcount": True}},
-    "log format": {"logFormat": "xml"},
-    "namespace name": {"watchNamespaces": ["Shop_Team"]},
-    "require-service-account without ServiceAccount mode": {
-        "tenancy": {"requireServiceAccount": True},
-        "identity": {"serviceAccountMode": False},
-    },
-    "existing ServiceAccount without a name": {"serviceAccount": {"create": False}},
-    "port": {"metrics": {"port": 70000}},
+    "misspelt key": (
+        {"tenancy": {"requireServiceAcount": True}},
+        "at '/tenancy': additional properties 'requireServiceAcount' not allowed",
+    ),
+    "log format": ({"logFormat": "xml"}, "at '/logFormat': value must be one of 'json', 'text'"),
+    "namespace name": ({"watchNamespaces": ["Shop_Team"]}, "at '/watchNamespaces/0': 'Shop_Team' does not match"),
+    "require-service-account without ServiceAccount mode": (
+        {"tenancy": {"requireServiceAccount": True}, "identity": {"serviceAccountMode": False}},
+        "at '/identity/serviceAccountMode': value must be true",
+    ),
+    "existing ServiceAccount without a name": (
+        {"serviceAccount": {"create": False}},
+        "at '/serviceAccount/name': minLength: got 0, want 1",
+    ),
+    "port": ({"metrics": {"port": 70000}}, "at '/metrics/port': maximum: got 70,000, want 65,535"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_VALUES)
 def test_schema_refuses_bad_values(case: str) -> None:
-    with pytest.raises(helm.ValuesError):
-        helm.render(CHART, values=BAD_VALUES[case])
-    if HELM is not None:
-        with pytest.raises(helm.HelmError, match="values don't meet the specifications of the schema"):
-            helm.template(CHART, values=BAD_VALUES[case], kube_version=KUBE_VERSION)
+    values, message = BAD_VALUES[case]
+    with pytest.raises(helm.HelmError) as failed:
+        helm.template(values=values)
+    assert failed.value.returncode == 1
+    assert "Error: values don't meet the specifications of the schema(s)" in failed.value.output
+    assert message in failed.value.output
 
 
 # ---- NOTES.txt --------------------------------------------------------------------------------
 
 
-def test_notes_tell_the_next_step() -> None:
-    notes = helm.render(CHART)["NOTES.txt"]
-    assert "has no eks.amazonaws.com/role-arn annotation" in notes  # the likely first problem
-    assert "kubectl apply -f examples/basic/rdsiamcredential.yaml" in notes
-    assert "kubectl describe rdsiam" in notes and "GRANT rds_iam" in notes
-    configured = helm.render(CHART, values_files=[CHART / "ci" / "all-values.yaml"])["NOTES.txt"]
+def notes(tmp_path: Path, values_file: str | None = None) -> str:
+    """NOTES.txt as helm renders it: helm template never prints it, so a copy of the chart puts it in a
+    ConfigMap (the same template, the same context)."""
+    chart = tmp_path / "rdsiam"
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
+        text = (chart / "templates" / "NOTES.txt").read_text()
+        (chart / "templates" / "_notes.tpl").write_text('{{- define "notes" -}}\n' + text + "{{- end }}\n")
+        (chart / "templates" / "notes.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+            'data:\n  notes: {{ include "notes" . | toJson }}\n'
+        )
+    files = [chart / values_file] if values_file else []
+    objects = helm.template(chart, values_files=files)
+    return str(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["notes"])
+
+
+def test_notes_tell_the_next_step(tmp_path: Path) -> None:
+    text = notes(tmp_path)
+    assert "has no eks.amazonaws.com/role-arn annotation" in text  # the likely first problem
+    assert "kubectl apply -f examples/basic/rdsiamcredential.yaml" in text
+    assert "kubectl describe rdsiam" in text and "GRANT rds_iam" in text
+    configured = notes(tmp_path, "ci/all-values.yaml")
     assert "role-arn annotation" not in configured
     assert "Lease rdsiam-system/rdsiam-leader" in configured
     assert "http://rdsiam-metrics.rdsiam-system.svc:9102/metrics" in configured
-
-
-# ---- the fallback renderer refuses what it does not implement ------------------------------
-
-
-def test_fallback_renderer_fails_loudly_on_unsupported_templates(tmp_path: Path) -> None:
-    chart = tmp_path / "c"
-    (chart / "templates").mkdir(parents=True)
-    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: c\nversion: 0.1.0\n")
-    (chart / "values.yaml").write_text("x: 1\n")
-    (chart / "templates" / "a.yaml").write_text("v: {{ sha256sum .Values.x }}\n")
-    with pytest.raises(helm.TemplateError, match="sha256sum"):
-        helm.render(chart)
-    (chart / "templates" / "a.yaml").write_text("{{ if .Values.x }}open\n")
-    with pytest.raises(helm.TemplateError, match="end"):
-        helm.render(chart)
+    assert "watching the whole cluster." in text and "use one of" not in text
+    namespaced = notes(tmp_path, "ci/namespaced-values.yaml")
+    assert "watching namespaces shop, billing." in namespaced
+    assert "(it lives in namespace shop; use one of shop, billing)" in namespaced

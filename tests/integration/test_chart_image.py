@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from rdsiam.testing import helm
+from tests import _helm as helm
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -66,7 +66,10 @@ def test_image_runs_rdsiam_run_as_the_charts_non_root_user() -> None:
     values = yaml.safe_load((ROOT / "charts" / "rdsiam" / "values.yaml").read_text())
     assert values["podSecurityContext"]["runAsUser"] == int(uid)
     assert values["podSecurityContext"]["runAsGroup"] == int(gid or uid)
-    deployment = next(o for o in helm.objects(helm.render(ROOT / "charts" / "rdsiam")) if o["kind"] == "Deployment")
+
+
+def test_chart_runs_the_images_entrypoint_on_exposed_ports() -> None:
+    deployment = next(o for o in helm.template() if o["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert "command" not in container and container["args"][0].startswith("--")  # flags of the entrypoint
     exposed = {int(p) for op, args in instructions() if op == "EXPOSE" for p in args.split()}

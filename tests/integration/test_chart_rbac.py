@@ -16,20 +16,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rdsiam.testing import helm
 from rdsiam.testing.kube import RequestRecord
 from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.operator import OperatorProcess
+from tests import _helm as helm
 from tests.scenarios.operator_core import app_user, credential  # noqa: F401 - app_user is a fixture
 
 pytestmark = pytest.mark.slow  # two operator runs through the scenarios (about 5 s each)
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "rdsiam"
 RELEASE = "rdsiam"
 
 
@@ -72,10 +70,7 @@ def more_namespaces(kube: Any, kubectl: Kubectl) -> Iterator[Callable[[], str]]:
 
 
 def chart_objects(namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
-    text = helm.template(CHART, release=RELEASE, namespace=namespace, values=values)
-    if text is None:  # no helm here: the fallback renderer (kept equal to helm by test_chart.py)
-        return helm.objects(helm.render(CHART, release=RELEASE, namespace=namespace, values=values))
-    return helm.objects(text)
+    return helm.template(release=RELEASE, namespace=namespace, values=values)
 
 
 def grants(objects: list[dict[str, Any]]) -> list[Grant]:

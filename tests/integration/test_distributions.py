@@ -55,12 +55,14 @@ def test_the_operator_wheel_holds_no_test_support(wheels: dict[str, Path]) -> No
     assert "rdsiam/operator/handlers.py" in files and "rdsiam/_mounted.py" in files
     assert [f for f in files if not f.startswith("rdsiam/") or f.startswith("rdsiam/testing/")] == []
     assert "pytest11" not in _metadata(wheels["rdsiam"], "entry_points.txt")
-    requires = [line for line in _metadata(wheels["rdsiam"], "METADATA").splitlines() if line.startswith("Requires-Dist:")]
+    metadata = _metadata(wheels["rdsiam"], "METADATA").splitlines()
+    requires = [line for line in metadata if line.startswith("Requires-Dist:")]
     unconditional = [r for r in requires if "extra ==" not in r]
     assert unconditional == []  # `import rdsiam` needs nothing
     operator = " ".join(r for r in requires if "extra == \"operator\"" in r).lower()
     assert "kopf" in operator and not [name for name in TEST_ONLY if name in operator]
-    assert [r for r in requires if "extra == \"testing\"" in r] == ['Requires-Dist: rdsiam-testing==0.1.0; extra == "testing"']
+    testing = [r for r in requires if "extra == \"testing\"" in r]
+    assert testing == ['Requires-Dist: rdsiam-testing==0.1.0; extra == "testing"']
 
 
 def test_the_testing_wheel_holds_only_rdsiam_testing_and_registers_the_plugin(wheels: dict[str, Path]) -> None:

@@ -13,23 +13,19 @@ from typing import Any
 
 import yaml
 
-from rdsiam.testing import helm
 from rdsiam.testing._fixtures_operator import find_leaks, leak_guard
 from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.operator import OperatorProcess
+from tests import _helm as helm
 from tests.scenarios.operator_core import credential, login
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "rdsiam"
 RELEASE_NS = "rdsiam-system"
 
 
 def rbac_objects() -> list[dict[str, Any]]:
     values = {"identity": {"serviceAccountMode": True}}
-    text = helm.template(CHART, namespace=RELEASE_NS, values=values, kube_version="1.36.0")
-    if text is None:
-        text = helm.render(CHART, namespace=RELEASE_NS, values=values, kube_version="1.36.0")
     kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-    return [o for o in helm.objects(text) if o["kind"] in kinds]
+    return [o for o in helm.template(namespace=RELEASE_NS, values=values, kube_version="1.36.0") if o["kind"] in kinds]
 
 
 def test_operator_works_with_exactly_the_charts_rbac(
