@@ -1,9 +1,31 @@
 """What every fault test checks, on every Secret version the operator ever wrote.
 
-:class:`Audit` taps the emulator's storage: each committed change of a Secret or an RdsIamCredential
-in the audited namespaces is recorded, in order, with the time it was committed. A tap is not a
-watch: the faults the tests inject (dropped watches, 410 Gone, latency, errors) cannot hide a write
-from it. :meth:`Audit.report` then checks, for each version of each managed Secret:
+:class:`Audit` watches the real API server directly (never through the fault proxy the operator goes
+through): a watch of Secrets and one of RdsIamCredentials per audited namespace, each from the
+resourceVersion the audit started at, resumed from the last resourceVersion it saw whenever it ends
+(timeoutSeconds, a dropped connection, an API server restart). Events of one watch come in
+resourceVersion order, so every committed version is recorded, in order, whatever the faults the tests
+inject on the operator's side. A watch rather than the API server's audit log: the log would have to
+hold Secret data (tokens) on disk to be checked, and the cluster is shared with other tiers.
+
+Each change carries the time the audit *observed* it, not the time it was committed (the watch gives
+no commit time): a few milliseconds later normally, seconds later while the API server restarts. The
+checks that use it are only stricter for it (a token must still be live when observed; a version is
+current until its successor is observed), except ``writes(since=...)``, which may count a write
+committed just before ``since`` as after it: where that matters, ``writes(after=resourceVersion)`` is exact.
+
+Two things a watch alone cannot promise, and how the audit makes up for them:
+
+- having seen everything up to now: :meth:`Audit.sync` (run by :meth:`report` and :meth:`close`) writes
+  a marker Secret (unlabelled: the operator never sees it) in each namespace and waits until the watch
+  delivered it, so every Secret version committed before it is recorded; RdsIamCredentials (which the
+  operator never creates or deletes) are awaited until the watch delivered the version a list shows;
+- 410 Gone on resume (history compacted, or an API server restart rebuilt its watch cache): the audit
+  lists, records what changed as observed then, and names any object that changed while it was blind
+  in :attr:`Report.gaps`, which fails :meth:`Report.assert_clean` (versions may be missing there).
+  Run :meth:`sync` right before a compaction, so that nothing is in flight.
+
+:meth:`Audit.report` then checks, for each version of each managed Secret:
 
 - complete: every key of the contract is there (``username``, ``password``, ``host``, ``port``,
   ``dbname``, ``dsn``, ``expires-at``; ``pgpass`` for PostgreSQL);
@@ -11,7 +33,7 @@ from it. :meth:`Audit.report` then checks, for each version of each managed Secr
   ``port`` and ``dbname``; each ``pgpass`` line ends with ``password``; the ``expires-at`` key equals
   the ``rdsiam.io/expires-at`` annotation;
 - a live token when written: the token verifies (SigV4, re-derived independently by
-  ``rdsiam.testing.sigv4`` with the keys STS issued) at the moment it was committed, and the
+  ``rdsiam.testing.sigv4`` with the keys STS issued) at the moment it was observed, and the
   ``expires-at`` it claims is not later than when RDS would stop accepting it (token or signing
   credentials, whichever dies first; 1 s of rounding allowed);
 - never expired while current: the token was still accepted when the next version replaced it (or
@@ -25,9 +47,10 @@ Nothing here prints a token: problems name the Secret, the resourceVersion and w
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
 import datetime as dt
+import http.client
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -90,7 +113,7 @@ def access_key_of(token: str) -> str:
 
 @dataclasses.dataclass
 class Change:
-    at: float  # time.time() when the emulator committed it
+    at: float  # time.time() when the audit observed it (see the module doc)
     type: str  # ADDED, MODIFIED, DELETED
     kind: str  # Secret, RdsIamCredential
     obj: dict[str, Any]
@@ -99,6 +122,10 @@ class Change:
     def key(self) -> tuple[str, str]:
         meta = self.obj.get("metadata") or {}
         return meta.get("namespace", ""), meta.get("name", "")
+
+    @property
+    def rv(self) -> int:
+        return int((self.obj.get("metadata") or {}).get("resourceVersion") or 0)
 
 
 @dataclasses.dataclass
@@ -131,50 +158,173 @@ class Report:
     corrupt: list[str] = dataclasses.field(default_factory=list)
     deleted: list[str] = dataclasses.field(default_factory=list)
     duplicates: list[str] = dataclasses.field(default_factory=list)
+    gaps: list[str] = dataclasses.field(default_factory=list)  # where the audit may have missed versions
     min_margin: float | None = None  # least remaining token life when a version stopped being current
 
     def assert_clean(self) -> None:
         problems = {"expired tokens": self.expired, "corrupted/half-written": self.corrupt,
-                    "deleted": self.deleted, "duplicates": self.duplicates}
+                    "deleted": self.deleted, "duplicates": self.duplicates, "unaudited gaps": self.gaps}
         bad = {k: v[:10] for k, v in problems.items() if v}
         assert not bad, f"audit of {self.versions} Secret versions found: {bad}"
 
     def summary(self) -> str:
         margin = "n/a" if self.min_margin is None else f"{self.min_margin:.1f} s"
         return (f"{self.versions} Secret versions of {self.secrets} Secrets checked: {len(self.expired)} expired, "
-                f"{len(self.corrupt)} corrupted, {len(self.deleted)} deleted, {len(self.duplicates)} duplicated; "
+                f"{len(self.corrupt)} corrupted, {len(self.deleted)} deleted, {len(self.duplicates)} duplicated, "
+                f"{len(self.gaps)} unaudited gaps; "
                 f"least remaining token life when replaced: {margin}")
 
 
-class Audit:
-    """Record every change of Secrets and RdsIamCredentials in ``namespaces`` (see the module doc)."""
+@dataclasses.dataclass(eq=False)
+class _Stream:
+    """One watch of the audit: a kind in a namespace, the last resourceVersion it saw, and what exists."""
 
-    def __init__(self, kube: Any, lookup: sigv4.Lookup, namespaces: Iterable[str] | None = None) -> None:
-        self.kube = kube
+    kind: str
+    namespace: str
+    path: str
+    rv: int = 0
+    state: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> latest object
+
+
+FENCE = "rdsiam-audit-fence"  # the marker Secret of Audit.sync (no label: the operator never sees it)
+WATCH_SECONDS = 5  # each watch request ends after this and is resumed; close() waits for none
+
+
+class Audit:
+    """Record every change of Secrets and RdsIamCredentials in ``namespaces`` (see the module doc).
+
+    ``cluster``: a :class:`~rdsiam.testing.realapi.RealCluster` (reached directly, not through a proxy);
+    None for an audit fed ``changes`` by hand."""
+
+    def __init__(self, cluster: Any, lookup: sigv4.Lookup, namespaces: Iterable[str] | None = None) -> None:
+        self.cluster = cluster
         self.lookup = lookup
         self.namespaces = set(namespaces) if namespaces is not None else None
         self.changes: list[Change] = []
-        self._stops: list[Callable[[], None]] = []
+        self.gaps: list[str] = []
+        self.resyncs = 0  # 410 Gone answered to a resume: listed again
         self._expected_deletions: set[tuple[str, str]] = set()
+        self._streams: list[_Stream] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._fences = 0
 
     def __enter__(self) -> Audit:
-        for group, plural, kind in (("", "secrets", "Secret"), (GROUP, PLURAL, "RdsIamCredential")):
-            self._stops.append(self.kube.on_change(group, plural, self._recorder(kind)))
+        assert self.cluster is not None and self.namespaces, "a live audit needs a cluster and namespaces"
+        for ns in sorted(self.namespaces):
+            for kind, path in (("Secret", f"/api/v1/namespaces/{ns}/secrets"), ("RdsIamCredential", cr_path(ns))):
+                stream = _Stream(kind, ns, path)
+                body = self._list(stream)
+                stream.rv = int(body["metadata"]["resourceVersion"])
+                stream.state = {item["metadata"]["name"]: item for item in body["items"]}
+                self._streams.append(stream)
+        for stream in self._streams:
+            threading.Thread(target=self._follow, args=(stream,), name=f"audit {stream.path}", daemon=True).start()
         return self
 
-    def _recorder(self, kind: str) -> Callable[[str, dict[str, Any]], None]:
-        def record(type_: str, obj: dict[str, Any]) -> None:  # on the emulator's loop, as each change commits
-            if self.namespaces is None or (obj.get("metadata") or {}).get("namespace") in self.namespaces:
-                self.changes.append(Change(time.time(), type_, kind, copy.deepcopy(obj)))
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(sync=exc_type is None)
 
-        return record
+    def close(self, sync: bool = True) -> None:
+        """Stop watching; first (``sync``) record everything committed until now."""
+        if self._streams and not self._stopping.is_set():
+            try:
+                if sync:
+                    self.sync()
+            finally:
+                self._stopping.set()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    # ---- following the API server --------------------------------------------------------------
 
-    def close(self) -> None:
-        while self._stops:
-            self._stops.pop()()
+    def _list(self, stream: _Stream) -> dict[str, Any]:
+        status, body = self.cluster.request("GET", stream.path)
+        if status != 200:
+            raise OSError(f"audit: listing {stream.path}: HTTP {status}")
+        return dict(body)
+
+    def _follow(self, stream: _Stream) -> None:
+        """Watch from the last resourceVersion seen, again and again, until the audit stops."""
+        while not self._stopping.is_set():
+            query = f"?watch=1&allowWatchBookmarks=true&resourceVersion={stream.rv}&timeoutSeconds={WATCH_SECONDS}"
+            try:
+                for status, event in self.cluster.watch(stream.path + query, timeout=WATCH_SECONDS + 10):
+                    if self._stopping.is_set():
+                        return
+                    gone = status == 410 or (event.get("type") == "ERROR" and (event.get("object") or {}).get(
+                        "code") == 410)
+                    if gone:
+                        self._resync(stream)
+                    if status != 200 or event.get("type") == "ERROR":
+                        break  # refused (a restarting server) or expired: watch again
+                    self._record(stream, event["type"], event["object"])
+            except (OSError, http.client.HTTPException, ValueError):
+                pass  # the connection broke (a restart): resume from stream.rv
+            self._stopping.wait(0.05)
+
+    def _record(self, stream: _Stream, type_: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        with self._lock:
+            if type_ != "BOOKMARK":
+                name = meta.get("name", "")
+                if type_ == "DELETED":
+                    stream.state.pop(name, None)
+                else:
+                    stream.state[name] = obj
+                if not (stream.kind == "Secret" and name == FENCE):
+                    self.changes.append(Change(time.time(), type_, stream.kind, obj))
+            stream.rv = max(stream.rv, int(meta.get("resourceVersion") or 0))
+
+    def _resync(self, stream: _Stream) -> None:
+        """After 410 Gone: list, record what changed while the watch was blind, and name it a gap."""
+        body = self._list(stream)
+        now, listed = time.time(), {item["metadata"]["name"]: item for item in body["items"]}
+        with self._lock:
+            changed = []
+            for name, item in listed.items():
+                before = stream.state.get(name)
+                if before is None or before["metadata"]["resourceVersion"] != item["metadata"]["resourceVersion"]:
+                    changed.append(name)
+                    if name != FENCE or stream.kind != "Secret":
+                        self.changes.append(Change(now, "ADDED" if before is None else "MODIFIED", stream.kind, item))
+            for name in set(stream.state) - set(listed):
+                changed.append(name)
+                if name != FENCE or stream.kind != "Secret":
+                    self.changes.append(Change(now, "DELETED", stream.kind, stream.state[name]))
+            stream.state = listed
+            stream.rv = int(body["metadata"]["resourceVersion"])
+            self.resyncs += 1
+            blind = sorted(n for n in changed if n != FENCE)
+            if blind:
+                self.gaps.append(f"{stream.kind} {stream.namespace}/{blind}: changed while the audit's watch had "
+                                 "expired (410 Gone): versions between may be missing")
+
+    def sync(self, timeout: float = 20.0) -> None:
+        """Return once every change committed before this call is recorded (see the module doc)."""
+        targets = []
+        for stream in self._streams:
+            if stream.kind == "Secret":
+                targets.append((stream, self._fence(stream.namespace)))
+            else:
+                items = self._list(stream)["items"]
+                targets.append((stream, max((int(i["metadata"]["resourceVersion"]) for i in items), default=0)))
+        deadline = time.monotonic() + timeout
+        while lagging := [s.path for s, rv in targets if s.rv < rv]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the audit's watches did not catch up within {timeout:.0f} s: {lagging}")
+            time.sleep(0.02)
+
+    def _fence(self, namespace: str) -> int:
+        """Write the marker Secret; returns its resourceVersion."""
+        self._fences += 1
+        meta = {"name": FENCE, "annotations": {"rdsiam.io/audit-fence": str(self._fences)}}
+        path = f"/api/v1/namespaces/{namespace}/secrets"
+        status, body = self.cluster.request("PATCH", f"{path}/{FENCE}", {"metadata": meta},
+                                            content_type="application/merge-patch+json")
+        if status == 404:
+            status, body = self.cluster.request("POST", path, {"metadata": meta})
+        if status not in (200, 201):
+            raise OSError(f"audit: writing {path}/{FENCE}: HTTP {status}")
+        return int(body["metadata"]["resourceVersion"])
 
     def expect_deletion(self, namespace: str, name: str) -> None:
         self._expected_deletions.add((namespace, name))
@@ -182,7 +332,8 @@ class Audit:
     # ---- views --------------------------------------------------------------------------------
 
     def snapshot(self) -> list[Change]:
-        return list(self.changes)
+        with self._lock:
+            return list(self.changes)
 
     def current(self, kind: str = "Secret") -> dict[tuple[str, str], dict[str, Any]]:
         """The latest state of each object of ``kind`` (deleted ones left out)."""
@@ -196,8 +347,11 @@ class Audit:
                 state[change.key] = change.obj
         return state
 
-    def writes(self, namespace: str, name: str, kind: str = "Secret", since: float = 0.0) -> list[Change]:
-        return [c for c in self.snapshot() if c.kind == kind and c.key == (namespace, name) and c.at >= since]
+    def writes(self, namespace: str, name: str, kind: str = "Secret", since: float = 0.0,
+               after: int = 0) -> list[Change]:
+        """Changes observed at ``since`` or later, of a resourceVersion above ``after``."""
+        return [c for c in self.snapshot()
+                if c.kind == kind and c.key == (namespace, name) and c.at >= since and c.rv > after]
 
     def ready(self, namespace: str, name: str, since: float = 0.0) -> list[tuple[float, str, str]]:
         """(time, status, reason) of each change of the resource's Ready condition."""
@@ -237,9 +391,12 @@ class Audit:
         return out
 
     def report(self, end: float | None = None) -> Report:
+        if self._streams and not self._stopping.is_set():
+            self.sync()
         end = time.time() if end is None else end
         versions = self.versions(end)
-        report = Report(versions=len(versions), secrets=len({(v.namespace, v.name) for v in versions}))
+        report = Report(versions=len(versions), secrets=len({(v.namespace, v.name) for v in versions}),
+                        gaps=list(self.gaps))
         for v in versions:
             if v.problems:
                 report.corrupt.append(f"{v.label}: {'; '.join(v.problems)}")
@@ -324,9 +481,10 @@ def credential(rds: Any, name: str, namespace: str, user: str = "app_user", **sp
             "metadata": {"name": name, "namespace": namespace}, "spec": {"dsn": dsn, **spec}}
 
 
-def create_namespace(kube: Any, prefix: str = "f") -> str:
+def create_namespace(cluster: Any, prefix: str = "f") -> str:
     name = unique(prefix)
-    kube.apply_manifest({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    status, body = cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    assert status == 201, body
     return name
 
 
@@ -335,7 +493,15 @@ def cr_path(namespace: str, name: str | None = None) -> str:
     return f"{base}/{name}" if name else base
 
 
-def request_refresh(kube: Any, namespace: str, names: Iterable[str], audit: Audit | None = None) -> float:
+def call(cluster: Any, method: str, path: str, body: Any = None, ok: Iterable[int] = (200, 201)) -> Any:
+    """One API call as the admin, straight to the API server; a merge patch for PATCH."""
+    status, answer = cluster.request(method, path, body, content_type="application/merge-patch+json"
+                                     if method == "PATCH" else "application/json")
+    assert status in ok, f"{method} {path}: HTTP {status}"  # not the answer: it may hold a Secret
+    return answer
+
+
+def request_refresh(cluster: Any, namespace: str, names: Iterable[str], audit: Audit | None = None) -> float:
     """Annotate resources with ``rdsiam.io/refresh-requested-at`` (whole seconds, strictly after the
     last issue of their Secrets, so the request is never mistaken for one already served)."""
     names = list(names)
@@ -347,9 +513,8 @@ def request_refresh(kube: Any, namespace: str, names: Iterable[str], audit: Audi
         while int(time.time()) <= int(latest):
             time.sleep(0.05)
     when = time.time()
-    client = kube.client()
     for name in names:
-        client.patch(cr_path(namespace, name), {"metadata": {"annotations": {REFRESH_ANN: stamp(when)}}})
+        call(cluster, "PATCH", cr_path(namespace, name), {"metadata": {"annotations": {REFRESH_ANN: stamp(when)}}})
     return float(int(when))
 
 
@@ -367,19 +532,19 @@ def wait_settled(what: str, problems: Callable[[], list[str]], timeout: float = 
         raise TimeoutError(f"timed out after {timeout} s waiting for {what}: {last[:10]}")
 
 
-def ready_reason(kube: Any, namespace: str, name: str) -> tuple[str, str] | None:
-    obj = kube.get(f"{GROUP}/{VERSION}", "RdsIamCredential", name, namespace)
+def ready_reason(cluster: Any, namespace: str, name: str) -> tuple[str, str] | None:
+    obj = cluster.get(f"{GROUP}/{VERSION}", "RdsIamCredential", name, namespace)
     cond = next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"),
                 None)
     return (cond["status"], cond["reason"]) if cond else None
 
 
-def secret(kube: Any, namespace: str, name: str) -> dict[str, Any] | None:
-    return kube.get("v1", "Secret", name, namespace)
+def secret(cluster: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    return cluster.get("v1", "Secret", name, namespace)
 
 
-def all_ready(kube: Any, namespace: str, names: Iterable[str]) -> bool:
-    return all(ready_reason(kube, namespace, n) == ("True", "TokenIssued") for n in names)
+def all_ready(cluster: Any, namespace: str, names: Iterable[str]) -> bool:
+    return all(ready_reason(cluster, namespace, n) == ("True", "TokenIssued") for n in names)
 
 
 def login(data: dict[str, str]) -> str:

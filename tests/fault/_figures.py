@@ -23,4 +23,5 @@ def record_audit(scenario: str, report: Any) -> None:
     TOTALS["corrupted or half-written"] += len(report.corrupt)
     TOTALS["deleted"] += len(report.deleted)
     TOTALS["duplicated"] += len(report.duplicates)
+    TOTALS["unaudited gaps"] += len(report.gaps)
     record(f"{scenario}: audit", report.summary())

@@ -1,4 +1,11 @@
-"""Fixtures of the fault tier; the figures each scenario measured are printed at the end of the run."""
+"""Fixtures of the fault tier; the figures each scenario measured are printed at the end of the run.
+
+The tier runs on the real control plane (``real_cluster``: etcd + kube-apiserver + kube-controller-manager
+built from Go modules, shared with tests/realapi) and skips with the reason where it is not built, as
+that tier does. Each test's operators reach the API server through ``kube_faults``, a proxy that injects
+the faults (errors, delays, dropped and ended watches); the audit and the tests' own calls go to the API
+server directly.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,30 @@ from typing import Any
 
 import pytest
 
+from rdsiam.testing.kubectl import Kubectl
+from rdsiam.testing.kubefaults import KubeFaultProxy
+from rdsiam.testing.realapi import RealCluster
 from tests.fault._audit import create_namespace
 from tests.fault._figures import FIGURES, TOTALS
+
+# Session fixtures that depend on `cluster` are redefined here, so they are not shared with the emulator
+# tier's instances within one pytest session.
+
+
+@pytest.fixture(scope="session")
+def cluster(real_cluster: RealCluster) -> RealCluster:
+    return real_cluster
+
+
+@pytest.fixture(scope="session")
+def kubectl(real_kubectl: Kubectl) -> Kubectl:
+    return real_kubectl
+
+
+@pytest.fixture
+def operator_kubeconfig(kube_faults: KubeFaultProxy) -> str:
+    """Operators go through the fault proxy."""
+    return kube_faults.kubeconfig
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +56,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture
-def spaces(kube: Any) -> Iterator[Callable[[str], str]]:
+def spaces(cluster: RealCluster) -> Iterator[Callable[[str], str]]:
     """``spaces(prefix)`` makes a fresh namespace; all are deleted, with their content, at teardown.
 
     List it before ``operator_factory`` in a test's arguments: fixtures tear down in reverse order, so
@@ -36,9 +65,9 @@ def spaces(kube: Any) -> Iterator[Callable[[str], str]]:
     made: list[str] = []
 
     def make(prefix: str = "f") -> str:
-        made.append(create_namespace(kube, prefix))
+        made.append(create_namespace(cluster, prefix))
         return made[-1]
 
     yield make
     for name in made:
-        kube.delete_namespace(name)
+        cluster.delete_namespace(name)

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import time
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
+
+import pytest
 
 from rdsiam.testing.sigv4 import sign_token
 from rdsiam.testing.sts import Issued
@@ -48,7 +52,7 @@ def version(name: str, at: dt.datetime, *, uid: str = "uid-1", tok: str | None =
 
 
 def audit_of(*changes: Change) -> Audit:
-    audit = Audit(kube=None, lookup=lambda akid: KEY if akid == KEY.access_key_id else None)
+    audit = Audit(cluster=None, lookup=lambda akid: KEY if akid == KEY.access_key_id else None)
     audit.changes.extend(changes)
     return audit
 
@@ -87,3 +91,78 @@ def test_every_kind_of_damage_is_named() -> None:
     expected.expect_deletion("ns", "a")
     assert expected.report(end=gone.at + 2).deleted == []
     assert "hunter2" not in str(audit_of(*cases["not a token"]).report().corrupt)
+
+
+class FakeServer:
+    """Just enough of the API server for the audit's watches: a history per collection, watches that end
+    after two events (so the audit must resume), and compaction (older resumes get 410 Gone)."""
+
+    def __init__(self) -> None:
+        self.rv, self.compacted, self.paused = 10, 0, False
+        self.history: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+        self.resumes: list[tuple[str, int]] = []
+
+    def write(self, path: str, type_: str, name: str) -> dict[str, Any]:
+        self.rv += 1
+        obj = {"metadata": {"name": name, "namespace": "ns", "resourceVersion": str(self.rv)}}
+        self.history.setdefault(path, []).append((self.rv, type_, obj))
+        return obj
+
+    def state(self, path: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for _, type_, obj in self.history.get(path, []):
+            if type_ == "DELETED":
+                out.pop(obj["metadata"]["name"], None)
+            else:
+                out[obj["metadata"]["name"]] = obj
+        return out
+
+    def request(self, method: str, path: str, body: Any = None, **_: Any) -> tuple[int, Any]:
+        base, _, name = path.rpartition("/")
+        if method == "GET":
+            return 200, {"metadata": {"resourceVersion": str(self.rv)}, "items": list(self.state(path).values())}
+        if method == "PATCH":
+            return (200, self.write(base, "MODIFIED", name)) if name in self.state(base) else (404, {})
+        return 201, self.write(path, "ADDED", body["metadata"]["name"])
+
+    def watch(self, path: str, timeout: float) -> Iterator[tuple[int, dict[str, Any]]]:
+        base, _, query = path.partition("?")
+        rv = int(parse_qs(query)["resourceVersion"][0])
+        self.resumes.append((base, rv))
+        if rv < self.compacted:
+            yield 200, {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
+            return
+        sent, deadline = 0, time.monotonic() + 0.2
+        while sent < 2 and time.monotonic() < deadline and not self.paused:  # paused: a broken connection
+            pending = [e for e in self.history.get(base, []) if e[0] > rv]
+            if not pending:
+                time.sleep(0.005)
+                continue
+            rv, type_, obj = pending[0]
+            sent += 1
+            yield 200, {"type": type_, "object": obj}
+
+
+def test_the_audit_resumes_where_it_left_off_and_names_what_it_could_not_see() -> None:
+    server = FakeServer()
+    secrets = "/api/v1/namespaces/ns/secrets"
+    with Audit(server, lambda akid: None, ["ns"]) as audit:
+        written = [server.write(secrets, "ADDED" if i == 0 else "MODIFIED", "a")["metadata"]["resourceVersion"]
+                   for i in range(7)]
+        audit.sync()
+        # Every version, in order, though each watch ended after two events; each resume from the last seen.
+        assert [str(c.rv) for c in audit.writes("ns", "a")] == written
+        resumed = {rv for path, rv in server.resumes if path == secrets}
+        assert resumed <= {10, *map(int, written)} and len(resumed) >= 4 and not audit.gaps
+        # Blind (the watch paused), then compacted: two versions of "a" pass unseen and resuming gets 410.
+        server.paused = True
+        time.sleep(0.3)
+        server.write(secrets, "MODIFIED", "a")
+        last = server.write(secrets, "MODIFIED", "a")["metadata"]["resourceVersion"]
+        server.compacted, server.paused = server.rv + 1, False
+        audit.sync()
+        assert audit.resyncs >= 1 and str(audit.writes("ns", "a")[-1].rv) == last
+        report = audit.report()
+    assert report.gaps and "ns/['a']" in report.gaps[0]
+    with pytest.raises(AssertionError, match="unaudited gaps"):
+        report.assert_clean()

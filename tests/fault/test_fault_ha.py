@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from rdsiam.testing.kubefaults import KubeFaultProxy
+from rdsiam.testing.realapi import RealCluster
 from tests.fault._audit import (
     Audit,
     all_ready,
@@ -50,24 +52,25 @@ def leading(op: Any) -> bool:
     return bool(re.search(r"^rdsiam_leader 1\.0$", op.metrics(), re.M))
 
 
-def holder(kube: Any, ns: str) -> str | None:
-    lease = kube.get("coordination.k8s.io/v1", "Lease", LEASE, ns)
+def holder(cluster: RealCluster, ns: str) -> str | None:
+    lease = cluster.get("coordination.k8s.io/v1", "Lease", LEASE, ns)
     return ((lease or {}).get("spec") or {}).get("holderIdentity")
 
 
-def unserved(kube: Any, ns: str, names: list[str], requested: float) -> list[str]:
+def unserved(cluster: RealCluster, ns: str, names: list[str], requested: float) -> list[str]:
     out = []
     for name in names:
-        issued = (((secret(kube, ns, name) or {}).get("metadata") or {}).get("annotations") or {}).get(
+        issued = (((secret(cluster, ns, name) or {}).get("metadata") or {}).get("annotations") or {}).get(
             "rdsiam.io/issued-at")
         if not issued or parse_time(issued).timestamp() < requested:
             out.append(f"{name}: refresh not served")
-    return out + ([] if all_ready(kube, ns, names) else ["not all Ready"])
+    return out + ([] if all_ready(cluster, ns, names) else ["not all Ready"])
 
 
 @pytest.mark.slow
 def test_leader_killed_mid_refresh_hands_over_to_exactly_one_replica(
-    kube: Any, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any, app_user: str,
+    cluster: RealCluster, kube_faults: KubeFaultProxy, sts: Any, rds: Any, spaces: Callable[[str], str],
+    operator_factory: Any, app_user: str,
 ) -> None:
     ns = spaces("ha")
     names = [f"db{i}" for i in range(N)]
@@ -76,29 +79,29 @@ def test_leader_killed_mid_refresh_hands_over_to_exactly_one_replica(
         return operator_factory(args=["--namespace", ns, "--leader-election", "--lease-namespace", ns],
                                 env={"POD_NAME": identity})
 
-    with Audit(kube, sts.lookup, [ns]) as audit:
+    with Audit(cluster, sts.lookup, [ns]) as audit:
         a = replica("replica-a")
-        wait_for("replica-a leading", lambda: holder(kube, ns) == "replica-a" and leading(a), timeout=15)
+        wait_for("replica-a leading", lambda: holder(cluster, ns) == "replica-a" and leading(a), timeout=15)
         b = replica("replica-b")
-        kube.apply_manifest([credential(rds, n, ns) for n in names])
-        wait_for("first tokens", lambda: all_ready(kube, ns, names), timeout=15)
+        cluster.apply_manifest([credential(rds, n, ns) for n in names])
+        wait_for("first tokens", lambda: all_ready(cluster, ns, names), timeout=15)
         assert refreshes(a) == N and refreshes(b) == 0 and not leading(b)
 
         # Kill the leader with Secret writes in flight; its replacement pod starts at once.
-        slow = kube.inject(rf"/namespaces/{ns}/secrets/", method="PUT", latency=0.5, times=None)
-        requested = request_refresh(kube, ns, names, audit)
+        slow = kube_faults.inject(rf"/namespaces/{ns}/secrets/", method="PUT", latency=0.5, times=None)
+        requested = request_refresh(cluster, ns, names, audit)
         time.sleep(0.3)
         a.kill()
         killed = time.time()
         slow.remove()
-        cut = len(unserved(kube, ns, names, requested)) - (0 if all_ready(kube, ns, names) else 1)
+        cut = len(unserved(cluster, ns, names, requested)) - (0 if all_ready(cluster, ns, names) else 1)
         a.env["POD_NAME"] = "replica-a2"
         a.start()
-        assert holder(kube, ns) == "replica-a"  # the dead leader's Lease is still valid: nobody acts yet
-        new = wait_for("a new leader", lambda: holder(kube, ns) in ("replica-a2", "replica-b") and holder(kube, ns),
-                       timeout=LEASE_SECONDS + RENEW_EVERY + 5)
+        assert holder(cluster, ns) == "replica-a"  # the dead leader's Lease is still valid: nobody acts yet
+        new = wait_for("a new leader", lambda: holder(cluster, ns) in ("replica-a2", "replica-b")
+                       and holder(cluster, ns), timeout=LEASE_SECONDS + RENEW_EVERY + 5)
         takeover = time.time() - killed
-        wait_settled("the cut refreshes served by the new leader", lambda: unserved(kube, ns, names, requested))
+        wait_settled("the cut refreshes served by the new leader", lambda: unserved(cluster, ns, names, requested))
         served = time.time() - killed
         leader, follower = (a, b) if new == "replica-a2" else (b, a)
         assert leading(leader) and not leading(follower)
@@ -107,23 +110,23 @@ def test_leader_killed_mid_refresh_hands_over_to_exactly_one_replica(
 
         # The Lease API stalls past the client timeout (10 s): both replicas' Lease reads fail; the
         # election goes on, and the next refreshes are made by exactly one replica.
-        stall = kube.inject(rf"/namespaces/{ns}/leases/{LEASE}$", method="GET", latency=11.0, times=2)
+        stall = kube_faults.inject(rf"/namespaces/{ns}/leases/{LEASE}$", method="GET", latency=11.0, times=2)
         wait_for("both Lease reads stalled", lambda: stall.hits == 2, timeout=RENEW_EVERY + 2)
         stalled = time.time()
         before = {id(op): refreshes(op) for op in (a, b)}
-        renewed = wait_for("the Lease renewed after the stall", lambda: (lease := kube.get(
+        renewed = wait_for("the Lease renewed after the stall", lambda: (lease := cluster.get(
             "coordination.k8s.io/v1", "Lease", LEASE, ns)) and parse_time(lease["spec"]["renewTime"]).timestamp()
             > stalled + 5 and lease, timeout=LEASE_SECONDS + 2 * RENEW_EVERY + 10)
         after_stall = time.time() - stalled
-        requested = request_refresh(kube, ns, names, audit)
-        wait_settled("refreshes served after the stall", lambda: unserved(kube, ns, names, requested), timeout=25)
+        requested = request_refresh(cluster, ns, names, audit)
+        wait_settled("refreshes served after the stall", lambda: unserved(cluster, ns, names, requested), timeout=25)
         acted = [op for op in (a, b) if refreshes(op) > before[id(op)]]
         assert len(acted) == 1, "both replicas refreshed tokens after the stall"
         assert leading(acted[0]) and renewed["spec"]["holderIdentity"] == acted[0].env["POD_NAME"]
         for op in (a, b):
             assert "Lease" in op.log() and op.proc.poll() is None
         for name in names:
-            assert login(decode(secret(kube, ns, name) or {})) == app_user
+            assert login(decode(secret(cluster, ns, name) or {})) == app_user
         report = audit.report()
     record("HA failover", (
         f"leader SIGKILLed with {cut} of {N} refreshes in flight; a new pod started at once; {new} took over "

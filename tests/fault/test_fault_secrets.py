@@ -1,7 +1,8 @@
 """Secrets stay secret: the leak guard really catches a token, and failures provoked with real tokens
-around (logins refused, a server that echoes the password, an admission webhook that echoes the
-Secret, ``rdsiam check`` on broken mounts) put none into logs, Events, status, metrics, exception text
-or command output. And the Secret's shape lets an app's RBAC name exactly it.
+around (logins refused, a server that echoes the password, a ValidatingAdmissionPolicy that quotes the
+refused Secret's real token, a webhook that echoes a Secret in base64, ``rdsiam check`` on broken mounts)
+put none into logs, Events, status, metrics, exception text or command output. And the Secret's shape
+lets an app's RBAC name exactly it.
 
 The guard itself is ``rdsiam.testing``'s: ``operator_factory`` searches every operator's DEBUG log,
 metrics page, and every Event and status in the cluster at teardown; a hook fails any test whose
@@ -11,6 +12,7 @@ failure text or captured output shows a token or SigV4 parameters (and redacts t
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,16 +30,20 @@ import pytest
 from rdsiam._check import main as check_main
 from rdsiam.testing._fixtures_operator import find_leaks, leak_guard, redact
 from rdsiam.testing.kubectl import Kubectl
+from rdsiam.testing.kubefaults import KubeFaultProxy
 from rdsiam.testing.kubelet import AtomicWriter
 from rdsiam.testing.operator import OperatorProcess
+from rdsiam.testing.realapi import RealCluster
 from tests.fault._audit import (
     CREDENTIAL_LABEL,
     MANAGED_BY,
     Audit,
+    call,
     credential,
     decode,
     request_refresh,
     secret,
+    unique,
     wait_for,
 )
 from tests.fault._echo import MODES, EchoServer
@@ -50,44 +56,70 @@ FAKE_TOKEN = ("db.cluster-x.us-east-1.rds.amazonaws.com:5432/?Action=connect&DBU
               "&X-Amz-Signature=" + "5f" * 32)
 
 
-def wait_secret(kube: Any, ns: str, name: str, timeout: float = 15.0) -> dict[str, str]:
-    return decode(wait_for(f"Secret {ns}/{name}", lambda: secret(kube, ns, name), timeout=timeout))
+def wait_secret(cluster: RealCluster, ns: str, name: str, timeout: float = 15.0) -> dict[str, str]:
+    return decode(wait_for(f"Secret {ns}/{name}", lambda: secret(cluster, ns, name), timeout=timeout))
 
 
-def condition(kube: Any, ns: str, name: str, type_: str) -> dict[str, Any] | None:
-    obj = kube.get("rdsiam.io/v1alpha1", "RdsIamCredential", name, ns) or {}
+def condition(cluster: RealCluster, ns: str, name: str, type_: str) -> dict[str, Any] | None:
+    obj = cluster.get("rdsiam.io/v1alpha1", "RdsIamCredential", name, ns) or {}
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == type_), None)
 
 
+@contextlib.contextmanager
+def echoing_policy(cluster: RealCluster, namespace: str) -> Iterator[str]:
+    """A ValidatingAdmissionPolicy (and its binding) refusing Secrets with a ``dsn`` key in ``namespace``,
+    its message quoting their ``password`` and ``dsn``; yields its name once the API server enforces it."""
+    name = unique("echo")
+    api = "/apis/admissionregistration.k8s.io/v1"
+    call(cluster, "POST", f"{api}/validatingadmissionpolicies", {"metadata": {"name": name}, "spec": {
+        "failurePolicy": "Fail",
+        "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                                "resources": ["secrets"]}]},
+        "validations": [{"expression": "!has(object.data) || !('dsn' in object.data)", "messageExpression": (
+            "'pw=' + string(object.data['password']) + ' dsn=' + string(object.data['dsn'])")}]}})
+    call(cluster, "POST", f"{api}/validatingadmissionpolicybindings", {"metadata": {"name": name}, "spec": {
+        "policyName": name, "validationActions": ["Deny"],
+        "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}})
+    try:
+        probe = {"metadata": {"name": "probe"}, "data": {"password": "cHJvYmU=", "dsn": "cHJvYmU="}}
+        wait_for("the policy enforced", lambda: call(
+            cluster, "POST", f"/api/v1/namespaces/{namespace}/secrets?dryRun=All", probe, ok=(201, 422)
+        ).get("code") == 422)
+        yield name
+    finally:
+        call(cluster, "DELETE", f"{api}/validatingadmissionpolicybindings/{name}")
+        call(cluster, "DELETE", f"{api}/validatingadmissionpolicies/{name}")
+
+
 def test_the_guard_finds_a_token_wherever_it_shows(
-    kube: Any, kubectl: Kubectl, sts: Any, rds: Any, spaces: Callable[[str], str], operator_env: dict[str, str],
-    app_user: str, tmp_path: Path,
+    cluster: RealCluster, kubectl: Kubectl, sts: Any, rds: Any, spaces: Callable[[str], str],
+    operator_env: dict[str, str], app_user: str, tmp_path: Path,
 ) -> None:
     ns = spaces("guard")
-    op = OperatorProcess(kube.kubeconfig, operator_env, ["--namespace", ns], log_dir=str(tmp_path / "op")).start()
+    op = OperatorProcess(cluster.kubeconfig, operator_env, ["--namespace", ns], log_dir=str(tmp_path / "op")).start()
     try:
-        kube.apply_manifest(credential(rds, "db", ns))
-        data = wait_secret(kube, ns, "db")
-        wait_for("Ready", lambda: condition(kube, ns, "db", "Ready"))
+        cluster.apply_manifest(credential(rds, "db", ns))
+        data = wait_secret(cluster, ns, "db")
+        wait_for("Ready", lambda: condition(cluster, ns, "db", "Ready"))
     finally:
         op.stop()
     token = data["password"]
     assert leak_guard([op], kubectl) == [], "a clean run must pass"
-    client = kube.client()
     found = {}
     # A Warning Event quoting the DSN (the token percent-encoded).
-    event = client.create(f"/api/v1/namespaces/{ns}/events", {
+    event = call(cluster, "POST", f"/api/v1/namespaces/{ns}/events", {
         "metadata": {"generateName": "leak."}, "type": "Warning", "reason": "Leak", "message": f"dsn {data['dsn']}",
         "involvedObject": {"kind": "RdsIamCredential", "name": "db", "namespace": ns}})
     found["Event with the DSN"] = leak_guard([op], kubectl)
-    client.delete(f"/api/v1/namespaces/{ns}/events/{event['metadata']['name']}")
+    call(cluster, "DELETE", f"/api/v1/namespaces/{ns}/events/{event['metadata']['name']}")
     # A status condition quoting only the signature.
     path = f"/apis/rdsiam.io/v1alpha1/namespaces/{ns}/rdsiamcredentials/db/status"
     signature = token.rsplit("X-Amz-Signature=", 1)[1]
-    before = client.get(path)["status"]
-    client.patch(path, {"status": {"conditions": [{**before["conditions"][0], "message": f"sig {signature}"}]}})
+    before = call(cluster, "GET", path)["status"]
+    call(cluster, "PATCH", path, {"status": {"conditions": [{**before["conditions"][0],
+                                                            "message": f"sig {signature}"}]}})
     found["status with the signature"] = leak_guard([op], kubectl)
-    client.patch(path, {"status": before})
+    call(cluster, "PATCH", path, {"status": before})
     # The operator's log holding the session token alone, or the Secret's data (base64).
     session = dict(p.split("=", 1) for p in token.split("?", 1)[1].split("&"))["X-Amz-Security-Token"]
     original = op.log_path.read_text()
@@ -161,41 +193,51 @@ def check(directory: Path, *args: str, process: bool = False) -> tuple[str, list
 
 @pytest.mark.slow
 def test_failures_with_real_tokens_around_leak_nothing(
-    kube: Any, kubectl: Kubectl, sts: Any, rds: Any, postgres: Any, spaces: Callable[[str], str],
-    operator_factory: Any, app_user: str, tmp_path: Path,
+    cluster: RealCluster, kube_faults: KubeFaultProxy, kubectl: Kubectl, sts: Any, rds: Any, postgres: Any,
+    spaces: Callable[[str], str], operator_factory: Any, app_user: str, tmp_path: Path,
 ) -> None:
-    ns, hooked = spaces("leaks"), spaces("webhook")
+    ns, policed, hooked = spaces("leaks"), spaces("policy"), spaces("webhook")
     postgres.create_user("not_iam", rds_iam=False)
     echoes = {mode: EchoServer(mode) for mode in MODES}
-    for server in echoes.values():
-        server.__enter__()
-    try:
-        op = operator_factory(args=["--namespace", ns, "--namespace", hooked])
-        # An admission webhook that denies the Secret and quotes it: the token in the DSN and in base64.
+    with contextlib.ExitStack() as stack:
+        for server in echoes.values():
+            stack.enter_context(server)
+        # A ValidatingAdmissionPolicy that refuses the operator's Secret and quotes it: the real token, raw
+        # and in the DSN (percent-encoded).
+        policy = stack.enter_context(echoing_policy(cluster, policed))
+        op = operator_factory(args=["--namespace", ns, "--namespace", policed, "--namespace", hooked])
+        # A webhook quoting it in base64 too (what no policy's CEL can write): the fault proxy answers for it.
         echo_body = f"dsn={quote(FAKE_TOKEN, safe='')} password={base64.b64encode(FAKE_TOKEN.encode()).decode()}"
-        webhook = kube.inject(rf"/namespaces/{hooked}/secrets", method="POST", status=400, times=None,
-                              reason="BadRequest", message='admission webhook "policy.example.com" denied the '
-                              f"request: {echo_body}")
+        webhook = kube_faults.inject(rf"/namespaces/{hooked}/secrets", method="POST", status=400, times=None,
+                                     reason="BadRequest", message='admission webhook "policy.example.com" denied '
+                                     f"the request: {echo_body}")
         resources = [credential(rds, "not-iam", ns, user="not_iam", verify=True),
                      credential(rds, "no-db", ns, verify=True, database="no_such_db"),
-                     credential(rds, "webhook", hooked)]
+                     credential(rds, "policy", policed), credential(rds, "webhook", hooked)]
         for mode, server in echoes.items():
             name = "echo-" + mode.replace(" ", "-")
             resources.append({**credential(rds, name, ns), "spec": {
                 "dsn": f"postgresql://app_user:x@{rds.endpoint}:{server.port}/postgres?sslmode=require"
                        "&hostaddr=127.0.0.1", "verify": True}})
-        kube.apply_manifest(resources)
+        cluster.apply_manifest(resources)
         names = [r["metadata"]["name"] for r in resources if r["metadata"]["namespace"] == ns]
-        connected = {n: wait_for(f"{n} Connected", lambda n=n: (c := condition(kube, ns, n, "Connected"))
+        connected = {n: wait_for(f"{n} Connected", lambda n=n: (c := condition(cluster, ns, n, "Connected"))
                                  and c["status"] == "False" and c, timeout=20) for n in names}
-        refused = wait_for("the webhook's refusal", lambda: (c := condition(kube, hooked, "webhook", "Ready"))
+        refused = wait_for("the webhook's refusal", lambda: (c := condition(cluster, hooked, "webhook", "Ready"))
                            and c["reason"] == "KubernetesError" and c)
+        denied = wait_for("the policy's refusal", lambda: (c := condition(cluster, policed, "policy", "Ready"))
+                          and c["reason"] == "KubernetesError" and c)
+        assert f"ValidatingAdmissionPolicy '{policy}'" in denied["message"], "not refused by the policy"
+        # It quoted the Secret (its message is not the fallback), and what it quoted was cut out.
+        assert "pw=" in denied["message"] and "<redacted>" in denied["message"], "the policy quoted nothing"
+        assert secret(cluster, policed, "policy") is None and secret(cluster, hooked, "webhook") is None
         assert webhook.hits >= 1 and all(s.received >= 1 for s in echoes.values())
-        tokens = [wait_secret(kube, ns, n)["password"] for n in names]
+        tokens = [wait_secret(cluster, ns, n)["password"] for n in names]
 
         # Everything a user or an admin can read, searched now (the fixture searches again at teardown).
         texts = {f"describe {n}": kubectl.describe("rdsiamcredential", n, ns) for n in names}
         texts["describe webhook"] = kubectl.describe("rdsiamcredential", "webhook", hooked)
+        texts["describe policy"] = kubectl.describe("rdsiamcredential", "policy", policed)
         texts["events"] = json.dumps(kubectl.list("events"))  # parsed: kubectl's JSON escapes "<" in "<redacted>"
         texts["operator log"] = op.log()
         texts["metrics"] = op.metrics()
@@ -204,12 +246,12 @@ def test_failures_with_real_tokens_around_leak_nothing(
         checks = 0
         crashes: dict[str, list[str]] = {}
         for n in names:
-            data = wait_secret(kube, ns, n)
+            data = wait_secret(cluster, ns, n)
             what = f"check --connect {n}"
             texts[what], crashes[what] = check(mount(tmp_path / n, data), "--connect", "--timeout", "3",
                                                process=n.startswith("echo"))
             checks += 1
-        data = wait_secret(kube, ns, "not-iam")
+        data = wait_secret(cluster, ns, "not-iam")
         token = data["password"]
         broken = {"token as port": {"port": token}, "token as expires-at": {"expires-at": token},
                   "token as host": {"host": token}, "token as username": {"username": token},
@@ -222,13 +264,11 @@ def test_failures_with_real_tokens_around_leak_nothing(
                 mount(tmp_path / what.replace(" ", "-"), data, **override), "--connect", "--timeout", "3")
             checks += 1
         leaks = find_leaks(texts, [*tokens, FAKE_TOKEN])
-    finally:
-        for server in echoes.values():
-            server.__exit__(None, None, None)
     reasons = sorted({c["reason"] for c in connected.values()})
     record("secrets stay secret", (
         f"{len(names)} refused verify logins (reasons {reasons}; 3 from a server echoing the token whole, "
-        f"percent-encoded and cut short), a webhook echoing a token-shaped Secret ({refused['reason']}), {checks} "
+        f"percent-encoded and cut short), a ValidatingAdmissionPolicy echoing the real token ({denied['reason']}), "
+        f"a webhook echoing a token-shaped Secret in base64 ({refused['reason']}), {checks} "
         f"`rdsiam check --connect` runs on real and broken mounts: {len(texts)} texts searched, {len(leaks)} leaks"))
     assert not leaks, f"leaked into: {leaks}; e.g. {redact(texts[leaks[0].split(':')[0]])[:600]}"
     crashed = {what: c for what, c in crashes.items() if c}
@@ -236,22 +276,23 @@ def test_failures_with_real_tokens_around_leak_nothing(
 
 
 def test_the_secret_lets_an_app_scope_rbac_to_exactly_it(
-    kube: Any, kubectl: Kubectl, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any,
+    cluster: RealCluster, kubectl: Kubectl, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any,
     app_user: str,
 ) -> None:
     ns = spaces("rbac")
     operator_factory(args=["--namespace", ns])
-    with Audit(kube, sts.lookup, [ns]) as audit:
-        kube.apply_manifest([
+    with Audit(cluster, sts.lookup, [ns]) as audit:
+        cluster.apply_manifest([
             credential(rds, "orders-db", ns, target={"name": "orders-db-credentials", "labels": {"team": "orders"},
                                                     "annotations": {"owner": "orders@example.com"}}),
             credential(rds, "billing-db", ns)])
-        first = wait_secret(kube, ns, "orders-db-credentials")
-        wait_secret(kube, ns, "billing-db")
+        first = wait_secret(cluster, ns, "orders-db-credentials")
+        wait_secret(cluster, ns, "billing-db")
         time.sleep(1.1)
-        request_refresh(kube, ns, ["orders-db"], audit)
-        wait_for("a rotation", lambda: wait_secret(kube, ns, "orders-db-credentials")["password"] != first["password"])
-    obj = secret(kube, ns, "orders-db-credentials")
+        request_refresh(cluster, ns, ["orders-db"], audit)
+        wait_for("a rotation", lambda: wait_secret(cluster, ns, "orders-db-credentials")["password"]
+                 != first["password"])
+    obj = secret(cluster, ns, "orders-db-credentials")
     assert obj is not None
     meta = obj["metadata"]
     # One stable name across rotations (written in place): a Role with resourceNames: [that name] and

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from rdsiam.testing.faults import FaultProxy
+from rdsiam.testing.realapi import RealCluster
 from tests.fault._audit import Audit, all_ready, credential, decode, login, secret, unique, wait_for
 from tests.fault._figures import record, record_audit
 
@@ -75,7 +76,7 @@ def short_credentials(sts: Any) -> Iterator[int]:
 
 @pytest.mark.slow
 def test_sts_faults_for_a_bounded_period_never_leave_an_expired_token(
-    kube: Any, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any, app_user: str,
+    cluster: RealCluster, sts: Any, rds: Any, spaces: Callable[[str], str], operator_factory: Any, app_user: str,
     short_credentials: int,
 ) -> None:
     kinds = [dataclasses.replace(k, env=dict(k.env)) for k in KINDS]
@@ -86,10 +87,10 @@ def test_sts_faults_for_a_bounded_period_never_leave_an_expired_token(
             kind.role = sts.create_role(unique(f"fault-{kind.name}"))
             operator_factory(args=["--namespace", kind.namespace],
                              env={"AWS_ENDPOINT_URL_STS": kind.proxy.url, **kind.env})
-        audit = stack.enter_context(Audit(kube, sts.lookup, [k.namespace for k in kinds]))
+        audit = stack.enter_context(Audit(cluster, sts.lookup, [k.namespace for k in kinds]))
         names = [f"db{i}" for i in range(PER_KIND)]
-        kube.apply_manifest([credential(rds, n, k.namespace, assumeRoleArn=k.role) for k in kinds for n in names])
-        wait_for("every first token", lambda: all(all_ready(kube, k.namespace, names) for k in kinds), timeout=20)
+        cluster.apply_manifest([credential(rds, n, k.namespace, assumeRoleArn=k.role) for k in kinds for n in names])
+        wait_for("every first token", lambda: all(all_ready(cluster, k.namespace, names) for k in kinds), timeout=20)
 
         # The refresh is due at half the credentials' life: start each fault 5 s before it.
         latest = {(v.namespace, v.name): v for v in audit.versions()}
@@ -110,7 +111,7 @@ def test_sts_faults_for_a_bounded_period_never_leave_an_expired_token(
         deadline = fault_end + cycle
 
         def refreshed_after_fault() -> bool:
-            return all(audit.writes(k.namespace, n, since=fault_end) and all_ready(kube, k.namespace, names)
+            return all(audit.writes(k.namespace, n, since=fault_end) and all_ready(cluster, k.namespace, names)
                        for k in kinds for n in names)
 
         wait_for("a refresh of every Secret after the fault", refreshed_after_fault,
@@ -138,7 +139,7 @@ def test_sts_faults_for_a_bounded_period_never_leave_an_expired_token(
                 first_write.append(writes[0].at - fault_end)
             if not writes or writes[0].at > deadline:
                 failures.append(f"{kind.name}: {name} not refreshed within one cycle ({cycle:.0f} s) after the fault")
-        cond = next(c for c in (kube.get("rdsiam.io/v1alpha1", "RdsIamCredential", names[0], kind.namespace)
+        cond = next(c for c in (cluster.get("rdsiam.io/v1alpha1", "RdsIamCredential", names[0], kind.namespace)
                                 or {})["status"]["conditions"] if c["type"] == "Ready")
         assert cond["status"] == "True"
         messages = [c.obj for c in audit.writes(kind.namespace, names[0], "RdsIamCredential", since=fault_start)]
@@ -147,7 +148,7 @@ def test_sts_faults_for_a_bounded_period_never_leave_an_expired_token(
         if not any(kind.says in m for m in said):
             failures.append(f"{kind.name}: the {kind.reason} message does not mention {kind.says!r}")
         for name in names:
-            data = decode(secret(kube, kind.namespace, name) or {})
+            data = decode(secret(cluster, kind.namespace, name) or {})
             assert login(data) == app_user
         nan = float("nan")
         record(f"STS {kind.name} for {WINDOW:.0f} s", (

@@ -26,13 +26,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def real_cluster() -> Iterator[RealCluster]:
-    ok, reason = RealCluster.available()
-    if not ok:
-        pytest.skip(reason)
-    cluster = RealCluster(crds=[*project_crd_files(), DATA / "widgets-crd.yaml"])
-    with cluster:
-        yield cluster
+def real_cluster(real_cluster: RealCluster) -> RealCluster:
+    """The session's shared RealCluster (rdsiam.testing's; tests/fault runs on it too), plus this tier's
+    fixture CRD; the controller manager is restarted once so its garbage collector watches Widgets."""
+    if real_cluster.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "widgets.fixtures.rdsiam.io") is None:
+        real_cluster.apply_manifest([*project_crd_files(), DATA / "widgets-crd.yaml"])
+        real_cluster.restart_controller_manager()
+    return real_cluster
 
 
 _counter = iter(range(1, 1_000_000))

@@ -167,15 +167,22 @@ def operator_env(sts: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 @pytest.fixture
+def operator_kubeconfig(cluster: Any) -> str:
+    """The kubeconfig operators run with: the cluster's own, unless a tier puts something in between
+    (tests/fault: a fault-injecting proxy)."""
+    return str(cluster.kubeconfig)
+
+
+@pytest.fixture
 def operator_factory(
-    cluster: Any, kubectl: Kubectl, operator_env: dict[str, str], tmp_path: Path,
+    operator_kubeconfig: str, kubectl: Kubectl, operator_env: dict[str, str], tmp_path: Path,
 ) -> Iterator[Callable[..., OperatorProcess]]:
     """Start operators (``operator_factory(args=[...], env={...})``); all are stopped, then the whole
     operator log (DEBUG), its metrics page, Events and status are searched for tokens."""
     started: list[OperatorProcess] = []
 
     def make(args: list[str] | None = None, env: dict[str, str] | None = None, start: bool = True) -> OperatorProcess:
-        proc = OperatorProcess(cluster.kubeconfig, {**operator_env, **(env or {})}, args or [],
+        proc = OperatorProcess(operator_kubeconfig, {**operator_env, **(env or {})}, args or [],
                                log_dir=str(tmp_path / f"op{len(started)}"))
         started.append(proc)
         return proc.start() if start else proc
