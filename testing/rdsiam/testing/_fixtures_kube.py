@@ -1,7 +1,8 @@
 """pytest fixtures of the Kubernetes API emulator (``rdsiam.testing.kube``).
 
-- ``kube`` (session): a started :class:`~rdsiam.testing.kube.KubeEmulator` with the project's
-  CRDs (``crds/*.yaml`` at the repository root) applied when that directory exists.
+- ``kube`` (session): a started :class:`~rdsiam.testing.kube.KubeEmulator` (for the demo and the
+  quick tiers; its package docstring says what it does not emulate) with the project's CRDs
+  (``crds/*.yaml`` at the repository root) applied when that directory exists.
 - ``namespace`` (function): a fresh namespace in ``kube``, deleted (with its content) afterwards.
 """
 

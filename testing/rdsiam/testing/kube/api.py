@@ -13,13 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rdsiam.testing.kube import errors as err
-from rdsiam.testing.kube.crds import (
-    CLEANUP_FINALIZER,
-    crd_defaults,
-    crd_established_status,
-    crd_resource_types,
-    validate_crd,
-)
+from rdsiam.testing.kube.crds import crd_defaults, crd_established_status, crd_resource_types
 from rdsiam.testing.kube.errors import ApiError, FieldError
 from rdsiam.testing.kube.meta import (
     generate_name,
@@ -48,20 +42,17 @@ PATCH_TYPES = {
     "application/merge-patch+json": "merge",
     "application/json-patch+json": "json",
     "application/strategic-merge-patch+json": "strategic",
-    "application/apply-patch+yaml": "apply",
-    "application/apply-patch+json": "apply",
 }
 
 
 class WriteResult:
-    """What a write produced: the object to answer with, whether it was created, and warnings."""
+    """What a write produced: the object to answer with and whether it was created."""
 
-    __slots__ = ("created", "obj", "warnings")
+    __slots__ = ("created", "obj")
 
-    def __init__(self, obj: dict[str, Any], created: bool = False, warnings: list[str] | None = None) -> None:
+    def __init__(self, obj: dict[str, Any], created: bool = False) -> None:
         self.obj = obj
         self.created = created
-        self.warnings = warnings or []
 
 
 def render(obj: dict[str, Any], rtype: ResourceType) -> dict[str, Any]:
@@ -137,9 +128,6 @@ class Api:
         rtype: ResourceType,
         namespace: str | None,
         body: Any,
-        *,
-        dry_run: bool = False,
-        field_validation: str = "",
     ) -> WriteResult:
         namespace = self._scope_check(rtype, namespace)
         if not isinstance(body, dict):
@@ -182,16 +170,12 @@ class Api:
             meta["generation"] = 1
         if rtype.has_status and (rtype.group, rtype.plural) != _NAMESPACES:
             obj.pop("status", None)
-        warnings = self._prepare(rtype, obj, None, field_validation, name_errors)
+        self._prepare(rtype, obj, None, name_errors)
         if self.store.get(rtype.storage_key, namespace, name) is not None:  # storage comes last
             raise err.already_exists(rtype.group, rtype.plural, name)
-        if rtype.storage_key == _CRDS:
-            obj.setdefault("metadata", {}).setdefault("finalizers", [CLEANUP_FINALIZER])
-        if dry_run:
-            return WriteResult(obj, True, warnings)
         stored = self.store.write(rtype.storage_key, obj, None)
         self._after_write(rtype, stored, None)
-        return WriteResult(render(stored, rtype), True, warnings)
+        return WriteResult(render(stored, rtype), True)
 
     def _unique_name(self, rtype: ResourceType, namespace: str | None, prefix: str) -> str:
         for _ in range(16):
@@ -232,33 +216,21 @@ class Api:
         rtype: ResourceType,
         obj: dict[str, Any],
         old: dict[str, Any] | None,
-        field_validation: str,
         name_errors: list[FieldError] | None = None,
-    ) -> list[str]:
-        """Normalise, default, prune and validate ``obj`` in place; returns warnings."""
+    ) -> None:
+        """Normalise, default, prune (silently: no ``fieldValidation``) and validate ``obj`` in place."""
         errors = normalize_builtin(rtype.group, rtype.plural, obj, old)
         errors.extend(validate_metadata(obj["metadata"]))
         errors.extend(name_errors or [])
-        warnings: list[str] = []
         if rtype.schema is not None:
-            pruned_obj, pruned = rtype.schema.default_and_prune(obj)
+            pruned_obj, _ = rtype.schema.default_and_prune(obj)
             obj.clear()
             obj.update(pruned_obj)
-            if pruned and field_validation == "Strict":
-                unknown = ", ".join(f'unknown field "{p}"' for p in pruned)
-                raise err.bad_request(
-                    f'{rtype.kind} in version "{rtype.version}" cannot be handled as a {rtype.kind}: '
-                    f"strict decoding error: {unknown}"
-                )
-            if pruned and field_validation == "Warn":
-                warnings.extend(f'unknown field "{p}"' for p in pruned)
             errors.extend(rtype.schema.validate(obj, MISSING if old is None else old))
         if rtype.storage_key == _CRDS:
-            crd_defaults(obj)
-            errors.extend(validate_crd(obj))
+            crd_defaults(obj)  # CRDs themselves are not validated
         if errors:
             raise err.invalid(rtype.group, rtype.kind, obj["metadata"].get("name", ""), errors)
-        return warnings
 
     # ------------------------------------------------------------------ update
 
@@ -270,8 +242,6 @@ class Api:
         body: Any,
         *,
         subresource: str | None = None,
-        dry_run: bool = False,
-        field_validation: str = "",
     ) -> WriteResult:
         namespace = self._scope_check(rtype, namespace)
         old = self._existing(rtype, namespace, name)
@@ -292,7 +262,7 @@ class Api:
                 )
         elif rv != old["metadata"]["resourceVersion"]:
             raise err.conflict(rtype.group, rtype.plural, name, err.STALE)
-        return self._update(rtype, old, new, subresource, dry_run, field_validation)
+        return self._update(rtype, old, new, subresource)
 
     def patch(
         self,
@@ -303,20 +273,9 @@ class Api:
         patch_type: str,
         *,
         subresource: str | None = None,
-        dry_run: bool = False,
-        field_validation: str = "",
-        force: bool = False,
     ) -> WriteResult:
         namespace = self._scope_check(rtype, namespace)
-        old = self.store.get(rtype.storage_key, namespace, name)
-        if patch_type == "apply":
-            if not isinstance(patch, dict):
-                raise err.bad_request("error decoding YAML: the body is not an object")
-            if old is None:
-                body = {**patch, "metadata": {**(patch.get("metadata") or {}), "name": name}}
-                return self.create(rtype, namespace, body, dry_run=dry_run, field_validation=field_validation)
-        if old is None:
-            raise err.not_found(rtype.group, rtype.plural, name)
+        old = self._existing(rtype, namespace, name)
         current = render(old, rtype)
         if patch_type == "json":
             new = json_patch(current, patch)
@@ -340,7 +299,7 @@ class Api:
         new_rv = (new.get("metadata") or {}).get("resourceVersion")
         if new_rv is not None and new_rv != old["metadata"]["resourceVersion"]:
             raise err.conflict(rtype.group, rtype.plural, name, err.STALE)
-        return self._update(rtype, old, new, subresource, dry_run, field_validation)
+        return self._update(rtype, old, new, subresource)
 
     def _existing(self, rtype: ResourceType, namespace: str | None, name: str) -> dict[str, Any]:
         old = self.store.get(rtype.storage_key, namespace, name)
@@ -354,8 +313,6 @@ class Api:
         old: dict[str, Any],
         new: dict[str, Any],
         subresource: str | None,
-        dry_run: bool,
-        field_validation: str,
     ) -> WriteResult:
         name = old["metadata"]["name"]
         if subresource not in (None, "status"):
@@ -409,7 +366,7 @@ class Api:
                     new.pop("status", None)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
 
-        warnings = self._prepare(rtype, new, old, field_validation)
+        self._prepare(rtype, new, old)
         if old["metadata"].get("deletionTimestamp"):
             added = [
                 f for f in new["metadata"].get("finalizers") or [] if f not in (old["metadata"].get("finalizers") or [])
@@ -431,8 +388,6 @@ class Api:
             new["metadata"]["generation"] = int(old["metadata"].get("generation") or 0) + 1
         if new == {**old, "apiVersion": rtype.api_version}:
             return WriteResult(render(old, rtype))
-        if dry_run:
-            return WriteResult(new, False, warnings)
         if not new["metadata"].get("finalizers"):
             new["metadata"].pop("finalizers", None)
         stored = self.store.write(rtype.storage_key, new, old)
@@ -441,9 +396,9 @@ class Api:
             and not stored["metadata"].get("finalizers")
             and (rtype.group, rtype.plural) != _NAMESPACES
         ):
-            return WriteResult(render(self._remove(rtype, stored), rtype), False, warnings)
+            return WriteResult(render(self._remove(rtype, stored), rtype))
         self._after_write(rtype, stored, old)
-        return WriteResult(render(stored, rtype), False, warnings)
+        return WriteResult(render(stored, rtype))
 
     # ------------------------------------------------------------------ delete
 
@@ -453,8 +408,6 @@ class Api:
         namespace: str | None,
         name: str,
         options: dict[str, Any] | None = None,
-        *,
-        dry_run: bool = False,
     ) -> tuple[dict[str, Any], bool]:
         """Delete or mark for deletion; returns (object, removed_for_good)."""
         namespace = self._scope_check(rtype, namespace)
@@ -478,12 +431,8 @@ class Api:
                 f"precondition: {pre['resourceVersion']}, ResourceVersion in object meta: "
                 f"{meta.get('resourceVersion')}",
             )
-        if dry_run:
-            return render(old, rtype), False
-        policy = options.get("propagationPolicy") or ("Orphan" if options.get("orphanDependents") else "")
+        policy = options.get("propagationPolicy") or ""
         finalizers = list(meta.get("finalizers") or [])
-        if policy == "Orphan" and "orphan" not in finalizers and self.store.dependents.get(meta.get("uid", "")):
-            finalizers.append("orphan")
         if (
             policy == "Foreground"
             and "foregroundDeletion" not in finalizers
@@ -504,12 +453,8 @@ class Api:
             stored = self.store.write(rtype.storage_key, new, old)
             if is_namespace:
                 self.defer(lambda: self._clean_namespace(name))
-            if "orphan" in finalizers:
-                self.defer(lambda: self._orphan_dependents(rtype, stored))
             if "foregroundDeletion" in finalizers:
                 self.defer(lambda: self._foreground(rtype, stored))
-            if rtype.storage_key == _CRDS:
-                self.defer(lambda: self._clean_crd(name))
             return render(stored, rtype), False
         return render(self._remove(rtype, old), rtype), True
 
@@ -530,11 +475,6 @@ class Api:
                 self.defer(lambda: self._finish_namespace(namespace))
         if rtype.storage_key == _CRDS:
             self._unregister_crd(obj)
-        else:
-            crd = self.store.get(_CRDS, None, f"{rtype.plural}.{rtype.group}") if rtype.crd is not None else None
-            if crd is not None and crd["metadata"].get("deletionTimestamp"):
-                crd_name = crd["metadata"]["name"]
-                self.defer(lambda: self._clean_crd(crd_name))
         return gone
 
     # ------------------------------------------------------------------ controllers
@@ -565,6 +505,7 @@ class Api:
             self.store.write(_CRDS, new, crd)
 
     def _unregister_crd(self, crd: dict[str, Any]) -> None:
+        """A deleted CRD goes at once, with its objects (no cleanup finalizer: their finalizers are ignored)."""
         spec = crd.get("spec") or {}
         group, plural = spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
         self.registry.remove_group_resource(group, plural)
@@ -572,28 +513,6 @@ class Api:
         if table is not None:
             for obj in list(table.objects.values()):
                 self.store.remove((group, plural), obj)
-
-    def _clean_crd(self, name: str) -> None:
-        """The CRD finalizer: delete all custom objects, then let the CRD go."""
-        crd = self.store.get(_CRDS, None, name)
-        crd_type = self.registry.get(_CRDS[0], "v1", _CRDS[1])
-        if crd is None or crd_type is None or not crd["metadata"].get("deletionTimestamp"):
-            return
-        spec = crd.get("spec") or {}
-        key = (spec.get("group", ""), (spec.get("names") or {}).get("plural", ""))
-        table = self.store.tables.get(key)
-        rtype = self._type_of(key)
-        if table is not None and rtype is not None:
-            for obj in list(table.objects.values()):
-                if not obj["metadata"].get("deletionTimestamp"):
-                    self.delete(
-                        rtype,
-                        obj["metadata"].get("namespace"),
-                        obj["metadata"]["name"],
-                        {"propagationPolicy": "Background"},
-                    )
-        if table is None or not table.objects:
-            self._drop_finalizer(crd_type, None, name, CLEANUP_FINALIZER)
 
     def _default_service_account(self, namespace: str) -> None:
         sa_type = self.registry.get("", "v1", "serviceaccounts")
@@ -627,22 +546,6 @@ class Api:
     def _collect_dependents(self, owner_uid: str) -> None:
         for uid in list(self.store.dependents.get(owner_uid, ())):
             self._collect(uid)
-
-    def _orphan_dependents(self, rtype: ResourceType, owner: dict[str, Any]) -> None:
-        uid = owner["metadata"]["uid"]
-        for dep_uid in list(self.store.dependents.get(uid, ())):
-            where = self.store.by_uid.get(dep_uid)
-            if where is None:
-                continue
-            dep = self.store.tables[where[0]].objects[where[1]]
-            new = json_copy(dep)
-            new["metadata"]["ownerReferences"] = [
-                r for r in dep["metadata"].get("ownerReferences") or [] if r.get("uid") != uid
-            ]
-            if not new["metadata"]["ownerReferences"]:
-                del new["metadata"]["ownerReferences"]
-            self.store.write(where[0], new, dep)
-        self._drop_finalizer(rtype, owner["metadata"].get("namespace"), owner["metadata"]["name"], "orphan")
 
     def _foreground(self, rtype: ResourceType, owner: dict[str, Any]) -> None:
         uid = owner["metadata"]["uid"]
@@ -682,7 +585,7 @@ class Api:
             return
         new = json_copy(current)
         new["metadata"]["finalizers"] = [f for f in new["metadata"]["finalizers"] if f != finalizer]
-        self._update(rtype, current, new, None, False, "")
+        self._update(rtype, current, new, None)
 
     def _clean_namespace(self, namespace: str) -> None:
         for key, table in list(self.store.tables.items()):

@@ -6,20 +6,11 @@ import base64
 import hashlib
 from typing import Any
 
-from rdsiam.testing.kube.errors import FieldError
 from rdsiam.testing.kube.meta import now_rfc3339
 from rdsiam.testing.kube.resources import ResourceType
 from rdsiam.testing.kube.schema import Schema
 
-__all__ = [
-    "CLEANUP_FINALIZER",
-    "crd_defaults",
-    "crd_established_status",
-    "crd_resource_types",
-    "validate_crd",
-]
-
-CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
+__all__ = ["crd_defaults", "crd_established_status", "crd_resource_types"]
 
 
 def crd_defaults(crd: dict[str, Any]) -> None:
@@ -33,37 +24,6 @@ def crd_defaults(crd: dict[str, Any]) -> None:
     for version in spec.get("versions") or []:
         version.setdefault("served", True)
         version.setdefault("storage", False)
-
-
-def validate_crd(crd: dict[str, Any]) -> list[FieldError]:
-    spec = crd.get("spec") or {}
-    names = spec.get("names") or {}
-    errors: list[FieldError] = []
-    for key in ("group", "scope"):
-        if not spec.get(key):
-            errors.append(FieldError.required(f"spec.{key}"))
-    if spec.get("scope") and spec["scope"] not in ("Namespaced", "Cluster"):
-        errors.append(FieldError.not_supported("spec.scope", spec["scope"], ["Cluster", "Namespaced"]))
-    for key in ("plural", "kind"):
-        if not names.get(key):
-            errors.append(FieldError.required(f"spec.names.{key}"))
-    expected = f"{names.get('plural', '')}.{spec.get('group', '')}"
-    name = (crd.get("metadata") or {}).get("name", "")
-    if names.get("plural") and spec.get("group") and name != expected:
-        errors.append(FieldError.invalid("metadata.name", name, 'must be spec.names.plural+"."+spec.group'))
-    versions = spec.get("versions") or []
-    if not versions:
-        errors.append(
-            FieldError.invalid("spec.versions", versions, "must have exactly one version marked as storage version")
-        )
-    elif sum(1 for v in versions if v.get("storage")) != 1:
-        errors.append(
-            FieldError.invalid("spec.versions", versions, "must have exactly one version marked as storage version")
-        )
-    for i, version in enumerate(versions):
-        if not ((version.get("schema") or {}).get("openAPIV3Schema")):
-            errors.append(FieldError.required(f"spec.versions[{i}].schema.openAPIV3Schema", "schemas are required"))
-    return errors
 
 
 def crd_resource_types(crd: dict[str, Any]) -> list[ResourceType]:

@@ -25,7 +25,7 @@ from rdsiam.testing.kube.errors import ApiError, bad_request
 from rdsiam.testing.kube.faults import Fault, FaultSet, RequestLog
 from rdsiam.testing.kube.resources import Registry
 from rdsiam.testing.kube.server import ApiHandler, Backend
-from rdsiam.testing.kube.store import DROP, Store
+from rdsiam.testing.kube.store import Store
 from rdsiam.testing.kube.tokens import TokenIssuer
 
 __all__ = ["DEFAULT_NAMESPACES", "KubeEmulator"]
@@ -51,11 +51,8 @@ class KubeEmulator:
       :meth:`client` (a :class:`~rdsiam.testing.kube.client.KubeClient`);
     * :meth:`apply_manifest` (create-or-replace from dicts, YAML, files, directories),
       :meth:`get`, :meth:`delete_namespace`, :meth:`call` (run code atomically on the loop);
-    * :attr:`requests` (the request log), :meth:`inject`/:meth:`clear_faults`/
-      :meth:`drop_watches` (fault injection), :meth:`compact` (forget watch history);
-    * :attr:`issuer`, :meth:`jwks`, :attr:`public_key_pem`, :meth:`verify_token`
-      (ServiceAccount tokens from the TokenRequest API);
-    * :attr:`handler`: the underlying ``kmock.KubernetesEmulator`` for kmock DSL reactions;
+    * :attr:`requests` (the request log), :meth:`inject` (failing requests), :meth:`end_watches`;
+    * :attr:`issuer`, :meth:`verify_token` (ServiceAccount tokens from the TokenRequest API);
     * ``registry``, ``store`` and ``api`` are the internals: use them only inside :meth:`call`.
 
     ``history_limit`` bounds the watch event history kept per resource (older
@@ -144,8 +141,7 @@ class KubeEmulator:
     async def _astart(self) -> None:
         loop = asyncio.get_running_loop()
         self.api.defer = lambda fn: loop.call_soon(self._run_deferred, fn)
-        self._handler = ApiHandler(backend=self._backend)
-        await self._handler.__aenter__()
+        self._handler = ApiHandler(self._backend)
         self._web = aiohttp.web.Server(self._handler, handler_cancellation=True, access_log=None)
         self._server = await loop.create_server(self._web, self.host, self._requested_port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -183,8 +179,6 @@ class KubeEmulator:
             await self._web.shutdown(timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
-        if self._handler is not None:
-            await self._handler.__aexit__(None, None, None)
 
     def _write_kubeconfig(self, path: Path) -> None:
         config = {
@@ -212,32 +206,14 @@ class KubeEmulator:
         return f"http://{self.host}:{self.port}"
 
     @property
-    def handler(self) -> ApiHandler:
-        """The kmock handler: tests may add kmock DSL reactions, e.g. ``emu.handler['get /x'] << 404``."""
-        if self._handler is None:
-            raise RuntimeError("the emulator is not started")
-        return self._handler
-
-    @property
     def requests(self) -> RequestLog:
         """The request log (method, path, query, status, user agent, RBAC verb/group/resource)."""
         return self._log
 
     @property
-    def resource_version(self) -> int:
-        return self.store.rv
-
-    @property
     def issuer(self) -> str:
         """The ``iss`` of ServiceAccount tokens (OIDC discovery at ``{issuer}/.well-known/...``)."""
         return self.tokens.issuer
-
-    def jwks(self) -> dict[str, Any]:
-        return self.tokens.jwks()
-
-    @property
-    def public_key_pem(self) -> str:
-        return self.tokens.public_key_pem
 
     def verify_token(self, token: str, audience: str | list[str] | None = None) -> dict[str, Any]:
         """Verify a ServiceAccount token minted by this emulator and return its claims."""
@@ -311,89 +287,33 @@ class KubeEmulator:
         found = self.call(lambda: self.api.find(rtype, ns, name))
         return copy.deepcopy(found) if found is not None else None
 
-    # ------------------------------------------------------------------ faults & history
+    # ------------------------------------------------------------------ faults
 
     def inject(
-        self,
-        path: str = ".*",
-        *,
-        method: str | None = None,
-        status: int | None = None,
-        times: int | None = 1,
-        latency: float = 0.0,
-        message: str | None = None,
-        reason: str | None = None,
-        retry_after: int | None = None,
+        self, path: str = ".*", *, status: int, method: str | None = None, times: int | None = 1,
         watch: bool | None = None,
     ) -> Fault:
-        """Make matching requests fail with ``status`` and/or wait ``latency`` seconds first.
+        """Make matching requests fail with ``status`` (a Status body with the code's usual reason).
 
         ``path`` is a regular expression searched in the request path (or ``path?query``);
-        ``times=None`` keeps the fault forever (remove it with ``fault.remove()`` or
-        :meth:`clear_faults`); ``watch`` restricts it to (non-)watch requests. A 410 on a
-        watch request is delivered as an ``ERROR`` event with an ``Expired`` Status, like
-        the real server.
+        ``times=None`` keeps the fault forever; ``watch`` restricts it to (non-)watch requests.
+        A 410 on a watch request is delivered as an ``ERROR`` event with an ``Expired`` Status,
+        like the real server. ``fault.exhausted`` tells when it has fired ``times`` times.
         """
-        if status is None and not latency:
-            raise ValueError("a fault needs a status, a latency, or both")
-        return self.faults.add(
-            Fault(
-                method=method,
-                path=re.compile(path),
-                status=status,
-                times=times,
-                latency=latency,
-                message=message,
-                reason=reason,
-                retry_after=retry_after,
-                watch=watch,
-            )
-        )
-
-    def clear_faults(self) -> None:
-        self.faults.clear()
-
-    def drop_watches(self, path: str | None = None) -> int:
-        """Abruptly drop open watch connections (whose path matches the regex); returns how many."""
-        return self._signal_watches(path, DROP)
+        return self.faults.add(Fault(method=method, path=re.compile(path), status=status, times=times, watch=watch))
 
     def end_watches(self, path: str | None = None) -> int:
         """End open watch streams (whose path matches the regex) the normal way, as at ``timeoutSeconds``:
         clients resume from their last resourceVersion. Returns how many."""
-        return self._signal_watches(path, None)
-
-    def _signal_watches(self, path: str | None, item: Any) -> int:
         pattern = re.compile(path) if path is not None else None
 
-        def signal() -> int:
-            count = 0
-            for watcher in list(self._backend.watches):
-                if pattern is None or pattern.search(watcher.path):
-                    watcher.queue.put_nowait(item)
-                    count += 1
-            return count
+        def end() -> int:
+            ended = [w for w in self._backend.watches if pattern is None or pattern.search(w.path)]
+            for watcher in ended:
+                watcher.queue.put_nowait(None)
+            return len(ended)
 
-        return self.call(signal)
-
-    def on_change(self, group: str, plural: str, callback: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
-        """Call ``callback(type, object)`` for every committed change of that resource (ADDED, MODIFIED,
-        DELETED), on the emulator's loop, as it is stored: dropped watches and injected faults cannot hide a
-        write from it. ``object`` is the stored object (copy it to keep it). Returns a function that stops it.
-        """
-        tap = _ChangeTap(callback)
-        self.call(lambda: self.store.table((group, plural)).watchers.add(tap))
-
-        def stop() -> None:
-            self.call(lambda: self.store.table((group, plural)).watchers.discard(tap))
-
-        return stop
-
-    def compact(self) -> int:
-        """Forget the watch history; resuming from an older resourceVersion then gets 410 Gone.
-
-        Returns the current resourceVersion (resuming from it still works).
-        """
-        return self.call(self.store.compact)
+        return self.call(end)
 
 
 def _load_documents(source: Manifest) -> list[dict[str, Any]]:
@@ -415,13 +335,3 @@ def _load_documents(source: Manifest) -> list[dict[str, Any]]:
         else:
             expanded.append(doc)
     return expanded
-
-
-class _ChangeTap:
-    """A storage-table watcher that hands each committed event to a callback (see ``on_change``)."""
-
-    def __init__(self, callback: Callable[[str, dict[str, Any]], None]) -> None:
-        self.callback = callback
-
-    def offer(self, event: Any) -> None:
-        self.callback(event.type, event.obj)

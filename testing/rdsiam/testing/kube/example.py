@@ -1,4 +1,4 @@
-"""An example CRD shaped like rdsiam's, used by the emulator's own tests and benchmarks.
+"""An example CRD shaped like rdsiam's, used by the emulator's own tests.
 
 It exercises what the emulator implements for custom resources: a status subresource,
 printer columns, defaults, enums, bounds, patterns, CEL rules (including a transition

@@ -1,10 +1,9 @@
-"""Fault injection rules and the request log.
+"""Injected failures and the request log.
 
-Faults match requests by HTTP method and a path regular expression (``re.search`` on the
-path, optionally also on ``path?query``) and either answer with a status code (a proper
-``Status`` body; for watch requests a 410 is sent as an ``ERROR`` watch event like the real
-server), add latency, or both; ``times`` bounds how often a fault fires. Open watch streams
-can be dropped on demand (see ``KubeEmulator.drop_watches``).
+A fault matches requests by HTTP method, a path regular expression (``re.search`` on the path,
+or on ``path?query``) and whether the request is a watch, and answers with a status code and a
+proper ``Status`` body (for a watch, a 410 is sent as an ``ERROR`` event like the real server);
+``times`` bounds how often it fires.
 
 The request log is a bounded deque (default 100,000 entries) appended once per request:
 never scanned while serving.
@@ -28,15 +27,10 @@ class Fault:
 
     method: str | None
     path: re.Pattern[str]
-    status: int | None = None
+    status: int
     times: int | None = 1
-    latency: float = 0.0
-    message: str | None = None
-    reason: str | None = None
-    retry_after: int | None = None
     watch: bool | None = None
     hits: int = 0
-    _owner: FaultSet | None = field(default=None, repr=False)
 
     @property
     def exhausted(self) -> bool:
@@ -52,10 +46,6 @@ class Fault:
         target = f"{path}?{query}" if query else path
         return bool(self.path.search(path) or self.path.search(target))
 
-    def remove(self) -> None:
-        if self._owner is not None:
-            self._owner.remove(self)
-
 
 class FaultSet:
     """Thread-safe list of active faults (tests add them, the loop thread consumes them)."""
@@ -65,19 +55,9 @@ class FaultSet:
         self._lock = threading.Lock()
 
     def add(self, fault: Fault) -> Fault:
-        fault._owner = self
         with self._lock:
             self._faults.append(fault)
         return fault
-
-    def remove(self, fault: Fault) -> None:
-        with self._lock:
-            if fault in self._faults:
-                self._faults.remove(fault)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
 
     def take(self, method: str, path: str, query: str, is_watch: bool) -> Fault | None:
         """The first matching fault (its hit counted), or None. O(number of faults)."""
@@ -91,13 +71,6 @@ class FaultSet:
                         self._faults.remove(fault)
                     return fault
         return None
-
-    def __len__(self) -> int:
-        return len(self._faults)
-
-    def __iter__(self) -> Iterator[Fault]:
-        with self._lock:
-            return iter(list(self._faults))
 
 
 @dataclass
@@ -117,7 +90,6 @@ class RequestRecord:
     name: str = ""
     status: int | None = None
     content_type: str = ""
-    accept: str = ""
     time: float = field(default_factory=time.time)
 
     @property
@@ -152,34 +124,10 @@ class RequestLog:
     def __len__(self) -> int:
         return len(self._records)
 
-    def __getitem__(self, index: int) -> RequestRecord:
-        return self.snapshot()[index]
-
-    def filter(
-        self,
-        *,
-        method: str | None = None,
-        path: str | None = None,
-        verb: str | None = None,
-        resource: str | None = None,
-        user_agent: str | None = None,
-    ) -> list[RequestRecord]:
-        """Records matching all given criteria (``path`` and ``user_agent`` are regexes searched)."""
-        result = []
-        for record in self.snapshot():
-            if method is not None and record.method != method.upper():
-                continue
-            if verb is not None and record.verb != verb:
-                continue
-            if resource is not None and record.resource != resource:
-                continue
-            if path is not None and not re.search(path, record.path):
-                continue
-            if user_agent is not None and not re.search(user_agent, record.user_agent):
-                continue
-            result.append(record)
-        return result
-
-    def rbac(self, user_agent: str | None = None) -> set[tuple[str, str, str]]:
-        """The distinct (apiGroup, resource, verb) triples used (optionally by one client)."""
-        return {r.rbac for r in self.filter(user_agent=user_agent) if r.verb}
+    def filter(self, *, method: str | None = None, path: str | None = None) -> list[RequestRecord]:
+        """Records of that method and whose path the regular expression ``path`` is found in."""
+        return [
+            record
+            for record in self.snapshot()
+            if (method is None or record.method == method.upper()) and (path is None or re.search(path, record.path))
+        ]

@@ -2,9 +2,10 @@
 
 kubectl checks in ``/openapi/v3/<group-version>`` whether the PATCH operation of a kind
 accepts the ``fieldValidation`` query parameter; if so it leaves validation to the server
-(which the emulator does for custom resources: unknown fields are rejected with
-``fieldValidation=Strict``). The documents carry paths and operations but no schemas, so
-``kubectl explain`` and client-side validation are not supported (a known gap).
+(without ``/openapi/v3``, ``kubectl apply`` fails: it cannot download ``/openapi/v2`` either).
+The emulator then ignores ``fieldValidation`` (unknown fields of custom resources are pruned).
+The documents carry paths and operations but no schemas: no ``kubectl explain``, no
+client-side validation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rdsiam.testing.kube.resources import Registry, ResourceType
 
 __all__ = ["OpenAPI"]
 
-_QUERY_PARAMS = ("dryRun", "fieldManager", "fieldValidation", "force")
+_QUERY_PARAMS = ("fieldValidation",)
 
 
 def _operation(rtype: ResourceType, action: str) -> dict[str, Any]:

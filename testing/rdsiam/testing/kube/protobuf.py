@@ -1,10 +1,10 @@
-"""Decoding of the protobuf request bodies kubectl sends for a few built-in kinds.
+"""Decoding of the protobuf request bodies ``kubectl create secret|namespace`` sends.
 
-``kubectl create secret|configmap|namespace|serviceaccount|token`` and ``kubectl delete``
-send ``application/vnd.kubernetes.protobuf`` bodies (and accept JSON back). This module
-decodes the ``k8s\\x00`` envelope (``runtime.Unknown``) and the messages of those kinds
-(Secret, ConfigMap, Namespace, ServiceAccount, TokenRequest, DeleteOptions) with the
-field numbers of ``k8s.io/api/*/generated.proto``; other kinds are answered 415.
+Those commands send ``application/vnd.kubernetes.protobuf`` bodies (and accept JSON back); the
+scenarios and the demo use them. This module decodes the ``k8s\\x00`` envelope
+(``runtime.Unknown``) and the Secret and Namespace messages with the field numbers of
+``k8s.io/api/core/v1/generated.proto``; other kinds (``kubectl create configmap|serviceaccount|
+token``...) are answered 415.
 """
 
 from __future__ import annotations
@@ -102,20 +102,6 @@ def _compact(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if v not in (None, "", [], {})}
 
 
-def _owner_reference(data: bytes) -> dict[str, Any]:
-    f = _fields(data)
-    return _compact(
-        {
-            "apiVersion": _str(f, 5),
-            "kind": _str(f, 1),
-            "name": _str(f, 3),
-            "uid": _str(f, 4),
-            "controller": _bool(f, 6),
-            "blockOwnerDeletion": _bool(f, 7),
-        }
-    )
-
-
 def _object_meta(data: bytes) -> dict[str, Any]:
     f = _fields(data)
     return _compact(
@@ -127,7 +113,6 @@ def _object_meta(data: bytes) -> dict[str, Any]:
             "resourceVersion": _str(f, 6),
             "labels": _map(f, 11),
             "annotations": _map(f, 12),
-            "ownerReferences": [_owner_reference(r) for r in f.get(13, [])],
             "finalizers": _strings(f, 14),
             "creationTimestamp": _time(f, 8),
         }
@@ -150,72 +135,14 @@ def _secret(f: Fields) -> dict[str, Any]:
     )
 
 
-def _config_map(f: Fields) -> dict[str, Any]:
-    return _compact(
-        {
-            "metadata": _meta(f),
-            "data": _map(f, 2),
-            "binaryData": _map(f, 3, binary=True),
-            "immutable": _bool(f, 4),
-        }
-    )
-
-
 def _namespace(f: Fields) -> dict[str, Any]:
     spec = _fields(f[2][-1]) if f.get(2) else {}
     return _compact({"metadata": _meta(f), "spec": _compact({"finalizers": _strings(spec, 1)})})
 
 
-def _service_account(f: Fields) -> dict[str, Any]:
-    return _compact({"metadata": _meta(f), "automountServiceAccountToken": _bool(f, 4)})
-
-
-def _token_request(f: Fields) -> dict[str, Any]:
-    spec = _fields(f[2][-1]) if f.get(2) else {}
-    bound = _fields(spec[3][-1]) if spec.get(3) else None
-    return _compact(
-        {
-            "metadata": _meta(f),
-            "spec": _compact(
-                {
-                    "audiences": _strings(spec, 1),
-                    "expirationSeconds": _int(spec, 4),
-                    "boundObjectRef": _compact(
-                        {
-                            "kind": _str(bound, 1),
-                            "apiVersion": _str(bound, 2),
-                            "name": _str(bound, 3),
-                            "uid": _str(bound, 4),
-                        }
-                    )
-                    if bound
-                    else None,
-                }
-            ),
-        }
-    )
-
-
-def _delete_options(f: Fields) -> dict[str, Any]:
-    pre = _fields(f[2][-1]) if f.get(2) else {}
-    return _compact(
-        {
-            "gracePeriodSeconds": _int(f, 1),
-            "preconditions": _compact({"uid": _str(pre, 1), "resourceVersion": _str(pre, 2)}),
-            "orphanDependents": _bool(f, 3),
-            "propagationPolicy": _str(f, 4),
-            "dryRun": _strings(f, 5),
-        }
-    )
-
-
 _KINDS: dict[str, Callable[[Fields], dict[str, Any]]] = {
     "Secret": _secret,
-    "ConfigMap": _config_map,
     "Namespace": _namespace,
-    "ServiceAccount": _service_account,
-    "TokenRequest": _token_request,
-    "DeleteOptions": _delete_options,
 }
 
 

@@ -1,28 +1,21 @@
-"""The HTTP face of the emulator: a ``kmock.KubernetesEmulator`` subclass with its own dispatch.
+"""The HTTP face of the emulator: an ``aiohttp`` low-level handler routing to :class:`Api`.
 
-kmock is kept as the base (its ``RawHandler`` request protocol, ``kmock.Request`` objects,
-the DSL reactions a test may still add on ``emulator.handler``, its bundled resource
-catalogue) but the pieces that do not scale or do not behave like kube-apiserver are
-replaced: the dispatch (kmock re-scans the whole request log for each request), request
-parsing of Kubernetes paths, the object store, discovery, watch streams, and error bodies.
-kmock DSL reactions, when a test registers any, are consulted first on a bounded window
-of recent requests; without reactions that code path costs nothing.
+Serves resources (JSON bodies, plus the protobuf bodies ``kubectl create``/``delete`` send),
+Table output for ``kubectl get``, watches, TokenRequest and the non-resource endpoints kubectl
+needs (discovery, ``/version``, a minimal ``/openapi/v3``); logs every request and answers
+injected faults first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import collections
 import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp.web
-import attrs
-import kmock
 import yaml
 
 from rdsiam.testing.kube import errors as err
@@ -30,13 +23,13 @@ from rdsiam.testing.kube import protobuf
 from rdsiam.testing.kube.api import PATCH_TYPES, Api, WriteResult, render
 from rdsiam.testing.kube.discovery import VERSION_INFO, Discovery
 from rdsiam.testing.kube.errors import ApiError, FieldError
-from rdsiam.testing.kube.faults import Fault, FaultSet, RequestLog, RequestRecord
+from rdsiam.testing.kube.faults import FaultSet, RequestLog, RequestRecord
 from rdsiam.testing.kube.meta import now_rfc3339
 from rdsiam.testing.kube.openapi import OpenAPI
 from rdsiam.testing.kube.paths import ResourcePath, parse_resource_path
 from rdsiam.testing.kube.resources import Registry, ResourceType
 from rdsiam.testing.kube.selectors import FieldSelector, LabelSelector, Selector
-from rdsiam.testing.kube.store import DROP, Store, Watcher
+from rdsiam.testing.kube.store import Store, Watcher
 from rdsiam.testing.kube.tables import table
 from rdsiam.testing.kube.tokens import DEFAULT_EXPIRATION, MAX_EXPIRATION, MIN_EXPIRATION, TokenIssuer
 
@@ -46,9 +39,6 @@ logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
-# What a watch's events carry, by its Accept header: the object, a Table row (kubectl get -w), or
-# PartialObjectMetadata (a metadata informer's watch).
-WatchShape = Literal["object", "table", "metadata"]
 _EVENT_FIELDS = {
     "involvedObject.kind",
     "involvedObject.namespace",
@@ -66,15 +56,6 @@ _EXTRA_FIELDS: dict[tuple[str, str], set[str]] = {
     ("", "events"): _EVENT_FIELDS,
     ("", "secrets"): {"type"},
     ("", "namespaces"): {"status.phase"},
-    ("", "pods"): {
-        "spec.nodeName",
-        "spec.restartPolicy",
-        "spec.schedulerName",
-        "spec.serviceAccountName",
-        "status.phase",
-        "status.podIP",
-        "status.nominatedNodeName",
-    },
 }
 
 
@@ -130,33 +111,6 @@ def _wants_table(accept: str) -> bool:
     return "as=Table" in first and "g=meta.k8s.io" in first
 
 
-def _wants_metadata(accept: str) -> str | None:
-    """``PartialObjectMetadata`` or ``PartialObjectMetadataList`` when the first media type asks for it
-    (what client-go's metadata informers send), else None."""
-    first = accept.split(",")[0] if accept else ""
-    if "g=meta.k8s.io" not in first:
-        return None
-    for part in first.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == "as" and value in ("PartialObjectMetadata", "PartialObjectMetadataList"):
-            return value
-    return None
-
-
-def _partial(obj: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
-
-
-def _not_acceptable(wanted: str, rtype: ResourceType, is_list: bool) -> err.ApiError:
-    """406 for PartialObjectMetadata(List) asked of the other shape, in the real server's words."""
-    if rtype.crd is not None:
-        go_type = "*unstructured.UnstructuredList" if is_list else "*unstructured.Unstructured"
-    else:
-        go_type = f"*{rtype.group.split('.')[0] or 'core'}.{rtype.kind}{'List' if is_list else ''}"
-    what = f"a list ({go_type})" if is_list else f"not a list ({go_type})"
-    return err.ApiError(406, "NotAcceptable", f"you requested {wanted}, but the requested object is {what}")
-
-
 def _verb(method: str, rpath: ResourcePath, is_watch: bool) -> str:
     if method == "GET":
         return "watch" if is_watch else ("get" if rpath.name else "list")
@@ -171,16 +125,11 @@ def _verb(method: str, rpath: ResourcePath, is_watch: bool) -> str:
     return method.lower()
 
 
-@attrs.define(kw_only=True)
-class ApiHandler(kmock.KubernetesEmulator):
-    """kmock's Kubernetes emulator with the dispatch replaced by :class:`Api` (see module doc)."""
+class ApiHandler:
+    """The ``aiohttp.web.Server`` handler: logs the request, answers a matching fault, else serves it."""
 
-    backend: Backend
-
-    def __attrs_post_init__(self) -> None:
-        # Deliberately not calling super(): kmock's fallback reactions would be matched by
-        # re-scanning the request history on each request. Only tests' own reactions remain.
-        self._requests = collections.deque(maxlen=1000)  # type: ignore[assignment]
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         body = await raw.read()
@@ -194,7 +143,6 @@ class ApiHandler(kmock.KubernetesEmulator):
             dict(raw.query),
             raw.headers.get("User-Agent", ""),
             content_type=raw.headers.get("Content-Type", ""),
-            accept=raw.headers.get("Accept", ""),
         )
         if rpath is not None:
             record.verb = _verb(raw.method, rpath, is_watch)
@@ -215,17 +163,9 @@ class ApiHandler(kmock.KubernetesEmulator):
         try:
             fault = backend.faults.take(raw.method, path, raw.query_string, is_watch)
             if fault is not None:
-                if fault.latency:
-                    await asyncio.sleep(fault.latency)
-                if fault.status is not None:
-                    response = await self._fault_response(raw, fault, is_watch)
-                    record.status = response.status
-                    return response
-            if self._payloads:
-                response_or_none = await self._kmock_reactions(raw, body, rpath)
-                if response_or_none is not None:
-                    record.status = response_or_none.status
-                    return response_or_none
+                response = await self._fault_response(raw, fault.status, is_watch)
+                record.status = response.status
+                return response
             response = await self._serve(raw, body, rpath, is_watch, record)
         except ApiError as exc:
             response = _json(exc.status(), exc.code, headers=exc.headers or None)
@@ -237,55 +177,21 @@ class ApiHandler(kmock.KubernetesEmulator):
         record.status = response.status
         return response
 
-    # ------------------------------------------------------------------ kmock DSL
-
-    async def _kmock_reactions(
-        self, raw: aiohttp.web.BaseRequest, body: bytes, rpath: ResourcePath | None
-    ) -> aiohttp.web.StreamResponse | None:
-        try:
-            data = json.loads(body) if body else None
-        except ValueError:
-            data = None
-        request = kmock.Request(
-            id=len(self._requests),
-            method=raw.method,
-            url=raw.url,
-            params=dict(raw.query),
-            headers=dict(raw.headers),
-            body=body,
-            text=body.decode(errors="replace"),
-            data=data,
-            resource=kmock.resource(rpath.group, rpath.version, rpath.plural) if rpath else None,
-            namespace=rpath.namespace if rpath else None,
-            name=rpath.name if rpath else None,
-            subresource=rpath.subresource if rpath else None,
-            raw_request=raw,
-        )
-        self._requests.append(request)
-        try:
-            return await kmock.RawHandler._handle(self, request)
-        except NotImplementedError:
-            return None
-
     # ------------------------------------------------------------------ faults
 
     async def _fault_response(
-        self, raw: aiohttp.web.BaseRequest, fault: Fault, is_watch: bool
+        self, raw: aiohttp.web.BaseRequest, status: int, is_watch: bool
     ) -> aiohttp.web.StreamResponse:
-        assert fault.status is not None
-        error = err.generic(fault.status, fault.message, fault.reason)
-        if fault.retry_after is not None:
-            error.headers["Retry-After"] = str(fault.retry_after)
-            error.details = {"retryAfterSeconds": fault.retry_after}
-        if is_watch and fault.status == 410:
-            error = err.expired(fault.message or "too old resource version")
+        error = err.generic(status)
+        if is_watch and status == 410:
+            error = err.expired("too old resource version")
             response = aiohttp.web.StreamResponse(status=200)
             response.content_type = JSON
             await response.prepare(raw)
             await response.write(_dumps({"type": "ERROR", "object": error.status()}) + b"\n")
             await response.write_eof()
             return response
-        return _json(error.status(), fault.status, headers=error.headers or None)
+        return _json(error.status(), status)
 
     # ------------------------------------------------------------------ routing
 
@@ -320,25 +226,15 @@ class ApiHandler(kmock.KubernetesEmulator):
                 return self._respond_objects(raw, rtype, obj)
             return self._list_response(raw, rtype, rpath)
         params = raw.query
-        dry_run = params.get("dryRun") == "All"
-        validation = params.get("fieldValidation", "Warn")
         result: WriteResult
         if method == "POST" and not rpath.name:
-            result = backend.api.create(
-                rtype, rpath.namespace, self._body(body, raw), dry_run=dry_run, field_validation=validation
-            )
-            return self._write_response(result, 201)
+            result = backend.api.create(rtype, rpath.namespace, self._body(body, raw))
+            return _json(result.obj, 201)
         if method == "PUT" and rpath.name:
             result = backend.api.replace(
-                rtype,
-                rpath.namespace,
-                rpath.name,
-                self._body(body, raw),
-                subresource=rpath.subresource,
-                dry_run=dry_run,
-                field_validation=validation,
+                rtype, rpath.namespace, rpath.name, self._body(body, raw), subresource=rpath.subresource
             )
-            return self._write_response(result, 200)
+            return _json(result.obj, 200)
         if method == "PATCH" and rpath.name:
             content_type = raw.headers.get("Content-Type", "").split(";")[0].strip()
             patch_type = PATCH_TYPES.get(content_type)
@@ -354,19 +250,16 @@ class ApiHandler(kmock.KubernetesEmulator):
                 rtype,
                 rpath.namespace,
                 rpath.name,
-                self._body(body, raw, yaml_ok=True),
+                self._body(body, raw),
                 patch_type,
                 subresource=rpath.subresource,
-                dry_run=dry_run,
-                field_validation=validation,
-                force=params.get("force") == "true",
             )
-            return self._write_response(result, 201 if result.created else 200)
+            return _json(result.obj, 200)
         if method == "DELETE" and rpath.name:
             options = self._body(body, raw) if body.strip() else {}
             if "propagationPolicy" in params:
                 options = {**options, "propagationPolicy": params["propagationPolicy"]}
-            obj, removed = backend.api.delete(rtype, rpath.namespace, rpath.name, options, dry_run=dry_run)
+            obj, removed = backend.api.delete(rtype, rpath.namespace, rpath.name, options)
             if removed:
                 details = {
                     "name": rpath.name,
@@ -382,34 +275,23 @@ class ApiHandler(kmock.KubernetesEmulator):
                     "details": {k: v for k, v in details.items() if v},
                 }
                 return _json(status, 200)
-            return _json(obj, 200 if removed else 202)
-        if method == "DELETE":
-            return self._delete_collection(raw, rtype, rpath)
+            return _json(obj, 202)
         raise err.method_not_supported(rtype.group, rtype.plural, method.lower())
 
-    def _body(self, body: bytes, raw: aiohttp.web.BaseRequest, *, yaml_ok: bool = False) -> Any:
+    def _body(self, body: bytes, raw: aiohttp.web.BaseRequest) -> Any:
         content_type = raw.headers.get("Content-Type", "")
         if content_type.startswith(protobuf.MEDIA_TYPE):
             return protobuf.decode(body)
         try:
-            if (yaml_ok and "yaml" in content_type) or "application/yaml" in content_type:
+            if "application/yaml" in content_type:
                 return yaml.safe_load(body.decode())
             return json.loads(body) if body else None
         except (ValueError, yaml.YAMLError) as exc:
             raise err.bad_request(f"error decoding request body: {exc}") from None
 
-    def _write_response(self, result: WriteResult, status: int) -> aiohttp.web.Response:
-        headers = {"Warning": ", ".join(f'299 - "{w}"' for w in result.warnings)} if result.warnings else None
-        return _json(result.obj, status, headers=headers)
-
     def _respond_objects(
         self, raw: aiohttp.web.BaseRequest, rtype: ResourceType, obj: dict[str, Any]
     ) -> aiohttp.web.Response:
-        wanted = _wants_metadata(raw.headers.get("Accept", ""))
-        if wanted == "PartialObjectMetadata":
-            return _json(_partial(obj))
-        if wanted:
-            raise _not_acceptable(wanted, rtype, is_list=False)
         if _wants_table(raw.headers.get("Accept", "")):
             include = raw.query.get("includeObject", "Metadata")
             return _json(table(rtype, [obj], include_object=include), content_type=TABLE)
@@ -434,64 +316,14 @@ class ApiHandler(kmock.KubernetesEmulator):
             raise err.generic(404)
         items = backend.api.list_objects(rtype, self._selector(raw, rtype, rpath))
         rv = str(backend.store.rv)
-        limit = int(raw.query.get("limit") or 0)
-        token = raw.query.get("continue")
-        continue_token = ""
-        remaining = 0
-        if token:
-            try:
-                start = json.loads(base64.urlsafe_b64decode(token.encode()))["start"]
-            except (ValueError, KeyError, TypeError):
-                raise err.bad_request(
-                    "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"
-                ) from None
-            items = [o for o in items if [o["metadata"].get("namespace") or "", o["metadata"]["name"]] > start]
-        if limit > 0 and len(items) > limit:
-            remaining = len(items) - limit
-            items = items[:limit]
-            last = items[-1]["metadata"]
-            continue_token = base64.urlsafe_b64encode(
-                json.dumps({"start": [last.get("namespace") or "", last["name"]], "rv": rv}).encode()
-            ).decode()
+        # No pagination: ``limit`` is ignored and everything comes in one answer (kubectl takes that).
         if _wants_table(raw.headers.get("Accept", "")):
             include = raw.query.get("includeObject", "Metadata")
-            return _json(
-                table(rtype, items, resource_version=rv, include_object=include, continue_token=continue_token),
-                content_type=TABLE,
-            )
+            return _json(table(rtype, items, resource_version=rv, include_object=include), content_type=TABLE)
         metadata: dict[str, Any] = {"resourceVersion": rv}
-        if continue_token:
-            metadata["continue"] = continue_token
-            metadata["remainingItemCount"] = remaining
-        elif rtype.crd is not None:
+        if rtype.crd is not None:
             metadata["continue"] = ""  # custom resource lists carry an empty token, built-ins none
-        wanted = _wants_metadata(raw.headers.get("Accept", ""))
-        if wanted == "PartialObjectMetadataList":
-            return _json({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
-                          "metadata": {k: v for k, v in metadata.items() if v != ""},
-                          # a custom resource's empty list is Go's nil slice: null
-                          "items": [_partial(o) for o in items] or (None if rtype.crd is not None else [])})
-        if wanted:
-            raise _not_acceptable(wanted, rtype, is_list=True)
         return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": metadata, "items": items})
-
-    def _delete_collection(
-        self, raw: aiohttp.web.BaseRequest, rtype: ResourceType, rpath: ResourcePath
-    ) -> aiohttp.web.Response:
-        api = self.backend.api
-        deleted = []
-        for obj in api.list_objects(rtype, self._selector(raw, rtype, rpath)):
-            meta = obj["metadata"]
-            gone, _ = api.delete(rtype, meta.get("namespace"), meta["name"], {})
-            deleted.append(gone)
-        return _json(
-            {
-                "kind": rtype.list_kind,
-                "apiVersion": rtype.api_version,
-                "metadata": {"resourceVersion": str(self.backend.store.rv)},
-                "items": deleted,
-            }
-        )
 
     # ------------------------------------------------------------------ TokenRequest
 
@@ -579,26 +411,8 @@ class ApiHandler(kmock.KubernetesEmulator):
             found = backend.openapi.document(path[len("/openapi/v3/") :])
         elif path == "/version":
             found = dict(VERSION_INFO)
-        elif path == "/.well-known/openid-configuration":
-            found = backend.tokens.openid_configuration()
-        elif path == "/openid/v1/jwks":
-            return _json(backend.tokens.jwks(), content_type="application/jwk-set+json")
         elif path in ("/healthz", "/livez", "/readyz"):
             return aiohttp.web.Response(text="ok", content_type="text/plain")
-        elif path == "/":
-            paths = [
-                "/api",
-                "/api/v1",
-                "/apis",
-                "/healthz",
-                "/livez",
-                "/readyz",
-                "/version",
-                "/.well-known/openid-configuration",
-                "/openid/v1/jwks",
-            ]
-            paths += [f"/apis/{g}" for g in backend.registry.groups()]
-            return _json({"paths": sorted(paths)})
         else:
             found = None
         if found is None:
@@ -614,10 +428,7 @@ class ApiHandler(kmock.KubernetesEmulator):
         store = backend.store
         params = raw.query
         selector = self._selector(raw, rtype, rpath)
-        accept = raw.headers.get("Accept", "")
-        shape: WatchShape = "table" if _wants_table(accept) else "metadata" if _wants_metadata(accept) else "object"
         bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
-        send_initial = params.get("sendInitialEvents") == "true"
         timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
         rv_param = params.get("resourceVersion") or ""
 
@@ -626,7 +437,7 @@ class ApiHandler(kmock.KubernetesEmulator):
         watcher = Watcher(selector, raw.path)
         initial: list[dict[str, Any]] = []
         gone: str | None = None
-        if rv_param in ("", "0") or send_initial:
+        if rv_param in ("", "0"):
             initial = backend.api.list_objects(rtype, selector)
         else:
             try:
@@ -647,7 +458,7 @@ class ApiHandler(kmock.KubernetesEmulator):
             backend.watches.add(watcher)
 
         response = aiohttp.web.StreamResponse(status=200)
-        response.headers["Content-Type"] = TABLE if shape == "table" else JSON
+        response.headers["Content-Type"] = JSON
         response.headers["Cache-Control"] = "no-cache, private"
         response.enable_chunked_encoding()
         try:
@@ -657,23 +468,19 @@ class ApiHandler(kmock.KubernetesEmulator):
                 await response.write(_dumps({"type": "ERROR", "object": err.expired(gone).status()}) + b"\n")
                 await response.write_eof()
                 return response
-            chunk = b"".join(self._event(rtype, "ADDED", obj, shape) for obj in initial)
-            if send_initial and bookmarks:
-                chunk += self._bookmark(rtype, shape == "metadata", initial_end=True)
+            chunk = b"".join(self._event(rtype, "ADDED", obj) for obj in initial)
             if chunk:
                 await response.write(chunk)
-            return await self._pump(raw, response, rtype, watcher, shape, bookmarks, timeout)
+            return await self._pump(response, rtype, watcher, bookmarks, timeout)
         finally:
             table_.watchers.discard(watcher)
             backend.watches.discard(watcher)
 
     async def _pump(
         self,
-        raw: aiohttp.web.BaseRequest,
         response: aiohttp.web.StreamResponse,
         rtype: ResourceType,
         watcher: Watcher,
-        shape: WatchShape,
         bookmarks: bool,
         timeout: float | None,
     ) -> aiohttp.web.StreamResponse:
@@ -695,27 +502,22 @@ class ApiHandler(kmock.KubernetesEmulator):
                         continue
                     if deadline is not None and loop.time() >= deadline:
                         if bookmarks:
-                            await response.write(self._bookmark(rtype, shape == "metadata"))
+                            await response.write(self._bookmark(rtype))
                         break
                     if bookmarks:
-                        await response.write(self._bookmark(rtype, shape == "metadata"))
+                        await response.write(self._bookmark(rtype))
                     next_bookmark = loop.time() + interval
                     continue
             else:
                 item = queue.get_nowait()
             chunks: list[bytes] = []
             while True:
-                if item is None:
+                if item is None:  # end_watches() or shutdown: end the stream the normal way
                     if chunks:
                         await response.write(b"".join(chunks))
                     await response.write_eof()
                     return response
-                if item == DROP:
-                    if raw.transport is not None:
-                        raw.transport.abort()  # like a broken connection: no final chunk
-                    return response
-                assert isinstance(item, tuple)
-                chunks.append(self._event(rtype, item[0], item[1], shape))
+                chunks.append(self._event(rtype, item[0], item[1]))
                 if queue.empty():
                     break
                 item = queue.get_nowait()
@@ -724,20 +526,10 @@ class ApiHandler(kmock.KubernetesEmulator):
             await response.write_eof()
         return response
 
-    def _event(self, rtype: ResourceType, kind: str, obj: dict[str, Any], shape: WatchShape) -> bytes:
-        """One watch line, its object in the ``shape`` the watch asked for."""
-        if shape == "metadata":
-            payload = _partial(obj)
-        else:
-            rendered = render(obj, rtype)
-            payload = table(rtype, [rendered]) if shape == "table" else rendered
-        return _dumps({"type": kind, "object": payload}) + b"\n"
+    def _event(self, rtype: ResourceType, kind: str, obj: dict[str, Any]) -> bytes:
+        return _dumps({"type": kind, "object": render(obj, rtype)}) + b"\n"
 
-    def _bookmark(self, rtype: ResourceType, metadata_only: bool = False, *, initial_end: bool = False) -> bytes:
-        metadata: dict[str, Any] = {"resourceVersion": str(self.backend.store.rv)}
-        if initial_end:
-            metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
-        kind, api_version = ("PartialObjectMetadata", "meta.k8s.io/v1") if metadata_only else \
-            (rtype.kind, rtype.api_version)
-        return _dumps({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": metadata}}) \
-            + b"\n"
+    def _bookmark(self, rtype: ResourceType) -> bytes:
+        metadata = {"resourceVersion": str(self.backend.store.rv)}
+        return _dumps({"type": "BOOKMARK", "object": {"kind": rtype.kind, "apiVersion": rtype.api_version,
+                                                      "metadata": metadata}}) + b"\n"

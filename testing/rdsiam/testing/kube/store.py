@@ -22,12 +22,9 @@ from typing import Any, Protocol
 from rdsiam.testing.kube.resources import StorageKey
 from rdsiam.testing.kube.selectors import Selector
 
-__all__ = ["DROP", "Event", "Store", "Table", "Watcher"]
+__all__ = ["Event", "Store", "Table", "Watcher"]
 
 ObjKey = tuple[str, str]  # (namespace or "", name)
-
-#: Queue item that tells a watch stream to drop its connection abruptly.
-DROP = "DROP"
 
 
 @dataclass(slots=True)
@@ -39,7 +36,7 @@ class Event:
 
 
 class Subscriber(Protocol):
-    """Anything a table hands its committed events to (watch streams, ``KubeEmulator.on_change``)."""
+    """Anything a table hands its committed events to (watch streams)."""
 
     def offer(self, event: Event) -> None: ...
 
@@ -50,7 +47,7 @@ class Watcher:
 
     selector: Selector
     path: str = ""
-    queue: asyncio.Queue[tuple[str, dict[str, Any]] | str | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = field(default_factory=asyncio.Queue)
 
     def offer(self, event: Event) -> None:
         """Translate a storage event into what this watcher sees through its selector."""
@@ -89,7 +86,7 @@ class Table:
         return iter(self.by_ns.get(namespace, {}).values())
 
     def events_since(self, rv: int) -> list[Event] | None:
-        """Events newer than ``rv``, oldest first; None if some of them were compacted away."""
+        """Events newer than ``rv``, oldest first; None if some of them fell out of the bounded history."""
         if rv < self.floor:
             return None
         newer: list[Event] = []
@@ -186,10 +183,3 @@ class Store:
             table.floor = max(table.floor, table.history[0].rv - 1)
         for watcher in table.watchers:
             watcher.offer(event)
-
-    def compact(self) -> int:
-        """Forget all event history: resuming a watch from any older resourceVersion gets 410 Gone."""
-        for table in self.tables.values():
-            table.history.clear()
-            table.floor = self.rv
-        return self.rv

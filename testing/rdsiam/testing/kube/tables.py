@@ -2,8 +2,8 @@
 
 kubectl asks for tables on ``get``; custom resources use their CRD's
 ``additionalPrinterColumns`` (cells computed as the CRD table convertor does: dates become
-ages like ``5m``), built-ins use the columns kubectl users know (Secrets: Type/Data,
-Events: Last Seen/Type/Reason/Object/Message, ...), everything else Name/Age.
+ages like ``5m``), Events kubectl's Last Seen/Type/Reason/Object/Message, every other built-in
+Name/Age.
 """
 
 from __future__ import annotations
@@ -99,28 +99,8 @@ def _event_last_seen(obj: dict[str, Any]) -> str:
     return _age(obj.get("lastTimestamp") or obj.get("eventTime") or obj["metadata"].get("creationTimestamp"))
 
 
+# Built-ins print NAME and AGE, except Events (``kubectl get events`` in the scenarios).
 _BUILTIN: dict[tuple[str, str], list[Column]] = {
-    ("", "secrets"): [
-        _NAME_COL,
-        (_col("Type"), lambda o: o.get("type", "")),
-        (_col("Data", "integer"), lambda o: len(o.get("data") or {})),
-        _AGE_COL,
-    ],
-    ("", "configmaps"): [
-        _NAME_COL,
-        (_col("Data", "integer"), lambda o: len(o.get("data") or {}) + len(o.get("binaryData") or {})),
-        _AGE_COL,
-    ],
-    ("", "namespaces"): [
-        _NAME_COL,
-        (_col("Status"), lambda o: (o.get("status") or {}).get("phase", "")),
-        _AGE_COL,
-    ],
-    ("", "serviceaccounts"): [
-        _NAME_COL,
-        (_col("Secrets", "integer"), lambda o: len(o.get("secrets") or [])),
-        _AGE_COL,
-    ],
     ("", "events"): [
         (_col("Last Seen"), _event_last_seen),
         (_col("Type"), lambda o: o.get("type", "")),
@@ -135,10 +115,6 @@ _BUILTIN: dict[tuple[str, str], list[Column]] = {
         (_col("First Seen", priority=1), lambda o: _age(o.get("firstTimestamp"))),
         (_col("Count", "integer", priority=1), lambda o: o.get("count", 1)),
         (_col("Name", priority=1), _name),
-    ],
-    ("apiextensions.k8s.io", "customresourcedefinitions"): [
-        _NAME_COL,
-        (_col("Created At", "date"), lambda o: o["metadata"].get("creationTimestamp", "")),
     ],
 }
 
@@ -198,7 +174,6 @@ def table(
     *,
     resource_version: str | None = None,
     include_object: str = "Metadata",
-    continue_token: str = "",
 ) -> dict[str, Any]:
     """A ``meta.k8s.io/v1`` Table of ``objects``."""
     columns = _columns(rtype)
@@ -212,8 +187,6 @@ def table(
     metadata: dict[str, Any] = {}
     if resource_version is not None:
         metadata["resourceVersion"] = resource_version
-    if continue_token:
-        metadata["continue"] = continue_token
     return {
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",

@@ -3,9 +3,8 @@
 Tokens carry the claims kube-apiserver puts into projected/requested ServiceAccount tokens:
 ``iss`` (the emulator's issuer URL), ``sub`` = ``system:serviceaccount:NS:NAME``, ``aud``
 (the requested audiences), ``exp``/``iat``/``nbf``, ``jti`` and the ``kubernetes.io`` claim
-with the namespace and ServiceAccount name/uid. The public key is published as a JWKS at
-``/openid/v1/jwks`` with OIDC discovery at ``/.well-known/openid-configuration``, like a
-cluster with ``--service-account-issuer`` set to the emulator URL.
+with the namespace and ServiceAccount name/uid. The key is not published (no JWKS, no OIDC
+discovery): tests verify tokens in process with :meth:`TokenIssuer.verify`.
 """
 
 from __future__ import annotations
@@ -29,11 +28,6 @@ DEFAULT_EXPIRATION = 3600
 MAX_EXPIRATION = 2**32
 
 
-def _b64url_uint(value: int) -> str:
-    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 class TokenIssuer:
     """An RSA key pair (generated lazily: ~0.1 s) and the issuer URL it signs for."""
 
@@ -50,44 +44,12 @@ class TokenIssuer:
             return self._key
 
     @property
-    def public_key_pem(self) -> str:
-        return (
-            self.key.public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-            .decode()
-        )
-
-    @property
     def key_id(self) -> str:
         """Like kube-apiserver: base64url(sha256(DER of the public key))."""
         der = self.key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
-
-    def jwks(self) -> dict[str, Any]:
-        numbers = self.key.public_key().public_numbers()
-        return {
-            "keys": [
-                {
-                    "use": "sig",
-                    "kty": "RSA",
-                    "kid": self.key_id,
-                    "alg": "RS256",
-                    "n": _b64url_uint(numbers.n),
-                    "e": _b64url_uint(numbers.e),
-                }
-            ]
-        }
-
-    def openid_configuration(self) -> dict[str, Any]:
-        return {
-            "issuer": self.issuer,
-            "jwks_uri": f"{self.issuer}/openid/v1/jwks",
-            "response_types_supported": ["id_token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-        }
 
     def mint(
         self,
