@@ -1,15 +1,18 @@
 """PyMySQL (and SQLAlchemy/Django on it) against a real MariaDB over TLS, the password
-rotated with ALTER USER between two generations of the mount."""
+rotated with ALTER USER between two generations of the mount.
+
+The same integrations with IAM tokens, through the RDS-like front door, are in
+``test_rds_iam_mysql.py``."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
+from pymysql.err import OperationalError  # not pymysql.err.X: Django importing MySQLdb.err rebinds it
 
 import rdsiam
 from rdsiam.testing.kubelet import AtomicWriter, secret_payload
@@ -21,10 +24,10 @@ USER, DB = "rdsiam_app", "orders"
 
 
 @pytest.fixture(scope="module")
-def mariadb() -> Iterator[MariaDBServer]:
-    with MariaDBServer() as server:
-        server.create_user(USER, "initial", database=DB)
-        yield server
+def mariadb(mariadb: MariaDBServer) -> MariaDBServer:
+    """The session's MariaDB (the plugin's ``mariadb``) with this module's password user."""
+    mariadb.create_user(USER, "initial", database=DB)
+    return mariadb
 
 
 class Mount:
@@ -81,7 +84,7 @@ def test_new_connections_use_the_rotated_password(mount: Mount, mariadb: MariaDB
     second = rpm.connect(cred, ssl_ca=mariadb.ca_file)
     assert _user(second).startswith(USER)
     assert _user(first).startswith(USER)  # the session opened with the old password lives on
-    with pytest.raises(pymysql.err.OperationalError) as info:
+    with pytest.raises(OperationalError) as info:
         pymysql.connect(host=mariadb.host, port=mariadb.port, user=USER, password=old, ssl_ca=mariadb.ca_file)
     assert info.value.args[0] == 1045
     first.close()

@@ -15,13 +15,12 @@ start (``ca_file``) and names ``localhost`` and ``127.0.0.1``.
 
 RDS MySQL's IAM plugin asks clients for ``mysql_clear_password``; MariaDB has no such plugin
 without PAM configuration in ``/etc``, so users here use ``mysql_native_password`` and the
-rotation is a password change (``ALTER USER``) between two generations of the mount.
+rotation is a password change (``ALTER USER``) between two generations of the mount. For IAM
+tokens over ``mysql_clear_password``, put :class:`rdsiam.testing.rds_mysql.IamMySQL` in front.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import shutil
 import socket
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from rdsiam.testing.rds import write_server_pki
 
 __all__ = ["MariaDBServer", "MariaDBUnavailable"]
 
@@ -58,60 +59,6 @@ def _free_port() -> int:
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _make_tls(directory: Path) -> tuple[str, str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rdsiam test MariaDB CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = (
-        directory / "ca.pem",
-        directory / "server.pem",
-        directory / "server-key.pem",
-    )
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(ca_file), str(cert_file), str(key_file)
 
 
 class MariaDBServer:
@@ -176,7 +123,7 @@ class MariaDBServer:
             *as_root,
         ]
         if self.tls:
-            self.ca_file, cert, key = _make_tls(self.directory)
+            self.ca_file, cert, key = write_server_pki(self.directory, "localhost", "rdsiam test MariaDB CA")
             args += [f"--ssl-ca={self.ca_file}", f"--ssl-cert={cert}", f"--ssl-key={key}"]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + self.startup_timeout

@@ -7,6 +7,7 @@ Registered through the ``pytest11`` entry point of the ``rdsiam-testing`` distri
 - ``sts``: a moto STS/IAM server on loopback reached the way IRSA reaches STS.
 - ``postgres``: a real PostgreSQL in a temporary directory (unix socket, trust auth).
 - ``rds``: an IAM-checking PostgreSQL front door that accepts only valid RDS IAM tokens.
+- ``mariadb``, ``rds_mysql``: a real MariaDB, and an IAM-checking MySQL front door in front of it.
 - ``real_cluster``: etcd + kube-apiserver + kube-controller-manager built from Go modules (skipped
   when not built); ``kube_faults``: a fault-injecting proxy in front of it.
 - ``operator``: the rdsiam operator running against ``cluster`` (``kube`` unless a tier says otherwise)

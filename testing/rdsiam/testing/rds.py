@@ -61,6 +61,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 from urllib.parse import quote
 
 from rdsiam.testing import sigv4
@@ -80,7 +81,7 @@ from rdsiam.testing.postgres import (
     quote_literal,
 )
 
-__all__ = ["IamPostgres", "LoginAttempt", "LoginReason"]
+__all__ = ["IamPostgres", "LoginAttempt", "LoginReason", "TlsFrontDoor", "make_server_tls", "write_server_pki"]
 
 MAX_STARTUP_LENGTH = 10000  # PostgreSQL's MAX_STARTUP_PACKET_LENGTH
 MAX_AUTH_LENGTH = 65535  # PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH
@@ -150,28 +151,119 @@ def _auth(code: int, data: bytes = b"") -> bytes:
     return encode_message(b"R", struct.pack("!I", code) + data)
 
 
-class IamPostgres:
-    """IAM-checking PostgreSQL endpoint in front of ``backend``. See the module docstring."""
+def make_server_tls(directory: Path, endpoint: str) -> tuple[ssl.SSLContext, str]:
+    """:func:`write_server_pki` for ``endpoint``; returns the server context and the CA file."""
+    ca_path, cert_path, key_path = write_server_pki(directory, endpoint)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_path, key_path)
+    return context, ca_path
+
+
+def write_server_pki(
+    directory: Path, endpoint: str, ca_name: str = "rdsiam local test RDS CA"
+) -> tuple[str, str, str]:
+    """A new CA and a server certificate naming ``endpoint``, ``localhost`` and ``127.0.0.1``,
+    written to ``directory`` as ``ca.pem``, ``server.crt`` and ``server.key``; returns their paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca)
+        .issuer_name(ca)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, endpoint)]))
+        .issuer_name(ca)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    *(x509.DNSName(name) for name in dict.fromkeys([endpoint, "localhost"])),
+                    x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "server.crt",
+        directory / "server.key",
+    )
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    os.chmod(key_path, 0o600)
+    return str(ca_path), str(cert_path), str(key_path)
+
+
+class TlsFrontDoor:
+    """Shared shell of the RDS-like front doors (:class:`IamPostgres`, ``rds_mysql.IamMySQL``).
+
+    A TCP listener on ``hostaddr`` in its own thread and event loop, a CA and server certificate
+    for ``endpoint`` made at start (``ca_file``), the server clock and ``login_log``. Subclasses
+    implement ``_authenticate`` (return the backend streams to splice, or None) and may override
+    ``_prepare`` (before listening) and ``_before_shutdown``.
+    """
+
+    thread_name = "rdsiam-frontdoor"
 
     def __init__(
         self,
-        backend: PostgresServer,
-        lookup: sigv4.Lookup,
         *,
-        region: str = "us-east-1",
-        endpoint: str | None = None,
-        port: int = 0,
-        force_ssl: bool = True,
-        clock: Callable[[], datetime] | None = None,
-        auth_timeout: float = 60.0,
+        region: str,
+        endpoint: str | None,
+        port: int,
+        clock: Callable[[], datetime] | None,
+        auth_timeout: float,
     ) -> None:
-        self.backend = backend
-        self.lookup = lookup
         self.region = region
         self.endpoint = endpoint or f"rdsiam-local.cluster-abc123def456.{region}.rds.amazonaws.com"
         self.hostaddr = "127.0.0.1"
         self.port = port
-        self.force_ssl = force_ssl  # rds.force_ssl: refuse non-TLS logins of non-IAM users too
         self.clock = clock  # returns an aware datetime; None: the real clock
         self.clock_offset = 0.0  # seconds added to the clock (e.g. 901 to outlive a fresh token)
         self.auth_timeout = auth_timeout  # authentication_timeout
@@ -185,21 +277,26 @@ class IamPostgres:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
-        self._admin: _AdminConnection | None = None  # superuser session for role lookups (loop thread)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> IamPostgres:
-        self.backend.ensure_iam_role()
-        self._dir = Path(tempfile.mkdtemp(prefix="rdsiam-rds-"))
-        self._ssl = self._make_tls()
+    def _prepare(self) -> None:
+        """Called by ``start()`` before the listener opens."""
+
+    async def _before_shutdown(self) -> None:
+        """Called in the loop thread by ``stop()`` before the listener closes."""
+
+    def start(self) -> Self:
+        self._prepare()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{self.thread_name}-"))
+        self._ssl, self.ca_file = make_server_tls(self._dir, self.endpoint)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="rdsiam-rds", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
         self._ready.wait(30)
         if self._start_error is not None or self._server is None:
             self.stop()
-            raise RuntimeError(f"IamPostgres failed to start: {self._start_error!r}")
+            raise RuntimeError(f"{type(self).__name__} failed to start: {self._start_error!r}")
         return self
 
     def _run(self) -> None:
@@ -218,9 +315,7 @@ class IamPostgres:
         self._loop.run_forever()
 
     async def _shutdown(self) -> None:
-        if self._admin is not None:
-            await self._admin.close()
-            self._admin = None
+        await self._before_shutdown()
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
@@ -247,98 +342,13 @@ class IamPostgres:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def __enter__(self) -> IamPostgres:
+    def __enter__(self) -> Self:
         return self.start() if self._loop is None else self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-    # -- TLS -------------------------------------------------------------------------------------
-
-    def _make_tls(self) -> ssl.SSLContext:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-        assert self._dir is not None
-        now = datetime.now(UTC)
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rdsiam local test RDS CA")])
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )  # fmt: skip
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.endpoint)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=30))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName(self.endpoint),
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        ca_path, cert_path, key_path = (
-            self._dir / "ca.pem",
-            self._dir / "server.crt",
-            self._dir / "server.key",
-        )
-        ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        os.chmod(key_path, 0o600)
-        self.ca_file = str(ca_path)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(cert_path), str(key_path))
-        return context
-
-    # -- helpers for tests -----------------------------------------------------------------------
 
     def now(self) -> datetime:
         """The server clock: ``clock()`` (or real UTC time) plus ``clock_offset`` seconds."""
@@ -348,28 +358,6 @@ class IamPostgres:
     @property
     def last_login(self) -> LoginAttempt | None:
         return self.login_log[-1] if self.login_log else None
-
-    def dsn(self, user: str, database: str, token: str | None = None, *, sslmode: str = "verify-full") -> str:
-        """A libpq URL reaching this endpoint like a client in the VPC (token percent-encoded)."""
-        auth = quote(user, safe="")
-        if token is not None:
-            auth += ":" + quote(token, safe="")
-        return (
-            f"postgresql://{auth}@{self.endpoint}:{self.port}/{quote(database, safe='')}"
-            f"?sslmode={sslmode}&sslrootcert={quote(self.ca_file, safe='/')}&hostaddr={self.hostaddr}"
-        )
-
-    def conninfo(self, user: str, database: str, *, sslmode: str = "verify-full") -> dict[str, str]:
-        """libpq keywords (no password) for psql/``psycopg.connect(**...)``; pass the token apart."""
-        return {
-            "host": self.endpoint,
-            "hostaddr": self.hostaddr,
-            "port": str(self.port),
-            "user": user,
-            "dbname": database,
-            "sslmode": sslmode,
-            "sslrootcert": self.ca_file,
-        }
 
     # -- connection handling ---------------------------------------------------------------------
 
@@ -395,6 +383,88 @@ class IamPostgres:
                 if w is not None:
                     await _close(w)
             self._tasks.discard(task)
+
+    async def _authenticate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        raise NotImplementedError
+
+    async def _relay(
+        self,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        backend_reader: asyncio.StreamReader,
+        backend_writer: asyncio.StreamWriter,
+    ) -> None:
+        """Splice the two sessions byte for byte until either side hangs up."""
+        pumps = [
+            asyncio.ensure_future(_pump(client_reader, backend_writer)),
+            asyncio.ensure_future(_pump(backend_reader, client_writer)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+
+class IamPostgres(TlsFrontDoor):
+    """IAM-checking PostgreSQL endpoint in front of ``backend``. See the module docstring."""
+
+    thread_name = "rdsiam-rds"
+
+    def __init__(
+        self,
+        backend: PostgresServer,
+        lookup: sigv4.Lookup,
+        *,
+        region: str = "us-east-1",
+        endpoint: str | None = None,
+        port: int = 0,
+        force_ssl: bool = True,
+        clock: Callable[[], datetime] | None = None,
+        auth_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(region=region, endpoint=endpoint, port=port, clock=clock, auth_timeout=auth_timeout)
+        self.backend = backend
+        self.lookup = lookup
+        self.force_ssl = force_ssl  # rds.force_ssl: refuse non-TLS logins of non-IAM users too
+        self._admin: _AdminConnection | None = None  # superuser session for role lookups (loop thread)
+
+    def _prepare(self) -> None:
+        self.backend.ensure_iam_role()
+
+    async def _before_shutdown(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+
+    # -- helpers for tests -----------------------------------------------------------------------
+
+    def dsn(self, user: str, database: str, token: str | None = None, *, sslmode: str = "verify-full") -> str:
+        """A libpq URL reaching this endpoint like a client in the VPC (token percent-encoded)."""
+        auth = quote(user, safe="")
+        if token is not None:
+            auth += ":" + quote(token, safe="")
+        return (
+            f"postgresql://{auth}@{self.endpoint}:{self.port}/{quote(database, safe='')}"
+            f"?sslmode={sslmode}&sslrootcert={quote(self.ca_file, safe='/')}&hostaddr={self.hostaddr}"
+        )
+
+    def conninfo(self, user: str, database: str, *, sslmode: str = "verify-full") -> dict[str, str]:
+        """libpq keywords (no password) for psql/``psycopg.connect(**...)``; pass the token apart."""
+        return {
+            "host": self.endpoint,
+            "hostaddr": self.hostaddr,
+            "port": str(self.port),
+            "user": user,
+            "dbname": database,
+            "sslmode": sslmode,
+            "sslrootcert": self.ca_file,
+        }
+
+    # -- connection handling ---------------------------------------------------------------------
 
     async def _authenticate(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -623,24 +693,6 @@ class IamPostgres:
             backend_writer.write(packet)
             await backend_writer.drain()
             await _close(backend_writer)
-
-    async def _relay(
-        self,
-        client_reader: asyncio.StreamReader,
-        client_writer: asyncio.StreamWriter,
-        backend_reader: asyncio.StreamReader,
-        backend_writer: asyncio.StreamWriter,
-    ) -> None:
-        pumps = [
-            asyncio.ensure_future(_pump(client_reader, backend_writer)),
-            asyncio.ensure_future(_pump(backend_reader, client_writer)),
-        ]
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pump in pumps:
-                pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
 
 
 class _AdminConnection:
