@@ -28,6 +28,7 @@ def main() -> int:
         runs.append([str(HERE / "bench_scale.py"), "--n", "1000", "--n", "5000", "--rotate-seconds", "150",
                      "--rounds", "7"])
     runs.append([str(HERE / "bench_identity.py")])
+    runs.append([str(HERE / "bench_mysql_probe.py")])
     # Against the real kube-apiserver (skips itself with the reason when the binaries are not built).
     runs.append([str(HERE / "bench_realapi.py"), *(["--n", "200", "--interval-n", "200", "--interval-minutes", "1"]
                                                    if args.quick else ["--n", "1000", "--n", "5000"])])

@@ -7,12 +7,12 @@ Exit status: 0 all good, 1 a problem was found, 2 bad usage.
 
     $ rdsiam check /var/run/secrets/rdsiam/orders-db --connect --sslrootcert /etc/rds-ca.pem
 
-PostgreSQL logins use the operator's own probe (:mod:`rdsiam._pgwire`, standard library only, so
-no driver is needed in the image) and a refusal is explained by :mod:`rdsiam._diagnose` exactly as
-``spec.verify`` explains it in the ``Connected`` condition, preceded by what the token itself shows.
-sslmode, sslrootcert and hostaddr default to the mounted DSN's. MySQL logins (PyMySQL) are explained
-by :func:`diagnose`, which runs every function in :data:`DIAGNOSERS`; append to that list to teach
-it new cases.
+Logins use the operator's own probes (:mod:`rdsiam._pgwire`, :mod:`rdsiam._mysqlwire`: standard
+library only, so no driver is needed in the image) and a refusal is explained by :mod:`rdsiam._diagnose`
+exactly as ``spec.verify`` explains it in the ``Connected`` condition, preceded by what the token itself
+shows. sslmode (MySQL: ssl-mode), sslrootcert (ssl-ca) and hostaddr default to the mounted DSN's. A login
+that fails in an unexpected way is explained by :func:`diagnose`, which runs every function in
+:data:`DIAGNOSERS`; append to that list to teach it new cases.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from rdsiam import _diagnose, _pgwire
+from rdsiam import _diagnose, _mysqlwire, _pgwire
 from rdsiam._mounted import DATA_LINK, CredentialError, MountedCredential, MountWarning, Snapshot, _human
 
 __all__ = ["DIAGNOSERS", "TokenInfo", "diagnose", "main", "parse_token", "redact"]
@@ -341,11 +341,15 @@ def _token_evidence(snap: Snapshot) -> list[str]:
     return causes
 
 
-def _probe(snap: Snapshot, *, sslmode: str, sslrootcert: str | None, hostaddr: str | None,
+def _probe(snap: Snapshot, *, mysql: bool, sslmode: str, sslrootcert: str | None, hostaddr: str | None,
            timeout: float) -> _pgwire.ProbeResult:
-    coro = _pgwire.probe(snap.host, snap.port, snap.username, snap.password, snap.dbname, sslmode=sslmode,
-                         sslrootcert=sslrootcert, hostaddr=hostaddr, timeout=timeout,
-                         application_name="rdsiam-check")
+    if mysql:
+        coro = _mysqlwire.probe(snap.host, snap.port, snap.username, snap.password, snap.dbname, ssl_mode=sslmode,
+                                ssl_ca=sslrootcert, hostaddr=hostaddr, timeout=timeout)
+    else:
+        coro = _pgwire.probe(snap.host, snap.port, snap.username, snap.password, snap.dbname, sslmode=sslmode,
+                             sslrootcert=sslrootcert, hostaddr=hostaddr, timeout=timeout,
+                             application_name="rdsiam-check")
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -354,52 +358,36 @@ def _probe(snap: Snapshot, *, sslmode: str, sslrootcert: str | None, hostaddr: s
         return pool.submit(asyncio.run, coro).result()
 
 
-def _connect_postgres(snap: Snapshot, args: argparse.Namespace) -> tuple[bool, str, list[str]]:
+def _connect(snap: Snapshot, args: argparse.Namespace, *, mysql: bool) -> tuple[bool, str, list[str]]:
     """Log in like the operator's spec.verify (stdlib wire probe) and diagnose a refusal the same way."""
     options = _dsn_options(snap)
-    sslmode = args.sslmode or options.get("sslmode") or "prefer"  # libpq's default without one
-    sslrootcert = args.sslrootcert or options.get("sslrootcert")
+    if mysql:  # --sslmode takes MySQL's names or libpq's
+        if args.sslmode:
+            options["ssl-mode"] = args.sslmode
+        if args.sslrootcert:
+            options["ssl-ca"] = args.sslrootcert
+        sslmode, sslrootcert = _mysqlwire.tls_settings(options)
+    else:
+        sslmode = args.sslmode or options.get("sslmode") or "prefer"  # libpq's default without one
+        sslrootcert = args.sslrootcert or options.get("sslrootcert")
     hostaddr = args.hostaddr or options.get("hostaddr")
-    result = _probe(snap, sslmode=sslmode, sslrootcert=sslrootcert, hostaddr=hostaddr, timeout=args.timeout)
+    result = _probe(snap, mysql=mysql, sslmode=sslmode, sslrootcert=sslrootcert, hostaddr=hostaddr,
+                    timeout=args.timeout)
+    engine = "mysql" if mysql else "postgres"
     if result.ok:
-        version = f" on PostgreSQL {result.server_version}" if result.server_version else ""
+        version = f" on {_diagnose.server_name(engine, result.server_version)}" if result.server_version else ""
+        note = _diagnose.unchecked(snap.username, result.auth)  # "" when the server asked for the token
         return True, (f"logged in as {snap.username}{version} ({'TLS' if result.tls else 'no TLS'}, "
-                      f"login and SELECT 1 in {result.elapsed_ms:.0f} ms)"), []
+                      f"login and SELECT 1 in {result.elapsed_ms:.0f} ms){'.' if note else ''}{note}"), []
     token = parse_token(snap.password)
     ctx = _diagnose.Context(
         user=snap.username, host=snap.host, port=snap.port, database=snap.dbname,
         region=token.region if token else "", signing_host=token.host if token else "", sslmode=sslmode,
-        hostaddr=hostaddr or "", auth=result.auth)
+        hostaddr=hostaddr or "", auth=result.auth, engine=engine, tls=result.tls)
     diagnosis = _diagnose.diagnose(result.kind, result.code, result.message, ctx, stage=result.stage)
     causes = _token_evidence(snap) if result.auth == "cleartext" else []
     causes += [c for c in diagnosis.causes if c not in causes]
     return False, f"{diagnosis.reason}: {diagnosis.summary}", causes
-
-
-def _connect_mysql(snap: Snapshot, args: argparse.Namespace) -> tuple[bool, str]:
-    try:
-        import pymysql
-    except ImportError:
-        return False, "PyMySQL is not installed (pip install pymysql)"
-    from rdsiam.integrations.pymysql import connect_kwargs
-
-    extra: dict[str, object] = {"connect_timeout": args.timeout}
-    if args.sslrootcert:
-        extra["ssl_ca"] = args.sslrootcert
-    if args.hostaddr:
-        extra["host"] = args.hostaddr
-    try:
-        conn = pymysql.connect(**connect_kwargs(snap, extra))
-    except pymysql.Error as exc:
-        return False, str(exc)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT CURRENT_USER(), VERSION()")
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    assert row is not None
-    return True, f"logged in as {row[0]} on MySQL {row[1]} (TLS, PyMySQL)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -417,8 +405,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--connect", action="store_true", help="also log in to the database with the token")
     parser.add_argument("--sslmode", default=None,
-                        help="libpq sslmode for --connect (default: the DSN's, else prefer, like libpq)")
-    parser.add_argument("--sslrootcert", help="CA bundle to verify the server (default: the DSN's sslrootcert)")
+                        help="libpq sslmode, or MySQL ssl-mode, for --connect (default: the DSN's, else prefer, "
+                        "like libpq and the mysql client)")
+    parser.add_argument("--sslrootcert", help="CA bundle to verify the server (default: the DSN's sslrootcert, "
+                        "MySQL ssl-ca)")
     parser.add_argument("--hostaddr", help="dial this address instead of resolving the host (default: the DSN's)")
     parser.add_argument("--timeout", type=float, default=10.0, help="connect timeout in seconds (default: 10)")
     return parser
@@ -453,13 +443,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     _check_dsn(snap, report)
     _check_modes(path, snap, report)
     if args.connect:
-        causes: list[str] | None = None  # PostgreSQL: the operator's diagnosis (rdsiam._diagnose)
+        causes: list[str] | None = None  # the operator's diagnosis (rdsiam._diagnose)
         try:
-            if engine == "MySQL":
-                ok, message = _connect_mysql(snap, args)
-            else:
-                ok, message, causes = _connect_postgres(snap, args)
-        except Exception as exc:  # a driver failing in an unexpected way is still a finding
+            ok, message, causes = _connect(snap, args, mysql=engine == "MySQL")
+        except Exception as exc:  # a probe failing in an unexpected way is still a finding
             ok, message = False, f"{type(exc).__name__}: {exc}"
         message = redact(message, snap.password)
         if ok:

@@ -1,14 +1,17 @@
 """Explain a failed RDS IAM login (standard library only; shared by the operator and ``rdsiam check``).
 
-RDS answers every failed IAM login with one opaque line, ``PAM authentication failed for user "U"``.
+RDS answers every failed IAM login with one opaque line, ``PAM authentication failed for user "U"``
+(MySQL: ``ERROR 1045 (28000): Access denied for user 'U'@'HOST' (using password: YES)``).
 What the client knows narrows it down: where the probe stopped (DNS, TCP, TLS, authentication, query),
 which authentication method the server asked for (a cleartext password means the server took the
-IAM path, i.e. the user is in ``rds_iam``; MD5/SCRAM means it did not), and what the token was signed
+IAM path, i.e. the user is in ``rds_iam`` or, on MySQL, ``IDENTIFIED WITH AWSAuthenticationPlugin``;
+MD5/SCRAM or another MySQL plugin means it did not), and what the token was signed
 for (endpoint, port, region, identity). :func:`diagnose` returns a reason, a summary of what
 happened and the likely causes, most likely first, each saying what to check; :func:`explain`
 joins them into one message for a status condition or an Event.
 
-Inputs are a :class:`rdsiam._pgwire.ProbeResult`'s ``kind``, ``code``, ``message`` and ``stage``.
+Inputs are a :class:`rdsiam._pgwire.ProbeResult`'s ``kind``, ``code``, ``message`` and ``stage``, from
+:mod:`rdsiam._pgwire` or :mod:`rdsiam._mysqlwire` (``Context.engine``; ``code`` is then the MySQL error number).
 """
 
 from __future__ import annotations
@@ -45,6 +48,28 @@ class Context:
     sslmode: str = "require"
     hostaddr: str = ""  # the address dialled instead of resolving host, if any
     auth: str = ""  # the authentication method the server asked for (ProbeResult.auth)
+    engine: str = "postgres"  # postgres | mysql; for MySQL, sslmode holds the ssl-mode (REQUIRED, VERIFY_CA, ...)
+    tls: bool | None = None  # whether the probe's connection was encrypted (ProbeResult.tls), when known
+
+
+@dataclasses.dataclass(frozen=True)
+class _Words:
+    """How each engine names what the messages mention."""
+
+    name: str
+    port: int
+    mode: str  # the DSN option choosing TLS
+    ca: str  # the DSN option naming the CA bundle
+    require: str
+    verify_ca: str
+    verify_full: str
+    plain: tuple[str, ...]  # modes that allow a connection without TLS
+
+
+_PG = _Words("PostgreSQL", 5432, "sslmode", "sslrootcert", "require", "verify-ca", "verify-full",
+             ("disable", "allow", "prefer"))
+_MY = _Words("MySQL", 3306, "ssl-mode", "ssl-ca", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY",
+             ("DISABLED", "PREFERRED"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +88,21 @@ class Diagnosis:
         return f"{self.summary} Likely causes, most likely first: {numbered}"
 
 
+def server_name(engine: str, version: str) -> str:
+    """``PostgreSQL 16.4``, ``MySQL 8.0.39``; a version string naming its product (MariaDB) as it is."""
+    if "mariadb" in version.lower():
+        return version
+    return f"{'MySQL' if engine == 'mysql' else 'PostgreSQL'} {version}"
+
+
+def unchecked(user: str, auth: str) -> str:
+    """A note for a login that succeeded without the server asking for the token (``auth``: what it asked)."""
+    if auth == "cleartext":
+        return ""
+    return (f" The server never asked for the token ({auth or 'trust'}): {user!r} logs in without a password, so "
+            "the token was not checked; an IAM user would be asked for it.")
+
+
 def region_of(host: str) -> str:
     m = _RDS_HOST.match(host)
     return m.group("region").lower() if m else ""
@@ -77,6 +117,7 @@ def explain(kind: str, code: str, message: str, ctx: Context, *, stage: str = ""
 def diagnose(kind: str, code: str, message: str, ctx: Context, *, stage: str = "") -> Diagnosis:
     """The reason, a summary and the likely causes of a failed probe (``kind`` as in ``ProbeResult``)."""
     where = f"{ctx.host}:{ctx.port}" + (f" (dialled at {ctx.hostaddr})" if ctx.hostaddr else "")
+    w = _MY if ctx.engine == "mysql" else _PG
     text = message.rstrip(".")
     low = message.lower()
     if kind == "dns":
@@ -95,38 +136,33 @@ def diagnose(kind: str, code: str, message: str, ctx: Context, *, stage: str = "
                 "and the database drop the traffic",
                 "the instance is stopped, rebooting or failing over: check its status in the RDS console"))
         return Diagnosis(CONNECT_TIMEOUT, f"{text[:1].upper()}{text[1:]}.", (
-            f"port {ctx.port} is not a PostgreSQL server (a different service or a proxy that holds "
+            f"port {ctx.port} is not a {w.name} server (a different service or a proxy that holds "
             "connections): check spec.port or the DSN's port",
             "the database is overloaded, starting or failing over: check its status and metrics"))
     if kind == "refused":
         return Diagnosis(CONNECTION_REFUSED, f"The connection was refused: {text}.", (
-            f"nothing listens on port {ctx.port}: check spec.port or the DSN's port (RDS PostgreSQL "
-            "defaults to 5432; RDS Proxy and custom ports differ)",
+            f"nothing listens on port {ctx.port}: check spec.port or the DSN's port (RDS {w.name} "
+            f"defaults to {w.port}; RDS Proxy and custom ports differ)",
             "the instance is stopped, rebooting or failing over: check its status in the RDS console",
             *((f"hostaddr={ctx.hostaddr} in the DSN points at another machine than {ctx.host}",)
               if ctx.hostaddr else ())))
     if kind == "network":
         return Diagnosis(NETWORK_ERROR, f"Network error talking to {where}: {text}.", (
             "something between the pod and the database (proxy, load balancer, service mesh sidecar) "
-            "dropped the connection: check it passes PostgreSQL's TLS negotiation through",
+            f"dropped the connection: check it passes {w.name}'s TLS negotiation through",
             "the database restarted or failed over at that moment: check its events"))
     if kind == "tls":
-        causes = ["sslrootcert must be the RDS CA bundle (global-bundle.pem from "
+        causes = [f"{w.ca} must be the RDS CA bundle (global-bundle.pem from "
                   "truststore.pki.rds.amazonaws.com) and readable where the client runs"]
-        if ctx.sslmode == "verify-full":
-            causes.insert(0, f"sslmode=verify-full checks that the certificate names {ctx.host!r}; an RDS "
+        if ctx.sslmode == w.verify_full:
+            causes.insert(0, f"{w.mode}={w.verify_full} checks that the certificate names {ctx.host!r}; an RDS "
                              "certificate names only the RDS endpoint: when connecting through a CNAME, "
-                             "alias or tunnel use sslmode=verify-ca, or connect to the endpoint itself")
+                             f"alias or tunnel use {w.mode}={w.verify_ca}, or connect to the endpoint itself")
         return Diagnosis(TLS_ERROR, f"TLS to {where} failed: {text}.", tuple(causes))
+    if ctx.engine == "mysql":
+        return _diagnose_mysql(kind, code, text, ctx, where, stage)
     if kind == "no-tls" or "ssl off" in low or ("pg_hba.conf" in low and "no encryption" in low):
-        causes = [f"the DSN sets sslmode={ctx.sslmode}: IAM logins must use TLS; set sslmode=require, or "
-                  "verify-full with sslrootcert set to the RDS CA bundle"
-                  if ctx.sslmode in ("disable", "allow", "prefer") else
-                  "IAM logins must use TLS; set sslmode=require, or verify-full with sslrootcert set to the "
-                  "RDS CA bundle",
-                  "a proxy in front of the database terminates or strips TLS: connect with TLS end to end"]
-        return Diagnosis(TLS_REQUIRED, f"{where} requires TLS for IAM logins and the connection did not use "
-                                       f"it: {text}.", tuple(causes))
+        return _tls_required(ctx, where, text, w)
     if kind == "password" or "password authentication failed" in low:
         what = text if kind == "password" else f"it answered: {text}"
         return Diagnosis(LOGIN_REJECTED, f"{where} did not treat {ctx.user!r} as an IAM user: {what}.", (
@@ -148,17 +184,78 @@ def diagnose(kind: str, code: str, message: str, ctx: Context, *, stage: str = "
     if code.startswith("57P"):
         return Diagnosis(VERIFY_FAILED, f"{where} is not accepting connections: {text}.", (
             "the database is starting, shutting down or failing over: check its status and events",))
+    return _other(kind, stage, where, f"{text} (SQLSTATE {code})" if code else (text or kind), _PG)
+
+
+def _other(kind: str, stage: str, where: str, detail: str, w: _Words) -> Diagnosis:
+    """What no rule above explains: a failed query, another protocol, or the server's words alone."""
     if stage == "query":
-        return Diagnosis(VERIFY_FAILED, f"Logged in to {where}, but SELECT 1 failed: {text}.")
+        return Diagnosis(VERIFY_FAILED, f"Logged in to {where}, but SELECT 1 failed: {detail}.")
     if kind == "protocol":
-        return Diagnosis(VERIFY_FAILED, f"{where} did not speak the PostgreSQL protocol: {text}.", (
-            "spec.port or the DSN's port points at another service (MySQL is spec.engine: mysql)",))
-    detail = f"{text} (SQLSTATE {code})" if code else (text or kind)
+        other = "PostgreSQL is spec.engine: postgres" if w is _MY else "MySQL is spec.engine: mysql"
+        return Diagnosis(VERIFY_FAILED, f"{where} did not speak the {w.name} protocol: {detail}.", (
+            f"spec.port or the DSN's port points at another service ({other})",))
     return Diagnosis(VERIFY_FAILED, f"{where} refused the connection: {detail}.")
 
 
+def _tls_required(ctx: Context, where: str, text: str, w: _Words, *more: str) -> Diagnosis:
+    to_tls = f"set {w.mode}={w.require}, or {w.verify_full} with {w.ca} set to the RDS CA bundle"
+    causes = [f"the DSN sets {w.mode}={ctx.sslmode}: IAM logins must use TLS; {to_tls}" if ctx.sslmode in w.plain
+              else f"IAM logins must use TLS; {to_tls}",
+              "a proxy in front of the database terminates or strips TLS: connect with TLS end to end", *more]
+    return Diagnosis(TLS_REQUIRED, f"{where} requires TLS for IAM logins and the connection did not use it: {text}.",
+                     tuple(causes))
+
+
+def _create_user(user: str) -> str:
+    return f"CREATE USER '{user}'@'%' IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS'"
+
+
+def _diagnose_mysql(kind: str, code: str, text: str, ctx: Context, where: str, stage: str) -> Diagnosis:
+    """The MySQL side of :func:`diagnose`, after the kinds both engines share (DNS, TCP, TLS)."""
+    low = text.lower()
+    not_iam = (f"the database user {ctx.user!r} is not IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS', or "
+               "does not exist (MySQL answers both alike): as the master user run "
+               f"{_create_user(ctx.user)} (ALTER USER for an existing user)")
+    if code == "3159" or "insecure transport" in low or (code == "1045" and ctx.tls is False):
+        return _tls_required(ctx, where, text, _MY, *(() if code == "3159" else (
+            f"a user created REQUIRE SSL refuses any login without TLS, and so does RDS for IAM users; if "
+            f"{ctx.user!r} is no IAM user at all: {_create_user(ctx.user)}",)))
+    if kind == "no-tls":
+        return _tls_required(ctx, where, text, _MY)
+    if kind == "password" or (code == "1045" and ctx.auth != "cleartext"):
+        asked = text if kind == "password" else f"it checked {ctx.auth or 'a password'} and answered: {text}"
+        return Diagnosis(LOGIN_REJECTED, f"{where} did not treat {ctx.user!r} as an IAM user: {asked}.", (
+            not_iam, "the user name is misspelled or in the wrong case: check spec.username or the DSN's user"))
+    if code == "1045":
+        return Diagnosis(LOGIN_REJECTED, f"{where} rejected the IAM login for {ctx.user!r}: {text}.",
+                         tuple(_iam_causes(ctx)))
+    login = f"The {'IAM ' if ctx.auth == 'cleartext' else ''}login as {ctx.user!r} worked, but {where} refused"
+    if code == "1049":
+        return Diagnosis(LOGIN_REJECTED, f"{login} the database: {text}.", (
+            f"the database {ctx.database!r} does not exist: fix spec.database or the DSN's path",))
+    if code == "1044":
+        return Diagnosis(LOGIN_REJECTED, f"{login} the database: {text}.", (
+            f"{ctx.user!r} has no privileges on {ctx.database!r}, or it does not exist (MySQL answers both "
+            f"alike to such a user): GRANT them (GRANT ... ON `{ctx.database}`.* TO '{ctx.user}'@'%'), or fix "
+            "spec.database or the DSN's path",))
+    if code == "1130":
+        return Diagnosis(LOGIN_REJECTED, f"{where} refused the connection: {text}.", (
+            f"{ctx.user!r} exists only for other client hosts: create it as '{ctx.user}'@'%'",))
+    if code in ("1040", "1203"):
+        return Diagnosis(VERIFY_FAILED, f"{where} refused the connection: {text}.", (
+            "the database (max_connections) or the user (max_user_connections) ran out of connections: check "
+            "pooling in the apps",))
+    if code == "1129":
+        return Diagnosis(VERIFY_FAILED, f"{where} refused the connection: {text}.", (
+            "too many broken connections from this host (max_connect_errors): find the client that breaks them "
+            "off, then FLUSH HOSTS",))
+    return _other(kind, stage, where, text or kind, _MY)
+
+
 def _iam_causes(ctx: Context) -> list[str]:
-    """Likely causes of ``PAM authentication failed``: the server took the IAM path and refused the token."""
+    """Likely causes of ``PAM authentication failed`` (MySQL: 1045 after the token was asked for): the server
+    took the IAM path and refused the token."""
     signing = ctx.signing_host or ctx.host
     endpoint_region = region_of(signing)
     same = signing.lower().rstrip(".") == ctx.host.lower().rstrip(".")
@@ -180,6 +277,10 @@ def _iam_causes(ctx: Context) -> list[str]:
     if same and endpoint_region:
         causes.append(f"{signing}:{ctx.port} is not the database's own endpoint and port (a port forward?)")
     causes.append("the token or the credentials that signed it expired, or the operator's clock is off")
-    causes.append(f"less likely: {ctx.user!r} is not in rds_iam (GRANT rds_iam TO \"{ctx.user}\"); such users are "
-                  "normally asked for a password instead")
+    if ctx.engine == "mysql":
+        causes.append(f"less likely: {ctx.user!r} is not IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS' "
+                      f"({_create_user(ctx.user)}); such users are normally asked for another method instead")
+    else:
+        causes.append(f"less likely: {ctx.user!r} is not in rds_iam (GRANT rds_iam TO \"{ctx.user}\"); such users "
+                      "are normally asked for a password instead")
     return causes

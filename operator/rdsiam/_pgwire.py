@@ -26,7 +26,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -82,55 +82,51 @@ def tls_context(sslmode: str, sslrootcert: str | None) -> ssl.SSLContext:
     return ctx
 
 
-async def probe(
-    host: str, port: int, user: str, password: str, database: str, *, sslmode: str = "require",
-    sslrootcert: str | None = None, hostaddr: str | None = None, timeout: float = 5.0,
-    application_name: str = "rdsiam-verify",
-) -> ProbeResult:
-    """Log in once and run ``SELECT 1``; never raises for network or server trouble."""
-    loop = asyncio.get_running_loop()
-    start = time.perf_counter()
-    deadline = loop.time() + timeout
-    state = {"stage": "dns", "tls": False, "server_version": "", "auth": "", "address": ""}
+class Session:
+    """What a login probe does whatever the protocol (the MySQL probe uses it too): one deadline for
+    everything, dialling like libpq, TLS per ``sslmode``, and a result with the password redacted."""
 
-    def remaining() -> float:
-        return max(0.0, deadline - loop.time())
+    def __init__(self, host: str, port: int, password: str, *, hostaddr: str | None, timeout: float) -> None:
+        self.host, self.port, self.hostaddr, self.timeout = host, port, hostaddr, timeout
+        self._password = password
+        self.loop = asyncio.get_running_loop()
+        self.started = time.perf_counter()
+        self.deadline = self.loop.time() + timeout
+        self.stage, self.tls, self.server_version, self.auth, self.address = "dns", False, "", "", ""
+        self.writer: asyncio.StreamWriter | None = None
 
-    async def within(awaitable: Awaitable[_T]) -> _T:
-        return await asyncio.wait_for(awaitable, remaining())
+    async def within(self, awaitable: Awaitable[_T]) -> _T:
+        return await asyncio.wait_for(awaitable, max(0.0, self.deadline - self.loop.time()))
 
-    def result(ok: bool, kind: str = "", message: str = "", code: str = "") -> ProbeResult:
-        if password:  # a server (or proxy) may quote the password: whole, percent-encoded or cut short
-            for form in (password, quote(password, safe="")):
-                message = message.replace(form, "<token>")
-            message = _SIGV4.sub(r"\1<redacted>", message)
-        return ProbeResult(ok, str(state["stage"]), kind, code, message, bool(state["tls"]),
-                           (time.perf_counter() - start) * 1000, str(state["server_version"]), str(state["auth"]),
-                           str(state["address"]))
+    def result(self, ok: bool, kind: str = "", message: str = "", code: str = "") -> ProbeResult:
+        return ProbeResult(ok, self.stage, kind, code, redact(message, self._password), self.tls,
+                           (time.perf_counter() - self.started) * 1000, self.server_version, self.auth,
+                           self.address)
 
-    async def dial() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Resolve (unless ``hostaddr``) and connect to the first address that answers, as libpq does."""
-        target = hostaddr or host
-        state["stage"] = "dns"
+        target, port, timeout = self.hostaddr or self.host, self.port, self.timeout
+        self.stage = "dns"
         try:
-            infos = await within(loop.getaddrinfo(target, port, type=socket.SOCK_STREAM,
-                                                flags=socket.AI_NUMERICHOST if hostaddr else 0))
+            infos = await self.within(self.loop.getaddrinfo(
+                target, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST if self.hostaddr else 0))
         except socket.gaierror as exc:
-            what = "hostaddr is not a numeric IP address" if hostaddr else "cannot resolve"
+            what = "hostaddr is not a numeric IP address" if self.hostaddr else "cannot resolve"
             raise _Stop("dns", "dns", f"{what} {target!r}: {exc.strerror}") from None
         except TimeoutError:
             raise _Stop("dns", "dns", f"looking up {target!r} timed out after {timeout:g} s") from None
-        state["stage"] = "connect"
+        self.stage = "connect"
         failures: list[tuple[str, str]] = []
         for family, type_, proto, _, sockaddr in infos:
             ip, port_ = str(sockaddr[0]), int(sockaddr[1])
             address = f"[{ip}]:{port_}" if family == socket.AF_INET6 else f"{ip}:{port_}"
-            state["address"] = address
+            self.address = address
             sock = socket.socket(family, type_, proto)
             sock.setblocking(False)
             try:
-                await within(loop.sock_connect(sock, sockaddr))
-                return await asyncio.open_connection(sock=sock)
+                await self.within(self.loop.sock_connect(sock, sockaddr))
+                reader, self.writer = await asyncio.open_connection(sock=sock)
+                return reader, self.writer
             except TimeoutError:
                 sock.close()
                 raise _Stop("connect", "timeout", f"connecting to {address} timed out after {timeout:g} s") from None
@@ -146,34 +142,79 @@ async def probe(
         kind = "refused" if kinds == {"refused"} else "network"
         raise _Stop("connect", kind, "; ".join(m for _, m in failures))
 
-    writer: asyncio.StreamWriter | None = None
-    try:
-        reader, writer = await dial()
-        state["stage"] = "tls"
+    async def start_tls(self, sslmode: str, sslrootcert: str | None, *, option: str = "sslrootcert") -> None:
+        """Upgrade the dialled connection once the server agreed to TLS (``option``: the CA's name in errors)."""
+        assert self.writer is not None
+        try:
+            ctx = tls_context(sslmode, sslrootcert)
+        except OSError as exc:
+            raise _Stop("tls", "tls", f"cannot read {option} {sslrootcert!r}: {exc.strerror or exc}") from None
+        try:
+            await self.within(self.writer.start_tls(ctx, server_hostname=self.host))
+        except ssl.SSLCertVerificationError as exc:
+            raise _Stop("tls", "tls", f"certificate verify failed: {exc.verify_message or exc.reason}") from None
+        except ssl.SSLError as exc:
+            raise _Stop("tls", "tls", f"TLS handshake failed: {exc.reason or exc}") from None
+        self.tls = True
+
+    async def run(self, body: Callable[[Session], Awaitable[ProbeResult]]) -> ProbeResult:
+        """``body``'s result; a :class:`_Stop`, a timeout or a broken connection become a failed result."""
+        try:
+            return await body(self)
+        except _Stop as stop:
+            self.stage = stop.stage or self.stage
+            return self.result(False, stop.kind, stop.message, stop.code)
+        except TimeoutError:
+            where = self.address or f"{self.hostaddr or self.host}:{self.port}"
+            if self.stage == "tls":
+                what = f"connected to {where}, but no answer to the TLS request within {self.timeout:g} s"
+            else:
+                what = (f"connected to {where}, but the server did not answer within {self.timeout:g} s "
+                        f"({self.stage})")
+            return self.result(False, "timeout", what)
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as exc:
+            return self.result(False, "network", f"the server closed the connection during {self.stage} "
+                               f"({type(exc).__name__})")
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+                try:
+                    await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+                except (OSError, ssl.SSLError, TimeoutError):
+                    pass
+
+
+def redact(message: str, password: str) -> str:
+    """``message`` without the password: a server (or proxy) may quote it whole, percent-encoded or cut short."""
+    if password:
+        for form in (password, quote(password, safe="")):
+            message = message.replace(form, "<token>")
+        message = _SIGV4.sub(r"\1<redacted>", message)
+    return message
+
+
+async def probe(
+    host: str, port: int, user: str, password: str, database: str, *, sslmode: str = "require",
+    sslrootcert: str | None = None, hostaddr: str | None = None, timeout: float = 5.0,
+    application_name: str = "rdsiam-verify",
+) -> ProbeResult:
+    """Log in once and run ``SELECT 1``; never raises for network or server trouble."""
+
+    async def login(s: Session) -> ProbeResult:
+        reader, writer = await s.dial()
+        s.stage = "tls"
         if sslmode != "disable":
             writer.write(SSL_REQUEST)
             await writer.drain()
-            answer = await within(reader.readexactly(1))
+            answer = await s.within(reader.readexactly(1))
             if answer == b"S":
-                try:
-                    ctx = tls_context(sslmode, sslrootcert)
-                except OSError as exc:
-                    raise _Stop("tls", "tls", f"cannot read sslrootcert {sslrootcert!r}: "
-                                f"{exc.strerror or exc}") from None
-                try:
-                    await within(writer.start_tls(ctx, server_hostname=host))
-                except ssl.SSLCertVerificationError as exc:
-                    raise _Stop("tls", "tls", f"certificate verify failed: {exc.verify_message or exc.reason}") \
-                        from None
-                except ssl.SSLError as exc:
-                    raise _Stop("tls", "tls", f"TLS handshake failed: {exc.reason or exc}") from None
-                state["tls"] = True
+                await s.start_tls(sslmode, sslrootcert)
             elif answer == b"N":
                 if sslmode in ("require", "verify-ca", "verify-full"):
                     raise _Stop("tls", "no-tls", f"the server does not support TLS (sslmode={sslmode})")
             else:
                 raise _Stop("tls", "protocol", "unexpected answer to the TLS request: not a PostgreSQL server?")
-        state["stage"] = "startup"
+        s.stage = "startup"
         params = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in (
             ("user", user), ("database", database), ("application_name", application_name)))
         body = struct.pack("!i", PROTOCOL_3_0) + params + b"\0"
@@ -181,19 +222,18 @@ async def probe(
         await writer.drain()
         queried = False
         while True:
-            kind, payload = await within(_read(reader))
+            kind, payload = await s.within(_read(reader))
             if kind == b"E":
                 fields = _fields(payload)
-                return result(False, "server", fields.get("M", ""), fields.get("C", ""))
+                return s.result(False, "server", fields.get("M", ""), fields.get("C", ""))
             if kind == b"R":
                 (code,) = struct.unpack("!i", payload[:4])
+                s.stage = "auth"  # after AuthenticationOk the server may still refuse (database missing, ...)
                 if code == _AUTH_OK:
-                    state["stage"] = "auth"  # logged in; the server may still refuse (database missing, ...)
                     continue
-                state["stage"] = "auth"
                 if code == _AUTH_CLEARTEXT:
-                    state["auth"] = "cleartext"
-                    if not state["tls"]:
+                    s.auth = "cleartext"
+                    if not s.tls:
                         raise _Stop("auth", "no-tls", "the server asked for the password in cleartext over an "
                                     "unencrypted connection; the token was not sent")
                     pw = password.encode() + b"\0"
@@ -204,46 +244,28 @@ async def probe(
                 if code == _AUTH_SASL:
                     mechanisms = [m.decode(errors="replace") for m in payload[4:].split(b"\0") if m]
                     method = f"SASL ({', '.join(mechanisms)})" if mechanisms else method
-                state["auth"] = method
+                s.auth = method
                 raise _Stop("auth", "password", f"it asked for {method} authentication, not for an IAM token "
                             "(the token was not sent; a driver sending it as a password gets \"password "
                             "authentication failed\")")
             elif kind == b"S":
                 name, _, value = payload.partition(b"\0")
                 if name == b"server_version":
-                    state["server_version"] = value.rstrip(b"\0").decode(errors="replace")
+                    s.server_version = value.rstrip(b"\0").decode(errors="replace")
             elif kind == b"Z":
                 if queried:
                     writer.write(b"X" + struct.pack("!i", 4))
                     await writer.drain()
-                    state["stage"] = "done"
-                    return result(True)
+                    s.stage = "done"
+                    return s.result(True)
                 queried = True
-                state["stage"] = "query"
+                s.stage = "query"
                 q = b"SELECT 1\0"
                 writer.write(b"Q" + struct.pack("!i", len(q) + 4) + q)
                 await writer.drain()
             # K (BackendKeyData), N (notice), T/D/C (the query's rows) need no action.
-    except _Stop as stop:
-        state["stage"] = stop.stage or state["stage"]
-        return result(False, stop.kind, stop.message, stop.code)
-    except TimeoutError:
-        where = f"{state['address'] or f'{hostaddr or host}:{port}'}"
-        if state["stage"] == "tls":
-            what = f"connected to {where}, but no answer to the TLS request within {timeout:g} s"
-        else:
-            what = f"connected to {where}, but the server did not answer within {timeout:g} s ({state['stage']})"
-        return result(False, "timeout", what)
-    except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as exc:
-        return result(False, "network", f"the server closed the connection during {state['stage']} "
-                      f"({type(exc).__name__})")
-    finally:
-        if writer is not None:
-            writer.close()
-            try:
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-            except (OSError, ssl.SSLError, TimeoutError):
-                pass
+
+    return await Session(host, port, password, hostaddr=hostaddr, timeout=timeout).run(login)
 
 
 async def _read(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:

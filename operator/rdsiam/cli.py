@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verify-timeout", type=float, default=5.0, metavar="SECONDS",
                      help="time allowed for each spec.verify login (default: %(default)s)")
     run.add_argument("--verify-ca-file", default=None, metavar="PATH",
-                     help="CA bundle (the RDS one) to check servers with when a DSN's sslrootcert (the app's "
+                     help="CA bundle (the RDS one) to check servers with when a DSN's sslrootcert or ssl-ca (the app's "
                      "path) is not readable here; without it, such a login is not attempted")
     run.add_argument("--rotation-events", action="store_true",
                      help="post a Normal Event for every routine rotation too (default: first issue, changes, "

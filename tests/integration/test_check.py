@@ -1,4 +1,5 @@
-"""``rdsiam check DIR [--connect]`` against mounts written like kubelet and the IAM-checking PostgreSQL."""
+"""``rdsiam check DIR [--connect]`` against mounts written like kubelet and the IAM-checking PostgreSQL and
+MySQL front doors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -14,6 +16,7 @@ from rdsiam._check import main
 from rdsiam.testing.kubelet import AtomicWriter, PlainWriter, secret_payload
 from rdsiam.testing.postgres import PostgresServer
 from rdsiam.testing.rds import IamPostgres
+from rdsiam.testing.rds_mysql import IamMySQL
 from rdsiam.testing.sts import StsServer
 
 USER, NOT_IAM, DB = "rdsiam_check_app", "rdsiam_check_pw", "rdsiam_check_db"
@@ -26,15 +29,18 @@ def mint(sts: StsServer, rds: IamPostgres, postgres: PostgresServer) -> Callable
     return sts.token_minter("rdsiam-check-tests", rds.endpoint, rds.port, rds.region)
 
 
-def _payload(rds: IamPostgres, user: str, token: str, *, expires_in: float = 900) -> dict[str, bytes]:
+def _payload(
+    rds: IamPostgres | IamMySQL, user: str, token: str, *, expires_in: float = 900, dbname: str = DB,
+    dsn: str | None = None,
+) -> dict[str, bytes]:
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_in)
     return secret_payload(
         username=user,
         password=token,
         host=rds.endpoint,
         port=rds.port,
-        dbname=DB,
-        dsn=rds.dsn(user, DB, token),
+        dbname=dbname,
+        dsn=dsn or rds.dsn(user, DB, token),  # type: ignore[union-attr]
         expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
 
@@ -127,4 +133,49 @@ def test_dsn_disagreeing_with_password(tmp_path: Path, rds: IamPostgres, mint: C
     code, out = _run(str(tmp_path))
     assert code == 1 and "the dsn's password is not the password key" in out
     assert f"dsn:        postgresql://{USER}:***@{rds.endpoint}:{rds.port}/{DB}?sslmode=verify-full" in out
+    _assert_no_secret(out, token)
+
+
+# -- MySQL: the same probe and diagnosis, no driver --------------------------------------------------------
+
+MY_USER, MY_DB = "rdsiam_check_my", "rdsiam_check_mydb"
+
+
+@pytest.fixture(scope="module")
+def mint_mysql(sts: StsServer, rds_mysql: IamMySQL) -> Callable[[str], str]:
+    rds_mysql.create_user(MY_USER, database=MY_DB)
+    return sts.token_minter("rdsiam-check-tests", rds_mysql.endpoint, rds_mysql.port, rds_mysql.region)
+
+
+def _mysql_payload(rds: IamMySQL, user: str, token: str) -> dict[str, bytes]:
+    query = f"ssl-mode=VERIFY_IDENTITY&ssl-ca={rds.ca_file}&hostaddr={rds.hostaddr}"
+    dsn = f"mysql://{user}:{quote(token, safe='')}@{rds.endpoint}:{rds.port}/{MY_DB}?{query}"
+    return _payload(rds, user, token, dbname=MY_DB, dsn=dsn)
+
+
+def test_mysql_mount_connects_without_a_driver(
+    tmp_path: Path, rds_mysql: IamMySQL, mint_mysql: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = mint_mysql(MY_USER)
+    AtomicWriter(tmp_path).write(_mysql_payload(rds_mysql, MY_USER, token))
+    monkeypatch.setitem(sys.modules, "pymysql", None)  # `import pymysql` raises ImportError
+    code, out = _run(str(tmp_path), "--connect")  # ssl-mode, ssl-ca and hostaddr from the mounted DSN
+    assert code == 0, out
+    assert f"target:     MySQL {MY_USER}@{rds_mysql.endpoint}:{rds_mysql.port}/{MY_DB}" in out
+    assert f"OK: logged in as {MY_USER} on " in out and "(TLS, login and SELECT 1 in" in out
+    assert any(a.user == MY_USER and a.accepted and a.tls for a in rds_mysql.login_log)
+    _assert_no_secret(out, token)
+
+
+def test_mysql_token_for_another_user_is_explained(
+    tmp_path: Path, rds_mysql: IamMySQL, mint_mysql: Callable[[str], str]
+) -> None:
+    token = mint_mysql("someone_else")
+    AtomicWriter(tmp_path).write(_mysql_payload(rds_mysql, MY_USER, token))
+    code, out = _run(str(tmp_path), "--connect", "--sslmode", "verify-full")  # libpq's names work too
+    assert code == 1
+    assert f"PROBLEM:    login failed: LoginRejected: {rds_mysql.endpoint}:{rds_mysql.port}" in out
+    assert f"ERROR 1045 (28000): Access denied for user '{MY_USER}'" in out
+    assert f"likely cause 1: the token is signed for user 'someone_else', not {MY_USER!r}" in out
+    assert "rds-db:connect" in out and "IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS'" in out
     _assert_no_secret(out, token)

@@ -1,7 +1,8 @@
 """``spec.verify``: after each issue the operator logs in once with the token and reports a ``Connected``
 condition whose message says what to check; a failure also posts a Warning Event. End to end through
-the operator and kubectl against the IAM-checking PostgreSQL (tokens are searched for in the operator's
-log, Events and status by the ``operator_factory`` fixture at teardown)."""
+the operator and kubectl against the IAM-checking PostgreSQL and MySQL front doors and a real MariaDB
+(tokens are searched for in the operator's log, Events and status by the ``operator_factory`` fixture at
+teardown)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from typing import Any
 import pytest
 
 from rdsiam.testing.kubectl import Kubectl
+from rdsiam.testing.mysql import MariaDBServer
 from rdsiam.testing.postgres import PostgresServer
 from rdsiam.testing.rds import IamPostgres
+from rdsiam.testing.rds_mysql import IamMySQL
 
 GOOD, NO_IAM, UNKNOWN = "rdsiam_verify_ok", "rdsiam_verify_pw", "rdsiam_verify_nobody"
 OTHER_ENDPOINT = "orders.cluster-zzz999.us-east-1.rds.amazonaws.com"
@@ -73,6 +76,12 @@ def wait_condition(
         timeout=timeout,
         interval=0.1,
     )
+
+
+def warnings(kubectl: Kubectl, ns: str) -> dict[str, str]:
+    """The reason of the Warning Events, by resource name."""
+    events = json.loads(kubectl.run("get", "events", "-n", ns, "-o", "json"))["items"]
+    return {e["involvedObject"]["name"]: e["reason"] for e in events if e.get("type") == "Warning"}
 
 
 def test_connected_condition_explains_each_outcome(
@@ -138,9 +147,7 @@ def test_connected_condition_explains_each_outcome(
     }
     quiet = resource("quiet", ns, rds_dsn(rds, GOOD))
     del quiet["spec"]["verify"]
-    # MySQL is not probed: Connected says so (Unknown), with no Warning Event on each refresh.
-    mysql = resource("mysql", ns, f"mysql://{GOOD}@{OTHER_ENDPOINT}:3306/app")
-    kubectl.apply([c[0] for c in cases.values()] + [quiet, mysql])
+    kubectl.apply([c[0] for c in cases.values()] + [quiet])
 
     for name, (_, reason, fragments) in cases.items():
         cond = wait_condition(kubectl, name, ns)
@@ -152,19 +159,8 @@ def test_connected_condition_explains_each_outcome(
         assert ready is not None and (ready["status"], ready["reason"]) == ("True", "TokenIssued")
 
     # Each failure is also a Warning Event naming the reason; the good one is not.
-    def warnings() -> dict[str, str]:
-        events = json.loads(kubectl.run("get", "events", "-n", ns, "-o", "json"))["items"]
-        return {e["involvedObject"]["name"]: e["reason"] for e in events if e.get("type") == "Warning"}
-
-    seen = kubectl.wait("Warning Events", lambda: (w := warnings()) and len(w) >= len(cases) - 1 and w)
+    seen = kubectl.wait("Warning Events", lambda: (w := warnings(kubectl, ns)) and len(w) >= len(cases) - 1 and w)
     assert seen == {name: reason for name, (_, reason, _) in cases.items() if name != "good"}
-
-    cond = wait_condition(kubectl, "mysql", ns)
-    assert (cond["status"], cond["reason"]) == ("Unknown", "NotSupported")
-    assert "PostgreSQL only" in cond["message"]
-    kubectl.wait("the mysql resource's TokenIssued Event (posted after a Warning would be)",
-                 lambda: "TokenIssued" in kubectl.describe("rdsiamcredential", "mysql", ns).split("Events:")[-1])
-    assert "mysql" not in warnings()
 
     text = kubectl.describe("rdsiamcredential", "wrong-signing-host", ns)
     assert "Connected" in text and "LoginRejected" in text
@@ -244,3 +240,120 @@ def test_connected_reports_how_long_the_login_took(
         cond = wait_condition(kubectl, f"lat{i}", ns)
         assert cond["status"] == "True", cond
         assert re.search(r"; login and SELECT 1 took [0-9]+ ms\.", cond["message"]), cond["message"]
+
+
+MY_GOOD, MY_GONE, MY_DB = "rdsiam_verify_my", "rdsiam_verify_my_gone", "rdsiam_verify_db"
+MY_PW, MY_OPEN = "rdsiam_verify_my_pw", "rdsiam_verify_open"  # MariaDB's own users: a password, none
+
+
+@pytest.fixture(scope="module")
+def mysql_users(rds_mysql: IamMySQL, mariadb: MariaDBServer) -> None:
+    rds_mysql.create_user(MY_GOOD, database=MY_DB)
+    rds_mysql.create_user(MY_GONE, database="rdsiam_verify_gone")
+    mariadb.execute("DROP DATABASE `rdsiam_verify_gone`")  # the grant stays: 1049 Unknown database
+    mariadb.create_user(MY_PW, "a-real-password", database=MY_DB)  # a password user, not IAM
+    mariadb.create_user(MY_OPEN, "", database=MY_DB)  # no password at all
+
+
+def mysql_dsn(host: str, port: int, user: str, db: str = MY_DB, query: str = "") -> str:
+    return f"mysql://{user}:$TOKEN@{host}:{port}/{db}?{query}&hostaddr=127.0.0.1"
+
+
+def test_mysql_connected_condition_explains_each_outcome(
+    kubectl: Kubectl,
+    rds_mysql: IamMySQL,
+    mariadb: MariaDBServer,
+    operator_factory: Callable[..., Any],
+    ns: str,
+    mysql_users: None,
+    silent_port: int,
+    closed_port: int,
+) -> None:
+    operator_factory(args=["--verify-timeout", "1"])
+    at, port = rds_mysql.endpoint, rds_mysql.port
+    verified = f"ssl-mode=VERIFY_IDENTITY&ssl-ca={rds_mysql.ca_file}"
+    cases: dict[str, tuple[dict[str, Any], str, list[str]]] = {
+        "my-good": (
+            resource("my-good", ns, mysql_dsn(at, port, MY_GOOD, query=verified)),
+            "Connected",
+            [f"Logged in as {MY_GOOD} to {at}:{port}/{MY_DB} (10.", "MariaDB", "over TLS", "SELECT 1 took"],
+        ),
+        "my-signing-host": (
+            resource("my-signing-host", ns, mysql_dsn(at, port, MY_GOOD, query=verified), signingHost=OTHER_ENDPOINT),
+            "LoginRejected",
+            [
+                f"ERROR 1045 (28000): Access denied for user '{MY_GOOD}'",
+                f"(1) the token is signed for {OTHER_ENDPOINT}:{port} (spec.signingHost",
+                "rds-db:connect",
+                "IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS'",
+            ],
+        ),
+        "my-no-tls": (
+            resource("my-no-tls", ns, mysql_dsn(at, port, MY_GOOD, query="ssl-mode=DISABLED")),
+            "TLSRequired",
+            ["the token was not sent", "the DSN sets ssl-mode=DISABLED", "set ssl-mode=REQUIRED"],
+        ),
+        "my-unknown-db": (
+            resource("my-unknown-db", ns, mysql_dsn(at, port, MY_GONE, "rdsiam_verify_gone", verified)),
+            "LoginRejected",
+            [f"The IAM login as '{MY_GONE}' worked", "ERROR 1049 (42000): Unknown database", "spec.database"],
+        ),
+        "my-not-iam": (
+            resource("my-not-iam", ns, mysql_dsn("localhost", mariadb.port, MY_PW,
+                                                 query=f"ssl-mode=VERIFY_IDENTITY&ssl-ca={mariadb.ca_file}"),
+                     region="us-east-1"),
+            "LoginRejected",
+            [f"did not treat '{MY_PW}' as an IAM user", "(using password: NO)",
+             f"CREATE USER '{MY_PW}'@'%' IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS'"],
+        ),
+        "my-open": (  # a MariaDB user without a password: in, but the token was never asked for
+            resource("my-open", ns, mysql_dsn("localhost", mariadb.port, MY_OPEN,
+                                              query=f"ssl-mode=VERIFY_IDENTITY&ssl-ca={mariadb.ca_file}"),
+                     region="us-east-1"),
+            "Connected",
+            [f"Logged in as {MY_OPEN} to localhost:{mariadb.port}/{MY_DB}", "over TLS",
+             f"The server never asked for the token (mysql_native_password): '{MY_OPEN}' logs in without a password"],
+        ),
+        "my-refused": (
+            resource("my-refused", ns, mysql_dsn(at, closed_port, MY_GOOD, query="ssl-mode=REQUIRED")),
+            "ConnectionRefused",
+            [f"127.0.0.1:{closed_port} refused the connection", "RDS MySQL defaults to 3306"],
+        ),
+        "my-dns": (
+            resource("my-dns", ns, f"mysql://{MY_GOOD}@db.invalid:3306/{MY_DB}?ssl-mode=REQUIRED", region="us-east-1"),
+            "DNSError",
+            ["cannot resolve 'db.invalid'", "spec.host"],
+        ),
+        "my-timeout": (
+            resource("my-timeout", ns, mysql_dsn(at, silent_port, MY_GOOD, query="ssl-mode=REQUIRED")),
+            "ConnectTimeout",
+            ["the server did not answer within 1 s (startup)", "is not a MySQL server"],
+        ),
+    }
+    no_ca = "ssl-mode=VERIFY_IDENTITY&ssl-ca=/nonexistent/ca.pem"  # the app's path, not in the operator's pod
+    noca = resource("my-noca", ns, mysql_dsn(at, port, MY_GOOD, query=no_ca))
+    before = len(rds_mysql.login_log)
+    kubectl.apply([c[0] for c in cases.values()] + [noca])
+
+    for name, (_, reason, fragments) in cases.items():
+        cond = wait_condition(kubectl, name, ns)
+        assert cond["reason"] == reason, (name, cond)
+        assert cond["status"] == ("True" if reason == "Connected" else "False")
+        for fragment in fragments:
+            assert fragment in cond["message"], (name, fragment, cond["message"])
+        ready = kubectl.condition(name, ns)
+        assert ready is not None and (ready["status"], ready["reason"]) == ("True", "TokenIssued")
+    cond = wait_condition(kubectl, "my-noca", ns)
+    assert (cond["status"], cond["reason"]) == ("Unknown", "CertificateNotVerifiable"), cond
+    assert "ssl-mode=VERIFY_IDENTITY, ssl-ca /nonexistent/ca.pem" in cond["message"]
+    failing = {name: reason for name, (_, reason, _) in cases.items() if reason != "Connected"}
+    seen = kubectl.wait("Warning Events", lambda: (w := warnings(kubectl, ns)) and len(w) >= len(failing) and w)
+    assert seen == failing
+    # Unknown is in the condition only: no Warning Event (it would be posted before the TokenIssued one).
+    kubectl.wait("my-noca's TokenIssued Event",
+                 lambda: "TokenIssued" in kubectl.describe("rdsiamcredential", "my-noca", ns).split("Events:")[-1])
+    assert "my-noca" not in warnings(kubectl, ns)
+    assert "LoginRejected" in kubectl.describe("rdsiamcredential", "my-signing-host", ns)
+    logins = rds_mysql.login_log[before:]
+    assert any(a.user == MY_GOOD and a.accepted and a.tls for a in logins)  # through the IAM check
+    assert not any(a.tls is False and a.reason != "client_closed" for a in logins)  # never a token in clear

@@ -239,7 +239,7 @@ def plan_issued(inp: Input, why: str, issued: Issued, connected: tuple[str, str,
         c_status, c_reason, c_message = connected
         conditions = policy.condition(conditions, type_="Connected", status=c_status, reason=c_reason,
                                       message=c_message, generation=inp.generation, now=issued.issued)
-        if c_status == "False":  # "Unknown" (MySQL: not probed) is in the condition, not a Warning each time
+        if c_status == "False":  # "Unknown" (e.g. no CA to check with) is in the condition, not a Warning each time
             events.append(Event("Warning", c_reason, c_message))
     elif not r.verify:  # verify switched off: no stale Connected condition
         conditions = [c for c in conditions if c.get("type") != "Connected"]

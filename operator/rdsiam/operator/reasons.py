@@ -25,7 +25,7 @@ CONNECT_TIMEOUT = "ConnectTimeout"
 CONNECTION_REFUSED = "ConnectionRefused"
 NETWORK_ERROR = "NetworkError"
 VERIFY_FAILED = "VerifyFailed"
-NOT_SUPPORTED = "NotSupported"  # Connected=Unknown: MySQL is not probed
+NOT_SUPPORTED = "NotSupported"  # Connected=Unknown: not probed; unused since MySQL is (kept for old statuses)
 CERTIFICATE_NOT_VERIFIABLE = "CertificateNotVerifiable"  # Connected=Unknown: no CA to check the server with
 
 # Event reasons for successful work.

@@ -1,4 +1,5 @@
-"""``spec.verify`` (log in once with the fresh token) and ``spec.resolveCNAME`` (sign for the real endpoint)."""
+"""``spec.verify`` (log in once with the fresh token, PostgreSQL or MySQL) and ``spec.resolveCNAME`` (sign
+for the real endpoint)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rdsiam import _diagnose, _pgwire
+from rdsiam import _diagnose, _mysqlwire, _pgwire
 from rdsiam.operator import reasons
 from rdsiam.operator.reconcile import IDENTITY_ANN
 from rdsiam.operator.target import Target, is_rds_hostname
@@ -22,32 +23,36 @@ DNS_LIFETIME = 3.0  # seconds per lookup
 
 
 def make_verifier(timeout: float = 5.0, ca_file: str | None = None) -> Verifier:
-    """Log in with the Secret's token the way the app would (TLS per the DSN's sslmode), run SELECT 1.
+    """Log in with the Secret's token the way the app would (TLS per the DSN's sslmode, or ssl-mode/ssl-ca for
+    MySQL), run SELECT 1.
 
     Returns ``(status, reason, message)`` for the ``Connected`` condition. The token goes only where the app
     would send it: when the DSN has the server's certificate verified (``_pgwire.verifies_server``) against
-    an ``sslrootcert`` the operator's pod cannot read (it is the app's path), the server is checked against
-    ``ca_file`` (``--verify-ca-file``: the operator's own copy of the RDS CA bundle); without one, nothing
-    is sent and the condition says why (``Unknown``).
+    a CA file (``sslrootcert``, MySQL ``ssl-ca``) the operator's pod cannot read (it is the app's path), the
+    server is checked against ``ca_file`` (``--verify-ca-file``: the operator's own copy of the RDS CA
+    bundle); without one, nothing is sent and the condition says why (``Unknown``).
     """
 
     async def verify(target: Target, secret: dict[str, Any]) -> tuple[str, str, str]:
-        if target.engine != "postgres":
-            return "Unknown", reasons.NOT_SUPPORTED, "spec.verify supports PostgreSQL only; MySQL is not probed."
         options = dict(target.options)
-        sslmode = options.get("sslmode") or "prefer"  # libpq's default, what the app gets without one
-        rootcert = options.get("sslrootcert")
+        mysql = target.engine == "mysql"
+        if mysql:  # mode: as the DSN names it (ssl-mode), sslmode: libpq's equivalent, whose TLS rules apply
+            mode, rootcert = _mysqlwire.tls_settings(options)
+            sslmode, mode_option, ca_option = _mysqlwire.libpq_mode(mode), "ssl-mode", "ssl-ca"
+        else:
+            sslmode = mode = options.get("sslmode") or "prefer"  # libpq's default, what the app gets without one
+            rootcert, mode_option, ca_option = options.get("sslrootcert"), "sslmode", "sslrootcert"
         note = ""
         if rootcert and rootcert != "system" and not os.access(rootcert, os.R_OK):
             if not _pgwire.verifies_server(sslmode, rootcert):
                 rootcert = None  # prefer, allow, disable: libpq verifies nothing either
             elif ca_file and os.access(ca_file, os.R_OK):
                 note = (f" The server certificate was checked against the operator's CA bundle {ca_file} "
-                        f"(--verify-ca-file): sslrootcert {rootcert} is the app's path.")
+                        f"(--verify-ca-file): {ca_option} {rootcert} is the app's path.")
                 rootcert = ca_file
             else:  # the app verifies the server
                 return "Unknown", reasons.CERTIFICATE_NOT_VERIFIABLE, (
-                    f"Not probed: the app checks the server's certificate (sslmode={sslmode}, sslrootcert "
+                    f"Not probed: the app checks the server's certificate ({mode_option}={mode}, {ca_option} "
                     f"{rootcert}), that file is not readable in the operator's pod (it is the app's path), and "
                     "the operator sends a token only to a server it can check as the app would. Give the "
                     "operator the RDS CA bundle: mount it (chart: extraVolumes/extraVolumeMounts) and pass "
@@ -56,23 +61,29 @@ def make_verifier(timeout: float = 5.0, ca_file: str | None = None) -> Verifier:
         identity = (secret.get("metadata", {}).get("annotations") or {}).get(IDENTITY_ANN, "")
         token = base64.b64decode(secret["data"]["password"]).decode()
         try:
-            result = await _pgwire.probe(
-                target.host, target.port, target.username, token, target.database, sslmode=sslmode,
-                sslrootcert=rootcert, hostaddr=options.get("hostaddr"), timeout=timeout)
+            if mysql:
+                result = await _mysqlwire.probe(
+                    target.host, target.port, target.username, token, target.database, ssl_mode=mode,
+                    ssl_ca=rootcert, hostaddr=options.get("hostaddr"), timeout=timeout)
+            else:
+                result = await _pgwire.probe(
+                    target.host, target.port, target.username, token, target.database, sslmode=sslmode,
+                    sslrootcert=rootcert, hostaddr=options.get("hostaddr"), timeout=timeout)
         finally:
             del token
         logger.debug("Verify %s@%s:%d: %s in %.1f ms (stage %s)", target.username, target.host, target.port,
                      "ok" if result.ok else result.kind, result.elapsed_ms, result.stage)
         if result.ok:
-            version = f" (PostgreSQL {result.server_version})" if result.server_version else ""
+            version = result.server_version and f" ({_diagnose.server_name(target.engine, result.server_version)})"
             return "True", _diagnose.CONNECTED, (
                 f"Logged in as {target.username} to {target.host}:{target.port}/{target.database}{version} "
                 f"{'over TLS' if result.tls else 'WITHOUT TLS'} with the token signed for "
-                f"{target.signing_endpoint}; login and SELECT 1 took {result.elapsed_ms:.0f} ms.{note}")
+                f"{target.signing_endpoint}; login and SELECT 1 took {result.elapsed_ms:.0f} ms."
+                f"{_diagnose.unchecked(target.username, result.auth)}{note}")
         ctx = _diagnose.Context(
             user=target.username, host=target.host, port=target.port, database=target.database,
-            region=target.region, signing_host=target.signing_host, identity=identity, sslmode=sslmode,
-            hostaddr=options.get("hostaddr", ""), auth=result.auth)
+            region=target.region, signing_host=target.signing_host, identity=identity, sslmode=mode,
+            hostaddr=options.get("hostaddr", ""), auth=result.auth, engine=target.engine, tls=result.tls)
         diagnosis = _diagnose.diagnose(result.kind, result.code, result.message, ctx, stage=result.stage)
         return "False", diagnosis.reason, diagnosis.message + note
 
