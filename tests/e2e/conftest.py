@@ -34,8 +34,10 @@ import pytest
 from rdsiam.testing._fixtures_operator import cluster_tokens_and_texts, find_leaks
 from rdsiam.testing.faults import FaultProxy
 from rdsiam.testing.kubectl import Kubectl
+from rdsiam.testing.mysql import MariaDBServer
 from rdsiam.testing.postgres import PostgresError, PostgresServer
 from rdsiam.testing.rds import IamPostgres
+from rdsiam.testing.rds_mysql import IamMySQL
 from rdsiam.testing.realapi import helm_path, kubectl_path
 from rdsiam.testing.sts import StsServer
 
@@ -50,6 +52,7 @@ SECOND_IP = os.environ.get("RDSIAM_E2E_SECOND_IP", "")
 RDS_ENDPOINT = "orders.cluster-abc123def456.us-east-1.rds.amazonaws.com"
 REPORTS_ENDPOINT = "reports.cluster-abc123def456.us-east-1.rds.amazonaws.com"
 CNAME = "orders-db.internal.example.com"
+CATALOG_ENDPOINT = "catalog.cluster-abc123def456.eu-west-1.rds.amazonaws.com"  # examples/mysql
 IMAGE_PREFIX = "localhost/rdsiam-e2e"
 OPERATOR_IMAGE = f"{IMAGE_PREFIX}/rdsiam"
 APP_IMAGE = f"{IMAGE_PREFIX}/app:dev"
@@ -97,6 +100,17 @@ def rds(postgres: PostgresServer, sts: StsServer) -> Iterator[IamPostgres]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def rds_mysql(mariadb: MariaDBServer, sts: StsServer) -> Iterator[IamMySQL]:
+    """examples/mysql's instance: the IAM-checking MySQL front door on the node, before a real MariaDB."""
+    if not NODE_IP:
+        pytest.skip("needs the real node: run `make e2e`")
+    server = IamMySQL(mariadb, sts.lookup, region="eu-west-1", endpoint=CATALOG_ENDPOINT, port=3306)
+    server.hostaddr = NODE_IP
+    with server:
+        yield server
+
+
 # ---- the cluster ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -108,7 +122,7 @@ def node() -> Iterator[Any]:
     ok, reason = RealNode.node_available()
     if not ok:
         pytest.fail(f"the real node cannot start: {reason}", pytrace=False)
-    hosts = {RDS_ENDPOINT: NODE_IP, CNAME: NODE_IP, REPORTS_ENDPOINT: SECOND_IP or NODE_IP}
+    hosts = {RDS_ENDPOINT: NODE_IP, CNAME: NODE_IP, REPORTS_ENDPOINT: SECOND_IP or NODE_IP, CATALOG_ENDPOINT: NODE_IP}
     with RealNode(NODE_IP, hosts=hosts) as real:
         yield real
 
@@ -235,7 +249,7 @@ def operator_values(sts: StsServer, sts_url: str, role_arn: str) -> dict[str, An
     }
 
 
-def ca_bundle(*doors: IamPostgres) -> Path:
+def ca_bundle(*doors: IamPostgres | IamMySQL) -> Path:
     """The front doors' CAs as the README's global-bundle.pem (AWS's holds every region's CA too)."""
     bundle = Path(doors[0].ca_file).parent / "global-bundle.pem"
     bundle.write_bytes(b"".join(Path(door.ca_file).read_bytes() for door in doors))
@@ -318,13 +332,14 @@ def setup_database(postgres: PostgresServer, example: str, database: str) -> Non
 
 
 @pytest.fixture(scope="session")
-def shop(release: Release, kubectl: Kubectl, doors: list[IamPostgres], postgres: PostgresServer) -> str:
+def shop(release: Release, kubectl: Kubectl, doors: list[IamPostgres], postgres: PostgresServer,
+         rds_mysql: IamMySQL) -> str:
     """The README's step 4: the app's namespace and its copy of the CA bundle; setup.sql on the database.
     Session-wide: the apps started in it keep logging in while later tests restart the operator."""
     kubectl.create_namespace(NS)
     setup_database(postgres, "basic", "orders")
     setup_database(postgres, "assume-role", "reports")
-    kubectl.run("create", "configmap", "rds-ca-bundle", "-n", NS, f"--from-file={ca_bundle(*doors)}")
+    kubectl.run("create", "configmap", "rds-ca-bundle", "-n", NS, f"--from-file={ca_bundle(*doors, rds_mysql)}")
     return NS
 
 

@@ -26,6 +26,7 @@ from rdsiam.testing import sigv4
 from rdsiam.testing._fixtures_operator import find_leaks
 from rdsiam.testing.kubectl import Kubectl
 from rdsiam.testing.rds import IamPostgres
+from rdsiam.testing.rds_mysql import IamMySQL
 from rdsiam.testing.sts import StsServer
 
 from .conftest import APP_IMAGE, OPERATOR_ROLE, ROOT, Release, app_logins, on_node
@@ -192,9 +193,14 @@ def test_examples_log_in_through_rotations(
     assert not leaks, leaks
 
 
-def test_mysql_example_secret_through_the_kubelet_mount(shop: str, release: Release, kubectl: Kubectl) -> None:
-    """examples/mysql as written: its Secret and DSN, read in a pod through the PyMySQL integration. No
-    login: there is no IAM-checking MySQL here yet (its front door is a separate issue)."""
+def test_mysql_example_logs_in_through_the_kubelet_mount(
+    shop: str, release: Release, kubectl: Kubectl, rds_mysql: IamMySQL,
+) -> None:
+    """examples/mysql as written: its Secret and DSN, read in a pod through the PyMySQL integration, which
+    logs in to the IAM-checking MySQL front door (TLS verified against the CA bundle); `rdsiam check
+    --connect` in the pod logs in with the operator's probe. setup.sql's user is made on MariaDB with
+    ``create_user`` (MariaDB has no AWSAuthenticationPlugin)."""
+    rds_mysql.create_user("app_user", database="catalog")
     (cred,) = documents(EXAMPLES / "mysql" / "rdsiamcredential.yaml")
     kubectl.apply(cred)
     ready = kubectl.wait("Ready", lambda: (c := kubectl.condition("catalog-db", shop)) and c["status"] == "True"
@@ -216,8 +222,10 @@ def test_mysql_example_secret_through_the_kubelet_mount(shop: str, release: Rele
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mysql-client", "namespace": shop},
         "spec": {
             "containers": [{"name": "app", "image": PLACEHOLDER_IMAGE, "command": ["sleep", "3600"],
-                            "volumeMounts": [{"name": "db", "mountPath": mount, "readOnly": True}]}],
-            "volumes": [{"name": "db", "secret": {"secretName": "catalog-db", "defaultMode": 0o400}}],
+                            "volumeMounts": [{"name": "db", "mountPath": mount, "readOnly": True},
+                                             {"name": "rds-ca", "mountPath": "/etc/rds", "readOnly": True}]}],
+            "volumes": [{"name": "db", "secret": {"secretName": "catalog-db", "defaultMode": 0o400}},
+                        {"name": "rds-ca", "configMap": {"name": "rds-ca-bundle"}}],
         },
     }))  # fmt: skip
     kubectl.run("wait", "-n", shop, "pod/mysql-client", "--for=condition=Ready", "--timeout=120s")
@@ -231,3 +239,15 @@ def test_mysql_example_secret_through_the_kubelet_mount(shop: str, release: Rele
                  f"k = p.connect_kwargs(rdsiam.MountedCredential('{mount}').snapshot()); "
                  "print(k['host'], k['port'], k['user'], k['database'], k['ssl'] is not None)")
     assert kwargs.split() == [endpoint, "3306", "app_user", "catalog", "True"]
+
+    before = len(rds_mysql.login_log)
+    user = run("python", "-c", "from rdsiam.integrations import pymysql as p; "
+               f"c = p.connect('{mount}', ssl_ca='/etc/rds/global-bundle.pem', ssl_verify_identity=True); "
+               "cur = c.cursor(); cur.execute('SELECT CURRENT_USER()'); print(cur.fetchone()[0])")
+    assert user.strip().startswith("app_user@"), user
+    probe = run("rdsiam", "check", mount, "--connect", "--sslmode", "VERIFY_IDENTITY",
+                "--sslrootcert", "/etc/rds/global-bundle.pem")
+    assert probe.rstrip().endswith("OK"), probe
+    pod_ip = kubectl.get("pod", "mysql-client", shop)["status"]["podIP"]
+    logins = [a for a in list(rds_mysql.login_log)[before:] if a.client == pod_ip]
+    assert [(a.accepted, a.tls, a.user) for a in logins] == [(True, True, "app_user")] * 2, logins

@@ -152,6 +152,28 @@ def test_dsn_round_trips_through_sqlalchemy_and_pymysql(user: str) -> None:
     assert kwargs["password"] == TOKEN and kwargs["user"] == user and kwargs["database"] == "db"
 
 
+@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+pymysql"])
+def test_mysql_tls_options_and_the_token_round_trip_through_sqlalchemy_and_pymysql(user: str, scheme: str) -> None:
+    """A MySQL DSN's TLS options as users write them for PyMySQL (through SQLAlchemy) come back unchanged,
+    with the token, whichever of the two schemes the spec used."""
+    sa = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("pymysql")
+    t = resolve(dsn=f"{scheme}://x@{HOST}/shop?ssl_ca=/etc/rds/global%20bundle.pem&ssl_verify_identity=true",
+                username=user)
+    assert t.scheme == scheme and t.engine == "mysql"
+    dsn = build_dsn(t, TOKEN)
+    url = sa.make_url(dsn if scheme != "mysql" else dsn.replace("mysql://", "mysql+pymysql://", 1))
+    assert url.password == TOKEN and url.username == user
+    _, kwargs = url.get_dialect()().create_connect_args(url)
+    assert kwargs["password"] == TOKEN and kwargs["user"] == user and kwargs["database"] == "shop"
+    assert kwargs["ssl"] == {"ca": "/etc/rds/global bundle.pem"} and kwargs["ssl_verify_identity"] == "true"
+    # The mysql client's spelling (ssl-mode, ssl-ca) stays as written for the apps that read it.
+    t = resolve(dsn=f"{scheme}://x@{HOST}/shop?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/rds/ca.pem", username=user)
+    query = sa.make_url(build_dsn(t, TOKEN).replace("mysql://", "mysql+pymysql://", 1)).query
+    assert dict(query) == {"ssl-mode": "VERIFY_IDENTITY", "ssl-ca": "/etc/rds/ca.pem"}
+
+
 def test_pgpass_escapes_and_lists_dial_hosts() -> None:
     t = resolve(host="db.internal", username="a:b", database="d", signing_host=HOST)
     lines = pgpass_line(t, "to:k\\en", hosts=["127.0.0.1"]).splitlines()
