@@ -348,6 +348,27 @@ def test_sqlalchemy_pymysql_rotation(mount: Mount, tls: ssl.SSLContext) -> None:
         engine.dispose()
 
 
+def test_sqlalchemy_aiomysql_rotation(mount: Mount, tls: ssl.SSLContext) -> None:
+    """SQLAlchemy's asyncio engine on aiomysql; each login runs on a loop of its own (NullPool)."""
+    import asyncio
+
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    from rdsiam.integrations import sqlalchemy as rsa
+
+    engine = rsa.create_async_engine(mount.path, "mysql+aiomysql", connect_args={"ssl": tls}, poolclass=NullPool)
+
+    async def one() -> str:
+        async with engine.connect() as conn:
+            return str(await conn.scalar(sqlalchemy.text("SELECT CURRENT_USER()")))
+
+    try:
+        churn(mount, lambda: asyncio.run(one()))
+    finally:
+        asyncio.run(engine.dispose())
+
+
 def test_django_mysql_backend_rotation(mount: Mount, rds_mysql: IamMySQL) -> None:
     """Django's MySQL backend on PyMySQL (mysqlclient is not installed here)."""
     pymysql.install_as_MySQLdb()
