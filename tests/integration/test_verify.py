@@ -293,6 +293,12 @@ def test_mysql_connected_condition_explains_each_outcome(
             "TLSRequired",
             ["the token was not sent", "the DSN sets ssl-mode=DISABLED", "set ssl-mode=REQUIRED"],
         ),
+        "my-wrong-ca": (  # the server's certificate is not signed by the CA the DSN names
+            resource("my-wrong-ca", ns, mysql_dsn(at, port, MY_GOOD,
+                                                  query=f"ssl-mode=VERIFY_IDENTITY&ssl-ca={mariadb.ca_file}")),
+            "TLSError",
+            [f"TLS to {at}:{port}", "failed", "certificate verify failed", "must be the RDS CA bundle"],
+        ),
         "my-unknown-db": (
             resource("my-unknown-db", ns, mysql_dsn(at, port, MY_GONE, "rdsiam_verify_gone", verified)),
             "LoginRejected",
