@@ -6,9 +6,12 @@ teardown)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
+import socketserver
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +42,27 @@ def silent_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         s.listen(16)
         yield int(s.getsockname()[1])
+
+
+@pytest.fixture
+def plain_mysql_port() -> Iterator[int]:
+    """A server that greets like MySQL but offers no TLS (no CLIENT_SSL), then hangs up."""
+    from rdsiam import _mysqlwire
+    from tests.integration.test_verify_probe_mysql import greeting
+
+    class Plain(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(_mysqlwire.packet(0, greeting(_mysqlwire.NEEDED | _mysqlwire.CLIENT_CONNECT_WITH_DB)))
+            self.request.settimeout(2)
+            with contextlib.suppress(OSError):
+                self.request.recv(4096)
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Plain) as server:
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield int(server.server_address[1])
+        server.shutdown()
 
 
 @pytest.fixture
@@ -268,6 +292,7 @@ def test_mysql_connected_condition_explains_each_outcome(
     mysql_users: None,
     silent_port: int,
     closed_port: int,
+    plain_mysql_port: int,
 ) -> None:
     operator_factory(args=["--verify-timeout", "1"])
     at, port = rds_mysql.endpoint, rds_mysql.port
@@ -292,6 +317,12 @@ def test_mysql_connected_condition_explains_each_outcome(
             resource("my-no-tls", ns, mysql_dsn(at, port, MY_GOOD, query="ssl-mode=DISABLED")),
             "TLSRequired",
             ["the token was not sent", "the DSN sets ssl-mode=DISABLED", "set ssl-mode=REQUIRED"],
+        ),
+        "my-tls-refused": (  # the DSN asks for TLS, the server offers none
+            resource("my-tls-refused", ns, mysql_dsn(at, plain_mysql_port, MY_GOOD, query="ssl-mode=REQUIRED")),
+            "TLSRequired",
+            [f"{at}:{plain_mysql_port}", "the server does not support TLS (ssl-mode=REQUIRED)",
+             "terminates or strips TLS"],
         ),
         "my-wrong-ca": (  # the server's certificate is not signed by the CA the DSN names
             resource("my-wrong-ca", ns, mysql_dsn(at, port, MY_GOOD,
