@@ -33,10 +33,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl
 
-__all__ = ["FaultProxy"]
+__all__ = ["FaultProxy", "ReverseProxy"]
 
 _STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
 _IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
@@ -72,18 +72,14 @@ class _Faults:
     delay_seconds: float = 0.0
 
 
-class FaultProxy:
-    """Reverse proxy with fault injection; own thread and event loop; binds ``host`` (127.0.0.1):free port."""
+class ReverseProxy:
+    """An HTTP reverse proxy to ``target_url`` in a thread and event loop of its own, bound to ``host``
+    (127.0.0.1) on a free port, counting requests; subclasses answer them (``_handle``)."""
 
-    def __init__(
-        self, target_url: str, *, identify: Callable[[str], str | None] | None = None, host: str = "127.0.0.1"
-    ) -> None:
+    def __init__(self, target_url: str, *, host: str = "127.0.0.1") -> None:
         self.target_url = target_url.rstrip("/")
         self.host = host
-        self.identify = identify  # access key id -> caller ARN, for AccessDenied messages
         self._lock = threading.Lock()
-        self._faults = _Faults()
-        self._deny: list[str | re.Pattern[str]] = []
         self._counts: Counter[str] = Counter()
         self._injected: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -97,14 +93,14 @@ class FaultProxy:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> FaultProxy:
+    def start(self) -> Self:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="rdsiam-faultproxy", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"rdsiam-{type(self).__name__}", daemon=True)
         self._thread.start()
         self._ready.wait(30)
         if self._error is not None or self._url is None:
             self.stop()
-            raise RuntimeError(f"FaultProxy failed to start: {self._error!r}")
+            raise RuntimeError(f"{type(self).__name__} failed to start: {self._error!r}")
         return self
 
     def _run(self) -> None:
@@ -153,7 +149,7 @@ class FaultProxy:
             loop.close()
         self._loop = self._thread = self._runner = self._session = None
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> Self:
         return self.start() if self._loop is None else self
 
     def __exit__(
@@ -164,8 +160,41 @@ class FaultProxy:
     @property
     def url(self) -> str:
         if self._url is None:
-            raise RuntimeError("FaultProxy is not started")
+            raise RuntimeError(f"{type(self).__name__} is not started")
         return self._url
+
+    def clear(self) -> None:
+        """Reset the counters."""
+        with self._lock:
+            self._counts.clear()
+            self._injected.clear()
+
+    @property
+    def counts(self) -> Counter[str]:
+        """Requests seen (faulted ones included); a copy."""
+        with self._lock:
+            return Counter(self._counts)
+
+    @property
+    def injected(self) -> Counter[str]:
+        """Faults injected so far, by kind; a copy."""
+        with self._lock:
+            return Counter(self._injected)
+
+    async def _handle(self, request: Any) -> Any:
+        raise NotImplementedError
+
+
+class FaultProxy(ReverseProxy):
+    """Reverse proxy with STS fault injection (see the module docstring)."""
+
+    def __init__(
+        self, target_url: str, *, identify: Callable[[str], str | None] | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        super().__init__(target_url, host=host)
+        self.identify = identify  # access key id -> caller ARN, for AccessDenied messages
+        self._faults = _Faults()
+        self._deny: list[str | re.Pattern[str]] = []
 
     # -- arranging faults -------------------------------------------------------------------------
 
@@ -191,24 +220,12 @@ class FaultProxy:
             self._deny.append(role_arn_pattern)
 
     def clear(self) -> None:
-        """Drop every arranged fault and reset the counters."""
+        """Drop every arranged fault and reset the counters (``counts``: per ``Action``; ``injected``: by
+        ``throttle``, ``fail``, ``delay``, ``deny``)."""
         with self._lock:
             self._faults = _Faults()
             self._deny.clear()
-            self._counts.clear()
-            self._injected.clear()
-
-    @property
-    def counts(self) -> Counter[str]:
-        """Requests seen per ``Action`` (faulted ones included); a copy."""
-        with self._lock:
-            return Counter(self._counts)
-
-    @property
-    def injected(self) -> Counter[str]:
-        """Faults injected so far, by kind (``throttle``, ``fail``, ``delay``, ``deny``); a copy."""
-        with self._lock:
-            return Counter(self._injected)
+        super().clear()
 
     # -- the proxy --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ forwarded (the server got it), so a write can land after its client timed out, a
 When the API server cannot be reached (a restart) the answer is 503 with a ``Status`` body.
 
 It serves plain HTTP on loopback: the token crosses only 127.0.0.1, and clients need no CA. The thread,
-loop and lifecycle are :class:`~rdsiam.testing.faults.FaultProxy`'s; its STS faults do not apply here.
+loop and lifecycle are :class:`~rdsiam.testing.faults.ReverseProxy`'s, shared with the STS fault proxy.
 Nothing here logs a request's headers or body.
 """
 
@@ -35,9 +35,9 @@ import ssl
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from rdsiam.testing.faults import _HOP_BY_HOP, FaultProxy
+from rdsiam.testing.faults import _HOP_BY_HOP, ReverseProxy
 
 __all__ = ["KubeFault", "KubeFaultProxy", "status_body"]
 
@@ -95,7 +95,7 @@ class _Watch:
     signal: asyncio.Future[str]
 
 
-class KubeFaultProxy(FaultProxy):
+class KubeFaultProxy(ReverseProxy):
     """Reverse proxy to ``target_url`` (kube-apiserver), trusting ``ssl_context``; see the module doc."""
 
     def __init__(self, target_url: str, ssl_context: ssl.SSLContext | None = None, *, host: str = "127.0.0.1") -> None:
@@ -179,12 +179,6 @@ class KubeFaultProxy(FaultProxy):
             json.dump(config, handle)
         self.kubeconfig = str(path)
         return self.kubeconfig
-
-    # FaultProxy's STS faults have no meaning in front of kube-apiserver.
-    def _sts_only(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError("an STS fault: arrange Kubernetes faults with KubeFaultProxy.inject()")
-
-    throttle = fail = delay = deny = _sts_only
 
     # -- the proxy --------------------------------------------------------------------------------
 
