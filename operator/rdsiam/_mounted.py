@@ -16,6 +16,12 @@ Each access costs one ``readlink(DIR/..data)``: when the link still names the ge
 already read, the cached values are returned; otherwise the new generation is read.
 No thread, no timer, no inotify.
 
+Keys it needs (``REQUIRED_KEYS``): ``username``, ``password``, ``host``, ``port``, ``dbname`` and ``dsn``;
+``expires-at`` is optional (without it nothing is known of expiry). Every other key, ``pgpass`` and the
+keys a ``spec.target.template`` adds under ``mergePolicy: Merge``, is in :attr:`Snapshot.extra`. A
+Secret written with ``mergePolicy: Replace`` holds only its template's keys: it suits this library only
+when those templates recreate the keys above.
+
 This module imports nothing outside the standard library.
 """
 

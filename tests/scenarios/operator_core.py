@@ -218,3 +218,55 @@ def test_describe_shows_conditions_and_events(
     header = table.splitlines()[0].split()
     assert header == ["NAME", "READY", "REASON", "SECRET", "EXPIRES", "AGE"]
     assert table.splitlines()[1].split()[1:4] == ["True", "TokenIssued", "shown"]
+
+
+def test_secret_templates_merge_replace_and_a_broken_one(
+    kubectl: Kubectl, rds: Any, operator: Any, ns: str, app_user: str,
+) -> None:
+    """spec.target.template: rendered keys beside the standard ones (Merge) or alone (Replace, still rotated);
+    a template that does not render is InvalidSpec naming its key, until it is fixed."""
+    url = ("postgresql://{{ username | urlquote }}:{{ password | urlquote }}@{{ host }}:{{ port }}/{{ dbname }}"
+           f"?sslmode=verify-full&sslrootcert={rds.ca_file}&hostaddr={rds.hostaddr}")
+    broken = {"DATABASE_URL": url, "BROKEN": "{{ pasword | urlquote }}"}
+    kubectl.apply([
+        credential(rds, "tpl", ns, target={"template": {"data": {"DATABASE_URL": url}}}),
+        credential(rds, "tpl-bad", ns, target={"template": {"data": broken}}),
+        credential(rds, "tpl-only", ns,
+                   target={"template": {"mergePolicy": "Replace", "data": {"DATABASE_URL": url}}}),
+    ])
+    merged = kubectl.wait("the Secret", lambda: kubectl.secret_data("tpl", ns), timeout=10)
+    missing = {"username", "password", "dsn", "expires-at", "pgpass", "DATABASE_URL"} - set(merged)
+    assert not missing, missing
+    same = psycopg.conninfo.conninfo_to_dict(merged["DATABASE_URL"])["password"] == merged["password"]
+    assert same, "DATABASE_URL carries another token than password"
+    with login(merged["DATABASE_URL"]) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (app_user,)
+
+    cond = kubectl.wait("InvalidSpec", lambda: (c := kubectl.condition("tpl-bad", ns)) and
+                        c["reason"] == "InvalidSpec" and c)
+    assert cond["status"] == "False" and "spec.target.template.data.BROKEN: uses unknown name 'pasword'" in \
+        cond["message"], cond["message"]
+    assert kubectl.get("secret", "tpl-bad", ns) is None  # refused when parsed: no token was minted for it
+    events = kubectl.run("get", "events", "-n", ns, "--field-selector", "involvedObject.name=tpl-bad")
+    assert "InvalidSpec" in events and "spec.target.template.data.BROKEN" in events
+    kubectl.apply(credential(rds, "tpl-bad", ns, target={"template": {"data": {**broken, "BROKEN": "{{ host }}"}}}))
+    fixed = kubectl.wait("the fixed Secret", lambda: kubectl.secret_data("tpl-bad", ns), timeout=10)
+    assert fixed["BROKEN"] == rds.endpoint
+    kubectl.wait("Ready", lambda: (c := kubectl.condition("tpl-bad", ns)) and c["status"] == "True" and c)
+
+    first = kubectl.wait("the Replace Secret", lambda: kubectl.secret_data("tpl-only", ns), timeout=10)
+    assert set(first) == {"DATABASE_URL"}
+    secret = kubectl.get("secret", "tpl-only", ns)
+    assert secret is not None and "rdsiam.io/expires-at" in secret["metadata"]["annotations"]
+    # A rotation (asked for as the README says; the scheduled one, through Replace too, is in the real-node
+    # rotation test): a new token, still only the template's key.
+    time.sleep(1.1)  # the request must come after the issue; both are stamped to the second
+    kubectl.run("annotate", "-n", ns, "rdsiamcredential", "tpl-only", "--overwrite",
+                f"rdsiam.io/refresh-requested-at={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    second = kubectl.wait("a rotation", lambda: (d := kubectl.secret_data("tpl-only", ns)) and
+                          d.get("DATABASE_URL") != first["DATABASE_URL"] and d, timeout=15, interval=0.2)
+    assert set(second) == {"DATABASE_URL"}
+    with login(second["DATABASE_URL"]) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    ready = kubectl.condition("tpl-only", ns)
+    assert ready is not None and ready["status"] == "True"

@@ -30,6 +30,10 @@ def test_defaults() -> None:
         ({"host": "h", "username": "u", "assumeRoleArn": "arn:aws:iam::1:role/x"}, "spec.assumeRoleArn"),
         ({"host": "h", "username": "u", "externalId": "abc"}, "spec.externalId"),
         ({"username": "u"}, "spec"),
+        ({"host": "h", "target": {"template": {"data": {"URL": "{{ nope }}"}}}}, "spec.target.template.data.URL"),
+        ({"host": "h", "target": {"template": {"data": {"dsn": "{{ dsn }}"}}}}, "spec.target.template.data.dsn"),
+        ({"host": "h", "target": {"template": {"mergePolicy": "All"}}}, "spec.target.template.mergePolicy"),
+        ({"host": "h", "target": {"template": {"data": {"K": 1}}}}, "spec.target.template.data.K"),
     ],
 )
 def test_errors_name_the_field(raw: dict[str, object], field: str) -> None:

@@ -33,6 +33,7 @@ from rdsiam.operator.target import (
     pgpass_line,
     resolve,
 )
+from rdsiam.operator.template import TemplateError, Templates, variables
 from rdsiam.operator.tenancy import TenancyPolicy
 
 logger = logging.getLogger("rdsiam.reconcile")
@@ -48,6 +49,7 @@ IDENTITY_ANN = "rdsiam.io/identity"  # the principal ARN that signed (never keys
 REFRESH_ANN = "rdsiam.io/refresh-requested-at"  # set by users (kubectl annotate) to force a rotation
 SECRET_KEYS = ("username", "password", "host", "port", "dbname", "dsn", "expires-at")
 # The keys a complete Secret has, by engine (``secret_data``): a Secret missing one gets a new token now.
+# A template's keys are added to them (mergePolicy Merge) or replace them (Replace): ``required_keys``.
 _SECRET_KEY_SETS = {POSTGRES: frozenset((*SECRET_KEYS, "pgpass")), MYSQL: frozenset(SECRET_KEYS)}
 
 
@@ -143,7 +145,8 @@ class Reconciler:
             policy.jitter_seconds(uid or name, spec.refresh_seconds),
             f"{target.username}@{target.signing_endpoint} ({target.region})", target.signing_endpoint, spec.verify)
         memo = self._parsed[(ns, name)] = _Parsed(
-            json_copy(raw), spec, endpoint, target, resource, _identity_key(ns, spec), uid)
+            json_copy(raw), spec, endpoint, target, resource, _identity_key(ns, spec), uid,
+            required_keys(target.engine, _templates(spec)))
         return memo
 
     async def reconcile(self, body: dict[str, Any]) -> Outcome:
@@ -193,7 +196,7 @@ class Reconciler:
             return await self._fail(body, plan.identity_not_allowed(
                 refusal.rule, refusal.message, depends_on_namespace=refusal.depends_on_namespace))
         try:
-            state = await self._secret_state(ns, secret_name, meta, _SECRET_KEY_SETS[target.engine])
+            state = await self._secret_state(ns, secret_name, meta, memo.keys)
         except ApiError as exc:
             return await self._fail(body, plan.secret_api_failed(
                 "read", ns, secret_name, exc.status, exc.reason, exc.message, retry_after=2.0))
@@ -219,9 +222,15 @@ class Reconciler:
             logger.debug("Token issued for %s/%s (%d bytes, expires %s, signed by %s)", ns, name, len(token),
                          issued.expires_at, creds.arn or "unknown principal")
 
-        secret = self._secret_body(body, spec, target, secret_name, token, issued.issued_at, issued.expires_at,
+        standard = secret_data(target, token, issued.expires_at)
+        try:
+            data = _with_templates(standard, target, token, issued.expires_at, _templates(spec))
+        except TemplateError as exc:  # its message never holds a rendered value
+            return await self._fail(body, plan.invalid_spec(str(exc)))
+        finally:
+            del token
+        secret = self._secret_body(body, spec, secret_name, data, issued.issued_at, issued.expires_at,
                                    memo.resource.fingerprint, state, creds.arn)
-        del token
         try:
             written = await self._write_secret(ns, secret_name, secret, state, meta)
         except ApiError as exc:
@@ -240,7 +249,8 @@ class Reconciler:
 
         connected: tuple[str, str, str] | None = None
         if spec.verify and self.verifier is not None:
-            connected = await self.verifier(target, secret)
+            # The token as the standard keys hold it: with mergePolicy Replace the Secret may have none of them.
+            connected = await self.verifier(target, {"metadata": secret["metadata"], "data": _encode(standard)})
         done = plan.plan_issued(inp, decided.why, issued, connected)
         outcome = await self._apply(body, done, secret_name)
         if self.on_refresh is not None:
@@ -306,11 +316,10 @@ class Reconciler:
         return _state_of(cached, meta.get("uid"), keys)
 
     def _secret_body(
-        self, body: dict[str, Any], spec: CredentialSpec, target: Target, secret_name: str, token: str,
+        self, body: dict[str, Any], spec: CredentialSpec, secret_name: str, data: dict[str, str],
         issued_at: str, expires_at: str, fp: str, state: policy.SecretState, identity: str | None,
     ) -> dict[str, Any]:
         meta = body["metadata"]
-        data = secret_data(target, token, expires_at)
         labels = {**spec.target.labels, MANAGED_BY: MANAGER, CREDENTIAL_LABEL: label_value(meta["name"])}
         annotations = {**spec.target.annotations, FINGERPRINT_ANN: fp, ISSUED_ANN: issued_at,
                        EXPIRES_ANN: expires_at}
@@ -327,7 +336,7 @@ class Reconciler:
             metadata["resourceVersion"] = state.resource_version
         return {
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata,
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+            "data": _encode(data),
         }
 
     async def _write_secret(
@@ -427,6 +436,35 @@ def secret_data(target: Target, token: str, expires_at: str) -> dict[str, str]:
     return data
 
 
+def _templates(spec: CredentialSpec) -> Templates | None:
+    template = spec.target.template
+    return template.compiled if template is not None and template.data else None
+
+
+def _with_templates(
+    standard: dict[str, str], target: Target, token: str, expires_at: str, templates: Templates | None,
+) -> dict[str, str]:
+    """The Secret's data: the standard keys, with the templates' keys added (mergePolicy Merge; the spec
+    refuses a template named like a standard key) or instead of them (Replace). TemplateError when one
+    does not render."""
+    if templates is None:
+        return standard
+    rendered = templates.render(variables(target, token, expires_at, standard["dsn"]))
+    return rendered if templates.replace else {**standard, **rendered}
+
+
+def required_keys(engine: str, templates: Templates | None) -> frozenset[str]:
+    """The keys a complete Secret has: a Secret missing one gets a new token now. With mergePolicy Replace
+    only the templates' (freshness is decided from the annotations, which every policy keeps)."""
+    if templates is None:
+        return _SECRET_KEY_SETS[engine]
+    return templates.keys if templates.replace else _SECRET_KEY_SETS[engine] | templates.keys
+
+
+def _encode(data: dict[str, str]) -> dict[str, str]:
+    return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+
 class _Conflict(Exception):
     """The Secret to write exists and is someone else's."""
 
@@ -446,6 +484,7 @@ class _Parsed:
     resource: plan.Resource  # what the plan needs of this spec (fingerprint, jitter, names)
     identity: IdentityKey
     uid: str | None  # the resource this was parsed for (a new one of the same name starts afresh)
+    keys: frozenset[str]  # the keys a complete Secret has (``required_keys``)
 
 
 _OPERATOR_IDENTITY = IdentityKey()  # the operator's own identity: most specs, one key (frozen)

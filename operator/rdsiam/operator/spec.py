@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rdsiam.operator import template
+
 GROUP = "rdsiam.io"
 VERSION = "v1alpha1"
 KIND = "RdsIamCredential"
@@ -69,6 +71,26 @@ def _key_problem(key: str) -> str | None:
     return None
 
 
+class TemplateSpec(_Model):
+    """Extra Secret keys rendered from the token and its target (``rdsiam.operator.template``)."""
+
+    merge_policy: Literal["Merge", "Replace"] = Field(
+        default="Merge", alias="mergePolicy",
+        description="Merge: the standard keys stay and these are added (a template may not reuse a standard "
+        "key's name); Replace: the Secret holds only these keys (freshness is kept in annotations).")
+    data: dict[str, str] = Field(
+        default_factory=dict, max_length=template.MAX_KEYS,
+        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": template.MAX_SOURCE}},
+        description="Secret key -> Jinja2 template (sandboxed; no loops, calls or attribute access). Variables: "
+        f"{', '.join(template.VARIABLES)}. Filters: urlquote (URL userinfo/query), cnfquote (MySQL option "
+        "file value), json, lower, upper, trim, string.")
+
+    @functools.cached_property
+    def compiled(self) -> template.Templates:
+        """The templates compiled (cached across specs); TemplateError when one does not render."""
+        return template.compile_templates(tuple(self.data.items()), self.merge_policy == "Replace")
+
+
 class TargetSpec(_Model):
     """The Secret the operator writes."""
 
@@ -78,6 +100,8 @@ class TargetSpec(_Model):
     labels: dict[str, str] = Field(default_factory=dict, description="Labels copied onto the Secret.")
     annotations: dict[str, str] = Field(
         default_factory=dict, description="Annotations copied onto the Secret.")
+    template: TemplateSpec | None = Field(
+        default=None, description="Extra keys rendered into the Secret from the token and target.")
 
     # The API server would refuse the Secret for ever: say so once, naming the field (InvalidSpec).
     @field_validator("labels")
@@ -182,7 +206,28 @@ CEL_RULES: list[dict[str, str]] = [
 ]
 
 
+# The Secret's own keys (``reconcile.secret_data``; pgpass for PostgreSQL): under mergePolicy Merge a template
+# may not take one's name. Both engines' keys: the engine is known only once the target is resolved.
+STANDARD_KEYS = ("username", "password", "host", "port", "dbname", "dsn", "expires-at", "pgpass")
+
+
+def _check_template(spec: TemplateSpec) -> None:
+    if spec.merge_policy == "Merge":
+        for key in spec.data:
+            if key in STANDARD_KEYS:
+                raise SpecError(
+                    f"{template.FIELD}.{key}", f"is one of the Secret's standard keys ({', '.join(STANDARD_KEYS)}), "
+                    "which mergePolicy Merge keeps as the operator writes them (the in-pod library and pgpass "
+                    "readers rely on them): choose another key, or set mergePolicy: Replace")
+    try:
+        spec.compiled  # noqa: B018 (compiles, checks and caches)
+    except template.TemplateError as exc:
+        raise SpecError(exc.field, exc.message) from None
+
+
 def _check_cross_fields(spec: CredentialSpec) -> None:
+    if spec.target.template is not None:
+        _check_template(spec.target.template)
     if not spec.dsn and not spec.host:
         raise SpecError("spec", "either spec.dsn or spec.host is required")
     if spec.external_id and not spec.assume_role_arn:

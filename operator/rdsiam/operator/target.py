@@ -1,7 +1,8 @@
-"""Connection target: parse a DSN and/or explicit fields, infer engine and region, rebuild a DSN.
+"""Connection target: parse a DSN and/or explicit fields, infer engine and region, rebuild a DSN or JDBC URL.
 
-Pure functions, standard library only. Any password in the input DSN is dropped on parsing
-and never copied anywhere (not into the result, not into an error message).
+Pure functions, standard library only (and the in-pod library's reading of MySQL TLS options). Any
+password in the input DSN is dropped on parsing and never copied anywhere (not into the result, not into
+an error message).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from urllib.parse import quote, unquote, urlsplit
+
+from rdsiam._mysqlwire import tls_settings  # the in-pod library's reading of a MySQL DSN's TLS options
 
 POSTGRES = "postgres"
 MYSQL = "mysql"
@@ -347,6 +350,30 @@ def build_dsn(target: Target, token: str) -> str:
     path = f"/{quote_all(target.database)}" if target.database else ""
     query = "&".join(f"{quote_all(k)}={quote_all(v)}" for k, v in target.options)
     return f"{target.scheme}://{userinfo}@{host}:{target.port}{path}" + (f"?{query}" if query else "")
+
+
+# The DSN's libpq options pgjdbc understands, by pgjdbc's name for them (hostaddr and the rest have none).
+_PGJDBC_OPTIONS = {"sslmode": "sslmode", "sslrootcert": "sslrootcert", "sslcert": "sslcert", "sslkey": "sslkey",
+                   "application_name": "ApplicationName", "connect_timeout": "connectTimeout", "options": "options"}
+
+
+def build_jdbc_url(target: Target, token: str) -> str:
+    """A JDBC URL with user and token as query parameters: pgjdbc's ``jdbc:postgresql://`` (with the DSN's
+    TLS options pgjdbc knows) or MySQL Connector/J's ``jdbc:mysql://`` (``sslMode`` from the DSN's
+    ``ssl-mode``/``sslmode``, as ``verify`` reads it). Everything outside RFC 3986's unreserved characters
+    is percent-encoded: both drivers decode parameters with ``URLDecoder`` (pgjdbc turns a bare ``+`` into
+    a space), and decode back exactly the token, user and database
+    (tests/integration/test_template_consumers.py runs both drivers' own parsers)."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    params = [("user", target.username), ("password", token)]
+    if target.engine == POSTGRES:
+        params += [(_PGJDBC_OPTIONS[k], v) for k, v in target.options if k in _PGJDBC_OPTIONS]
+        scheme = "postgresql"
+    else:
+        params.append(("sslMode", tls_settings(dict(target.options))[0]))
+        scheme = "mysql"
+    query = "&".join(f"{k}={quote_all(v)}" for k, v in params)
+    return f"jdbc:{scheme}://{host}:{target.port}/{quote_all(target.database)}?{query}"
 
 
 def escape_pgpass(value: str) -> str:
