@@ -8,6 +8,13 @@
 #            builds: run `scripts/build-realapi.sh coredns` first)
 #   rdsiam   localhost/rdsiam-e2e/rdsiam:dev     images/rdsiam.tar   (the operator: ./Dockerfile)
 #   app      localhost/rdsiam-e2e/app:dev        images/app.tar      (examples/apps/Dockerfile)
+#   jre, nodejs  localhost/rdsiam-e2e/{jre:17,nodejs:18}-bookworm: the base plus Debian's
+#            openjdk-17-jre-headless or nodejs (only kept in buildah's storage, as the bases below)
+#   go-app   localhost/rdsiam-e2e/orders-go:dev    images/go-app.tar   (examples/apps/go/Dockerfile on scratch)
+#   node-app localhost/rdsiam-e2e/orders-node:dev  images/node-app.tar (examples/apps/node/Dockerfile on nodejs)
+#   java-app localhost/rdsiam-e2e/orders-java:dev  images/java-app.tar (examples/apps/java/Dockerfile on jre)
+#            Their artifacts are built on the host as an app team's CI builds them: `go build` (Go
+#            module proxy), `npm ci` (npm's registry), `mvn package` (Maven Central).
 # under ${RDSIAM_NODE_CACHE:-$HOME/.cache/rdsiam/node}. buildah's storage, run state, configuration
 # and temporary files live there too; nothing under /etc/containers or /var/lib/containers is changed:
 # the builds run in a private mount namespace (nothing they mount outlives it) whose /var/lib is an
@@ -19,7 +26,7 @@
 # mirror) and pip (PyPI) inside the builds, each bounded by `timeout`.
 #
 # Usage: scripts/build-node-images.sh [--force] [--no-cache] [--print-image-dir] [IMAGE ...]
-#   IMAGE: base, pause, coredns, rdsiam, app (none named: all five). An image whose stamp matches its
+#   IMAGE: base, pause, coredns, rdsiam, app, jre, nodejs, go-app, node-app, java-app (none named: all). An image whose stamp matches its
 #   inputs (the hash of the files that go into it, the base image under it, this script's recipe) is
 #   skipped, so a second run takes seconds. --force ignores the stamps of the images named (buildah's
 #   layer cache, keyed by content, still applies unless --no-cache is given too). Exits non-zero when
@@ -57,6 +64,11 @@ image_of() {
         coredns) echo "$PREFIX/coredns:1.15.0" ;;
         rdsiam) echo "$PREFIX/rdsiam:dev" ;;
         app) echo "$PREFIX/app:dev" ;;
+        jre) echo "$PREFIX/jre:17-bookworm" ;;
+        nodejs) echo "$PREFIX/nodejs:18-bookworm" ;;
+        go-app) echo "$PREFIX/orders-go:dev" ;;
+        node-app) echo "$PREFIX/orders-node:dev" ;;
+        java-app) echo "$PREFIX/orders-java:dev" ;;
     esac
 }
 
@@ -68,17 +80,20 @@ for arg in "$@"; do
         --force) force=1 ;;
         --no-cache) no_cache=(--no-cache) ;;
         --print-image-dir) echo "$IMAGES"; exit 0 ;;
-        base|pause|coredns|rdsiam|app) components+=("$arg") ;;
+        base|pause|coredns|rdsiam|app|jre|nodejs|go-app|node-app|java-app) components+=("$arg") ;;
         -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "build-node-images: unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
-[ "${#components[@]}" -gt 0 ] || components=(base pause coredns rdsiam app)
+ALL=(base pause coredns rdsiam app jre nodejs go-app node-app java-app)
+[ "${#components[@]}" -gt 0 ] || components=("${ALL[@]}")
 named=" ${components[*]} "  # what --force applies to
-# In build order; rdsiam and app are built on the base: make sure it is there (a no-op when it is).
-case " ${components[*]} " in *" rdsiam "*|*" app "*) components+=(base) ;; esac
+# In build order, each with the base images it is built on (a no-op when they are there).
+case " ${components[*]} " in *" node-app "*) components+=(nodejs) ;; esac
+case " ${components[*]} " in *" java-app "*) components+=(jre) ;; esac
+case " ${components[*]} " in *" rdsiam "*|*" app "*|*" jre "*|*" nodejs "*) components+=(base) ;; esac
 ordered=()
-for c in base pause coredns rdsiam app; do
+for c in "${ALL[@]}"; do
     case " ${components[*]} " in *" $c "*) ordered+=("$c") ;; esac
 done
 components=("${ordered[@]}")
@@ -113,6 +128,9 @@ for c in "${components[@]}"; do
         pause)
             need gcc gcc libc6-dev
             [ "$(gcc -print-file-name=libc.a)" != libc.a ] || apt_install libc6-dev ;;  # the static C library
+        go-app) command -v go >/dev/null || die "go-app: needs Go (the node's binaries need it too)" ;;
+        node-app) need npm npm ;;
+        java-app) need mvn maven ;;
     esac
 done
 RUNC="$(command -v runc)"
@@ -205,7 +223,7 @@ stamp_value() {  # image -> the stamp a completed build of it writes (empty: inp
         rdsiam|app)
             base_id="$(image_id "$BASE_IMAGE")"
             [ -n "$base_id" ] || return 0
-            if [ "$1" = rdsiam ]; then
+            if [ "$1" != app ]; then
                 # shellcheck disable=SC2046
                 echo "recipe=$RECIPE base=$base_id src=$(hash_files Dockerfile .dockerignore pyproject.toml \
                     constraints.txt README.md $(operator_files))"
@@ -214,13 +232,35 @@ stamp_value() {  # image -> the stamp a completed build of it writes (empty: inp
                 echo "recipe=$RECIPE base=$base_id src=$(hash_files examples/apps/Dockerfile examples/apps/*.py \
                     pyproject.toml constraints.txt README.md $(operator_files))"
             fi ;;
+        jre|nodejs)
+            base_id="$(image_id "$BASE_IMAGE")"
+            [ -n "$base_id" ] || return 0
+            echo "recipe=$BASE_RECIPE base=$base_id packages=$(lang_packages "$1")" ;;
+        go-app|node-app|java-app)
+            case "$1" in
+                go-app) base_id=scratch ;;
+                node-app) base_id="$(image_id "$(image_of nodejs)")" ;;
+                java-app) base_id="$(image_id "$(image_of jre)")" ;;
+            esac
+            [ -n "$base_id" ] || return 0
+            # shellcheck disable=SC2046
+            echo "recipe=$RECIPE base=$base_id src=$(hash_files $(lang_app_files "$1"))" ;;
     esac
 }
+lang_packages() {  # jre|nodejs -> the Debian packages added to the base
+    case "$1" in jre) echo openjdk-17-jre-headless ;; nodejs) echo nodejs ;; esac
+}
+lang_dir() { echo "examples/apps/${1%-app}"; }  # go-app -> examples/apps/go
+lang_app_files() {  # what goes into an example app's image (not what a build leaves there)
+    find "$(lang_dir "$1")" -type f ! -path '*/node_modules/*' ! -path '*/target/*' ! -name orders-app \
+        ! -name '*.md' | LC_ALL=C sort
+}
+is_base() { case "$1" in base|jre|nodejs) return 0 ;; *) return 1 ;; esac; }
 up_to_date() {
     local c="$1" want
     want="$(stamp_value "$c")"
     [ -n "$want" ] && [ -f "$STAMPS/$c" ] && [ "$(cat "$STAMPS/$c")" = "$want" ] || return 1
-    if [ "$c" = base ]; then [ -n "$(image_id "$BASE_IMAGE")" ]; else [ -s "$IMAGES/$c.tar" ]; fi
+    if is_base "$c"; then [ -n "$(image_id "$(image_of "$c")")" ]; else [ -s "$IMAGES/$c.tar" ]; fi
 }
 
 export_image() {  # IMAGE FILE: a docker-archive that keeps IMAGE as its name, renamed into place when whole
@@ -359,14 +399,63 @@ build_app() {
     export_image "$(image_of app)" app.tar
 }
 
+build_lang_base() {  # jre|nodejs: the base plus a Debian language runtime (the JRE's postinst needs man1)
+    local c="$1" logfile="$LOGS/$1.log" ctx="$RUN_TMP/$1-context"
+    mkdir -p "$ctx"
+    printf '%s\n' "FROM $BASE_IMAGE" \
+        "RUN mkdir -p /usr/share/man/man1 && apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(lang_packages "$c") && rm -rf /var/lib/apt/lists/* /usr/share/man/*" \
+        > "$ctx/Dockerfile"
+    log "$c: $(lang_packages "$c") from Debian on $BASE_IMAGE (log: $logfile)"
+    bud "$logfile" -t "$(image_of "$c")" "$ctx" || { show_log "$logfile"; return 1; }
+}
+build_jre() { build_lang_base jre; }
+build_nodejs() { build_lang_base nodejs; }
+
+build_lang_app() {  # go-app|node-app|java-app: the artifact built here, then the example's Dockerfile
+    local c="$1" dir logfile="$LOGS/$1.log" ctx="$RUN_TMP/$1-context" base
+    dir="$(lang_dir "$c")"
+    mkdir -p "$ctx"
+    tar -C "$dir" --exclude=node_modules --exclude=target --exclude=orders-app -cf - . | tar -C "$ctx" -xf -
+    log "$c: building the app in a copy of $dir (log: $logfile)"
+    case "$c" in
+        go-app)
+            base=scratch
+            # Its tests first (the mount reader under a kubelet-style writer), as the app's CI would.
+            (cd "$ctx" && export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local &&
+                timeout "$NET_TIMEOUT" go test -trimpath ./... &&
+                go build -trimpath -ldflags="-s -w" -o orders-app .) > "$logfile" 2>&1 ;;
+        node-app)
+            base="$(image_of nodejs)"
+            (cd "$ctx" && timeout "$NET_TIMEOUT" npm ci --omit=dev --no-audit --no-fund --ignore-scripts &&
+                node --test) > "$logfile" 2>&1 ;;
+        java-app)
+            base="$(image_of jre)"
+            (cd "$ctx" && timeout "$NET_TIMEOUT" mvn -q -B -DskipTests package) > "$logfile" 2>&1 ;;
+    esac || { show_log "$logfile"; return 1; }
+    log "$c: buildah bud of $dir/Dockerfile on $base (log: $logfile)"
+    bud "$logfile.bud" --build-arg "BASE_IMAGE=$base" -t "$(image_of "$c")" "$ctx" \
+        || { show_log "$logfile.bud"; return 1; }
+    cat "$logfile.bud" >> "$logfile"; rm -f "$logfile.bud"
+    export_image "$(image_of "$c")" "$c.tar"
+}
+build_go-app() { build_lang_app go-app; }
+build_node-app() { build_lang_app node-app; }
+build_java-app() { build_lang_app java-app; }
+
 failed=()
 for c in "${components[@]}"; do
     if { [ "$force" = 0 ] || [ "${named/ $c /}" = "$named" ]; } && up_to_date "$c"; then
         log "$c: up to date ($(image_of "$c"))"
         continue
     fi
-    if { [ "$c" = rdsiam ] || [ "$c" = app ]; } && [ -z "$(image_id "$BASE_IMAGE")" ]; then
-        log "$c: the base image $BASE_IMAGE is missing; skipped"
+    under=""
+    case "$c" in
+        rdsiam|app|jre|nodejs) under="$BASE_IMAGE" ;;
+        node-app) under="$(image_of nodejs)" ;;
+        java-app) under="$(image_of jre)" ;;
+    esac
+    if [ -n "$under" ] && [ -z "$(image_id "$under")" ]; then
+        log "$c: the base image $under is missing; skipped"
         failed+=("$c"); continue
     fi
     rm -f "$STAMPS/$c"
@@ -374,8 +463,8 @@ for c in "${components[@]}"; do
     built=1
     if "build_$c"; then
         stamp_value "$c" > "$STAMPS/$c"
-        if [ "$c" = base ]; then
-            log "base: built in $(( $(date +%s) - start )) s: $BASE_IMAGE"
+        if is_base "$c"; then
+            log "$c: built in $(( $(date +%s) - start )) s: $(image_of "$c")"
         else
             log "$c: built in $(( $(date +%s) - start )) s: $(image_of "$c") -> $IMAGES/$c.tar" \
                 "($(du -m "$IMAGES/$c.tar" | cut -f1) MB)"

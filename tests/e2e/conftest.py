@@ -56,6 +56,13 @@ CATALOG_ENDPOINT = "catalog.cluster-abc123def456.eu-west-1.rds.amazonaws.com"  #
 IMAGE_PREFIX = "localhost/rdsiam-e2e"
 OPERATOR_IMAGE = f"{IMAGE_PREFIX}/rdsiam"
 APP_IMAGE = f"{IMAGE_PREFIX}/app:dev"
+PROXY_IMAGE = f"{IMAGE_PREFIX}/rdsiam-proxy:dev"
+
+
+def lang_image(lang: str) -> str:
+    """The image scripts/build-node-images.sh builds from examples/apps/LANG (go, node, java)."""
+    return f"{IMAGE_PREFIX}/orders-{lang}:dev"
+
 RELEASE, RELEASE_NS = "rdsiam", "rdsiam-system"
 NS = "shop"  # the examples' namespace
 OPERATOR_ROLE = "rdsiam-operator"
