@@ -77,6 +77,7 @@ def test_the_checks_run_in_this_order() -> None:
     (given(requested_at=T0 + 30 * S, fingerprint="other"), policy.SPEC_CHANGED, None),
     (given(requested_at=T0 - 30 * S), policy.FRESH, T0 + 600 * S),
     (given(requested_at=T0), policy.FRESH, T0 + 600 * S),
+    (given(requested_at=T0 + 30 * S, secret=owned(served_request=T0 + 30 * S)), policy.FRESH, T0 + 600 * S),
     (given(now=T0 + 600 * S), policy.INTERVAL_ELAPSED, None),
     (given(now=T0 + 570 * S, jitter=30.0), policy.INTERVAL_ELAPSED, None),
     (given(now=T0 + 569 * S, jitter=30.0), policy.FRESH, T0 + 570 * S),
@@ -91,6 +92,7 @@ def test_the_checks_run_in_this_order() -> None:
 ], ids=[
     "missing", "incomplete-keys", "no-issued-at", "no-expires-at", "spec-changed", "incomplete-before-spec",
     "requested", "spec-before-requested", "requested-before-issue", "requested-at-issue",
+    "requested-ahead-and-answered",
     "interval-elapsed", "interval-less-jitter", "just-before-jittered", "fresh", "long-interval-capped-by-margin",
     "margin-reached", "expiring-short-credentials", "short-credentials-before-half-life",
     "short-credentials-interval-waits-for-half-life", "short-credentials-interval-before-margin",

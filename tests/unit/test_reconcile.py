@@ -131,6 +131,27 @@ async def test_spec_change_re_mints() -> None:
     assert out.refreshed and kube.calls.count("replace_secret") == 1
 
 
+async def test_a_refresh_request_stamped_ahead_of_the_operators_clock_is_answered_once() -> None:
+    """`kubectl annotate ... refresh-requested-at=$(date ...)` from a machine whose clock runs ahead: the
+    token minted for it is still older than the request, yet the request is answered, so no second token
+    (a restart, reading the Secret afresh, agrees)."""
+    kube, ids = FakeKube(), FakeIdentities()
+    await reconciler(kube, ids).reconcile(resource())
+    body = resource()
+    body["metadata"]["annotations"] = {"rdsiam.io/refresh-requested-at": "2026-01-01T12:01:05Z"}
+    now = T0 + dt.timedelta(minutes=1)  # 12:01:00, five seconds behind the requester
+    rec = reconciler(kube, ids, now=now)
+    assert (await rec.reconcile(body)).refreshed
+    assert kube.secrets[("shop", "orders")]["metadata"]["annotations"]["rdsiam.io/refresh-served"] == \
+        "2026-01-01T12:01:05Z"
+    kube.calls.clear()
+    assert not (await rec.reconcile(body)).refreshed
+    assert not (await reconciler(kube, ids, now=now + dt.timedelta(seconds=2)).reconcile(body)).refreshed
+    assert "replace_secret" not in kube.calls
+    body["metadata"]["annotations"]["rdsiam.io/refresh-requested-at"] = "2026-01-01T12:01:09Z"  # a new request
+    assert (await rec.reconcile(body)).refreshed
+
+
 async def test_foreign_secret_is_never_touched() -> None:
     kube, ids = FakeKube(), FakeIdentities()
     foreign = {"metadata": {"name": "orders", "namespace": "shop", "resourceVersion": "7"}, "data": {"x": "eQ=="}}

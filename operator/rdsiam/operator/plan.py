@@ -140,9 +140,12 @@ def spec_changed(inp: Input) -> tuple[str, str, bool]:
 
 
 def refresh_requested(inp: Input) -> tuple[str, str, bool]:
+    # A request stamped ahead of the operator's clock (another machine's `date`) stays later than the
+    # token that answered it: the Secret records which request it answered, so it is answered once.
     issued, requested = inp.secret.issued_at, inp.requested_at
     return (policy.REFRESH_REQUESTED, "a refresh was requested",
-            requested is not None and issued is not None and requested > issued)
+            requested is not None and issued is not None and requested > issued
+            and requested != inp.secret.served_request)
 
 
 def expiring(inp: Input) -> tuple[str, str, bool]:

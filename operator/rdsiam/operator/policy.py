@@ -40,6 +40,7 @@ class SecretState:
     expires_at: datetime.datetime | None = None
     complete: bool = False
     resource_version: str | None = None
+    served_request: datetime.datetime | None = None  # the refresh request this token answered, if any
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # json.dumps would build one per call

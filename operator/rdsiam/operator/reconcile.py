@@ -47,6 +47,7 @@ ISSUED_ANN = "rdsiam.io/issued-at"
 EXPIRES_ANN = "rdsiam.io/expires-at"
 IDENTITY_ANN = "rdsiam.io/identity"  # the principal ARN that signed (never keys)
 REFRESH_ANN = "rdsiam.io/refresh-requested-at"  # set by users (kubectl annotate) to force a rotation
+SERVED_ANN = "rdsiam.io/refresh-served"  # on the Secret: the REFRESH_ANN value its token answered
 SECRET_KEYS = ("username", "password", "host", "port", "dbname", "dsn", "expires-at")
 # The keys a complete Secret has, by engine (``secret_data``): a Secret missing one gets a new token now.
 # A template's keys are added to them (mergePolicy Merge) or replace them (Replace): ``required_keys``.
@@ -323,6 +324,8 @@ class Reconciler:
         labels = {**spec.target.labels, MANAGED_BY: MANAGER, CREDENTIAL_LABEL: label_value(meta["name"])}
         annotations = {**spec.target.annotations, FINGERPRINT_ANN: fp, ISSUED_ANN: issued_at,
                        EXPIRES_ANN: expires_at}
+        if requested := (meta.get("annotations") or {}).get(REFRESH_ANN):
+            annotations[SERVED_ANN] = requested
         if identity:
             annotations[IDENTITY_ANN] = identity
         metadata: dict[str, Any] = {
@@ -586,7 +589,7 @@ def _state_of(secret: dict[str, Any] | None, uid: str | None, required: frozense
         exists=True, owned=owned, owner=None if owned else _owner_of(secret),
         fingerprint=ann.get(FINGERPRINT_ANN), issued_at=policy.parse_time(ann.get(ISSUED_ANN)),
         expires_at=policy.parse_time(ann.get(EXPIRES_ANN)), complete=required.issubset(keys),
-        resource_version=meta.get("resourceVersion"))
+        resource_version=meta.get("resourceVersion"), served_request=policy.parse_time(ann.get(SERVED_ANN)))
 
 
 def backoff(attempt: int, minimum: float, cap: float = 300.0) -> float:
