@@ -20,6 +20,27 @@ COPY README.md ./
 COPY operator/ operator/
 RUN /opt/rdsiam/bin/pip install --no-deps -c constraints.txt ".[operator]"
 
+# The proxy sidecar (`rdsiam proxy`): the package alone, no extra, so only Python's standard library.
+#   docker build --target proxy -t rdsiam-proxy:0.1.0 .
+# Declared before the operator's stage so that a plain `docker build .` still yields the operator image.
+FROM ${BASE_IMAGE} AS proxy
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PATH=/opt/rdsiam/bin:$PATH PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+RUN python -m venv /opt/rdsiam && /opt/rdsiam/bin/pip install --no-deps . \
+    && /opt/rdsiam/bin/pip uninstall -y pip setuptools \
+    && rm -rf /src \
+    && groupadd --system --gid 65532 rdsiam \
+    && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin rdsiam
+WORKDIR /
+USER 65532:65532
+# Clients on 127.0.0.1:5432 (MySQL: 3306) inside the pod; the health port when --health-port sets it.
+EXPOSE 9090
+ENTRYPOINT ["rdsiam", "proxy"]
+
 FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 65532 rdsiam \
     && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \

@@ -8,6 +8,7 @@
 #            builds: run `scripts/build-realapi.sh coredns` first)
 #   rdsiam   localhost/rdsiam-e2e/rdsiam:dev     images/rdsiam.tar   (the operator: ./Dockerfile)
 #   app      localhost/rdsiam-e2e/app:dev        images/app.tar      (examples/apps/Dockerfile)
+#   proxy    localhost/rdsiam-e2e/rdsiam-proxy:dev images/proxy.tar (./Dockerfile's `proxy` stage)
 #   jre, nodejs  localhost/rdsiam-e2e/{jre:17,nodejs:18}-bookworm: the base plus Debian's
 #            openjdk-17-jre-headless or nodejs (only kept in buildah's storage, as the bases below)
 #   go-app   localhost/rdsiam-e2e/orders-go:dev    images/go-app.tar   (examples/apps/go/Dockerfile on scratch)
@@ -26,7 +27,7 @@
 # mirror) and pip (PyPI) inside the builds, each bounded by `timeout`.
 #
 # Usage: scripts/build-node-images.sh [--force] [--no-cache] [--print-image-dir] [IMAGE ...]
-#   IMAGE: base, pause, coredns, rdsiam, app, jre, nodejs, go-app, node-app, java-app (none named: all). An image whose stamp matches its
+#   IMAGE: base, pause, coredns, rdsiam, app, proxy, jre, nodejs, go-app, node-app, java-app (none named: all). An image whose stamp matches its
 #   inputs (the hash of the files that go into it, the base image under it, this script's recipe) is
 #   skipped, so a second run takes seconds. --force ignores the stamps of the images named (buildah's
 #   layer cache, keyed by content, still applies unless --no-cache is given too). Exits non-zero when
@@ -64,6 +65,7 @@ image_of() {
         coredns) echo "$PREFIX/coredns:1.15.0" ;;
         rdsiam) echo "$PREFIX/rdsiam:dev" ;;
         app) echo "$PREFIX/app:dev" ;;
+        proxy) echo "$PREFIX/rdsiam-proxy:dev" ;;
         jre) echo "$PREFIX/jre:17-bookworm" ;;
         nodejs) echo "$PREFIX/nodejs:18-bookworm" ;;
         go-app) echo "$PREFIX/orders-go:dev" ;;
@@ -80,18 +82,18 @@ for arg in "$@"; do
         --force) force=1 ;;
         --no-cache) no_cache=(--no-cache) ;;
         --print-image-dir) echo "$IMAGES"; exit 0 ;;
-        base|pause|coredns|rdsiam|app|jre|nodejs|go-app|node-app|java-app) components+=("$arg") ;;
+        base|pause|coredns|rdsiam|app|proxy|jre|nodejs|go-app|node-app|java-app) components+=("$arg") ;;
         -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "build-node-images: unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
-ALL=(base pause coredns rdsiam app jre nodejs go-app node-app java-app)
+ALL=(base pause coredns rdsiam app proxy jre nodejs go-app node-app java-app)
 [ "${#components[@]}" -gt 0 ] || components=("${ALL[@]}")
 named=" ${components[*]} "  # what --force applies to
 # In build order, each with the base images it is built on (a no-op when they are there).
 case " ${components[*]} " in *" node-app "*) components+=(nodejs) ;; esac
 case " ${components[*]} " in *" java-app "*) components+=(jre) ;; esac
-case " ${components[*]} " in *" rdsiam "*|*" app "*|*" jre "*|*" nodejs "*) components+=(base) ;; esac
+case " ${components[*]} " in *" rdsiam "*|*" app "*|*" proxy "*|*" jre "*|*" nodejs "*) components+=(base) ;; esac
 ordered=()
 for c in "${ALL[@]}"; do
     case " ${components[*]} " in *" $c "*) ordered+=("$c") ;; esac
@@ -220,7 +222,7 @@ stamp_value() {  # image -> the stamp a completed build of it writes (empty: inp
         coredns)
             [ -x "$(coredns_bin)" ] || return 0
             echo "recipe=$RECIPE bin=$(sha256sum < "$(coredns_bin)" | cut -d' ' -f1)" ;;
-        rdsiam|app)
+        rdsiam|app|proxy)
             base_id="$(image_id "$BASE_IMAGE")"
             [ -n "$base_id" ] || return 0
             if [ "$1" != app ]; then
@@ -376,6 +378,14 @@ build_rdsiam() {
     export_image "$(image_of rdsiam)" rdsiam.tar
 }
 
+build_proxy() {
+    local logfile="$LOGS/proxy.log"
+    log "proxy: buildah bud of ./Dockerfile --target proxy on $BASE_IMAGE (log: $logfile)"
+    bud "$logfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" -f Dockerfile --target proxy -t "$(image_of proxy)" . \
+        || { show_log "$logfile"; return 1; }
+    export_image "$(image_of proxy)" proxy.tar
+}
+
 build_app() {
     local logfile="$LOGS/app.log" src="$RUN_TMP/app-src" ctx="$RUN_TMP/app-context" py=""
     # The wheel of rdsiam, built from a copy of the package's sources (never inside the repository).
@@ -450,7 +460,7 @@ for c in "${components[@]}"; do
     fi
     under=""
     case "$c" in
-        rdsiam|app|jre|nodejs) under="$BASE_IMAGE" ;;
+        rdsiam|app|proxy|jre|nodejs) under="$BASE_IMAGE" ;;
         node-app) under="$(image_of nodejs)" ;;
         java-app) under="$(image_of jre)" ;;
     esac

@@ -33,6 +33,7 @@ CLIENT_SSL = 0x800
 CLIENT_TRANSACTIONS = 0x2000
 CLIENT_SECURE_CONNECTION = 0x8000
 CLIENT_PLUGIN_AUTH = 0x80000
+CLIENT_CONNECT_ATTRS = 0x100000
 NEEDED = CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH
 MAX_PACKET = 1 << 24
 READ_LIMIT = 1 << 20
@@ -168,19 +169,23 @@ def client_flags(server: int, *, database: str, tls: bool) -> int:
     return flags & (server | NEEDED)
 
 
-def ssl_request(flags: int) -> bytes:
+def ssl_request(flags: int, *, max_packet: int = MAX_PACKET, charset: int = UTF8MB4) -> bytes:
     """The SSLRequest payload: the HandshakeResponse41's fixed part alone."""
-    return struct.pack("<IIB23x", flags | CLIENT_SSL, MAX_PACKET, UTF8MB4)
+    return struct.pack("<IIB23x", flags | CLIENT_SSL, max_packet, charset)
 
 
-def handshake_response(flags: int, user: str, database: str, plugin: str, auth: bytes = b"") -> bytes:
-    """HandshakeResponse41; ``auth`` is the answer for ``plugin`` (the probe sends none: see the module)."""
-    out = struct.pack("<IIB23x", flags, MAX_PACKET, UTF8MB4) + user.encode() + b"\0"
+def handshake_response(flags: int, user: str, database: str, plugin: str, auth: bytes = b"", *,
+                       max_packet: int = MAX_PACKET, charset: int = UTF8MB4, attrs: bytes | None = None) -> bytes:
+    """HandshakeResponse41; ``auth`` is the answer for ``plugin`` (the probe sends none: see the module);
+    ``attrs``: a client's length-encoded connection attributes, passed on as sent (with CLIENT_CONNECT_ATTRS)."""
+    out = struct.pack("<IIB23x", flags, max_packet, charset) + user.encode() + b"\0"
     out += bytes([len(auth)]) + auth
     if flags & CLIENT_CONNECT_WITH_DB:
         out += database.encode() + b"\0"
     if flags & CLIENT_PLUGIN_AUTH:
         out += plugin.encode() + b"\0"
+    if attrs is not None and flags & CLIENT_CONNECT_ATTRS:
+        out += attrs
     return out
 
 

@@ -142,11 +142,13 @@ class Session:
         kind = "refused" if kinds == {"refused"} else "network"
         raise _Stop("connect", kind, "; ".join(m for _, m in failures))
 
-    async def start_tls(self, sslmode: str, sslrootcert: str | None, *, option: str = "sslrootcert") -> None:
-        """Upgrade the dialled connection once the server agreed to TLS (``option``: the CA's name in errors)."""
+    async def start_tls(self, sslmode: str, sslrootcert: str | None, *, option: str = "sslrootcert",
+                        context: ssl.SSLContext | None = None) -> None:
+        """Upgrade the dialled connection once the server agreed to TLS (``option``: the CA's name in errors;
+        ``context``: one made earlier by :func:`tls_context` for the same settings, reused)."""
         assert self.writer is not None
         try:
-            ctx = tls_context(sslmode, sslrootcert)
+            ctx = context or tls_context(sslmode, sslrootcert)
         except OSError as exc:
             raise _Stop("tls", "tls", f"cannot read {option} {sslrootcert!r}: {exc.strerror or exc}") from None
         try:

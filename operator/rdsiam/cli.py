@@ -1,4 +1,4 @@
-"""The `rdsiam` command: `run` (the operator), `token`, `check`, `crd`.
+"""The `rdsiam` command: `run` (the operator), `proxy`, `token`, `check`, `crd`.
 
 Each subcommand imports what it needs when it runs, so `rdsiam check` works in an app image
 that has only the standard library and `rdsiam`. Help text is printed as written: no reST.
@@ -40,6 +40,24 @@ example:
   HOST=orders.cluster-abc.us-east-1.rds.amazonaws.com
   PGPASSWORD="$(rdsiam token --host "$HOST" --user app_user)" \\
       psql "host=$HOST user=app_user dbname=orders sslmode=require\""""
+
+PROXY_DESCRIPTION = """\
+Run a local database proxy next to the app (a sidecar): apps connect to it
+over plain TCP on loopback or a Unix socket with any or no password, and it
+logs each connection in to the database named by the mounted Secret, as its
+user, with the current token and TLS, then relays. PostgreSQL and MySQL.
+Standard library only: the image needs nothing but Python and rdsiam."""
+
+PROXY_EPILOG = """\
+The client's user and database are ignored: the mount decides both.
+Health (--health-port): /startup, /liveness, /readiness (ready while the mount
+holds an unexpired token), /metrics (rdsiam_proxy_*). SIGTERM stops accepting
+and lets open connections finish for up to --drain-timeout seconds.
+
+example:
+  rdsiam proxy --credential /var/run/secrets/rdsiam/orders-db --health-port 9090
+  psql "host=127.0.0.1 port=5432 user=any dbname=any"
+"""
 
 CRD_DESCRIPTION = """\
 Print the RdsIamCredential CustomResourceDefinition as YAML (the file in crds/,
@@ -200,6 +218,12 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _proxy(args: argparse.Namespace) -> int:
+    from rdsiam._proxy import main as proxy_main
+
+    return proxy_main(args)
+
+
 def _crd(args: argparse.Namespace) -> int:
     from rdsiam.operator.crd import render
 
@@ -251,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="post a Normal Event for every routine rotation too (default: first issue, changes, "
                      "recoveries and failures only)")
     run.set_defaults(func=_run)
+
+    proxy = sub.add_parser("proxy", help="run a sidecar proxy that logs clients in with the token",
+                           description=PROXY_DESCRIPTION, epilog=PROXY_EPILOG, formatter_class=raw)
+    from rdsiam._proxy import add_arguments
+
+    add_arguments(proxy)
+    proxy.set_defaults(func=_proxy)
 
     token = sub.add_parser("token", help="print an RDS IAM auth token from the local AWS credentials",
                            description=TOKEN_DESCRIPTION, epilog=TOKEN_EPILOG, formatter_class=raw)

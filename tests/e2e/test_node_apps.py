@@ -30,15 +30,15 @@ from rdsiam.testing.rds import IamPostgres
 from rdsiam.testing.rds_mysql import IamMySQL
 from rdsiam.testing.sts import StsServer
 
-from .conftest import APP_IMAGE, OPERATOR_ROLE, ROOT, Release, app_logins, lang_image, on_node
+from .conftest import APP_IMAGE, OPERATOR_ROLE, PROXY_IMAGE, ROOT, Release, app_logins, lang_image, on_node
 
 pytestmark = on_node
 
 EXAMPLES = ROOT / "examples"
 PLACEHOLDER_IMAGE = "registry.example.com/orders-app:1.0"
 LANGUAGES = ("go", "node", "java")  # examples/apps/LANG: an app in another language, its own image
-IMAGES = {PLACEHOLDER_IMAGE: APP_IMAGE, **{f"registry.example.com/orders-app-{lang}:1.0": lang_image(lang)
-                                           for lang in LANGUAGES}}
+IMAGES = {PLACEHOLDER_IMAGE: APP_IMAGE, "registry.example.com/rdsiam-proxy:0.1.0": PROXY_IMAGE,
+          **{f"registry.example.com/orders-app-{lang}:1.0": lang_image(lang) for lang in LANGUAGES}}
 ROTATIONS = 3
 ROTATE_EVERY = 20.0  # seconds between the rotations the test asks for
 APPS = {  # pod name -> the example script it runs once a second
@@ -119,6 +119,12 @@ def example_apps() -> list[dict[str, Any]]:
     # mount's current generation for every new connection, as written (their loops open one a second).
     for lang in LANGUAGES:
         docs += [with_image(doc) for doc in documents(EXAMPLES / "apps" / lang / "deployment.yaml")]
+    # proxy/: `rdsiam proxy` as a native sidecar of apps with no rdsiam code and no token: the Java app's
+    # plain HikariCP pool, and psql + pg_dump (loop once a second; a session held 30 s outlives rotations).
+    for doc in documents(EXAMPLES / "proxy" / "deployment.yaml"):
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            container["args"] = [every_second(arg) for arg in container.get("args", [])]
+        docs.append(with_image(doc))
     # pgpass/: psql as root reading the mounted key, and non-root through the copying sidecar.
     for path, name in (("deployment.yaml", "orders-report"), ("deployment-nonroot.yaml", "orders-report-nonroot")):
         (doc,) = documents(EXAMPLES / "pgpass" / path)
@@ -227,7 +233,11 @@ def test_examples_log_in_through_rotations(
                        "SELECT current_user")
     assert user.strip() == "app_user", user
 
-    logs = {name: kubectl.run("logs", "-n", shop, f"deployment/{name}", "--tail=-1") for name in names}
+    logs = {name: kubectl.run("logs", "-n", shop, f"deployment/{name}", "--all-containers", "--tail=-1")
+            for name in names}
+    # Through the proxy, sessions opened before a rotation went on after it.
+    survived = logs["orders-report-proxy"].count("session survived as app_user")
+    assert survived >= 1, logs["orders-report-proxy"][-2000:]
     failed = {name: [line for line in text.splitlines() if "login failed" in line or "FATAL" in line][:3]
               for name, text in logs.items()}
     assert not any(failed.values()), failed

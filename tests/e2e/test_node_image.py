@@ -1,6 +1,7 @@
 """What the images the node runs contain: the operator image holds the operator and the in-pod library,
-the app image the in-pod library, and neither anything of the test support (``rdsiam-testing``) or
-what only tests need. Read from the docker-archive tarballs scripts/build-node-images.sh wrote."""
+the app image the in-pod library, the proxy image the in-pod library alone (no third-party package), and
+none anything of the test support (``rdsiam-testing``) or what only tests need. Read from the
+docker-archive tarballs scripts/build-node-images.sh wrote."""
 
 from __future__ import annotations
 
@@ -51,3 +52,13 @@ def test_the_images_hold_no_test_support(image: str, must_have: set[str]) -> Non
     assert sorted(f for f in ours if f.startswith("rdsiam/testing/")) == []
     installed = distributions(files)
     assert "rdsiam" in installed and sorted(installed & TEST_ONLY) == []
+
+
+@on_node
+def test_the_proxy_image_holds_rdsiam_and_the_standard_library_only() -> None:
+    tarball = image_dir() / "proxy.tar"
+    files = image_files(tarball)
+    assert "rdsiam/_proxy.py" in {f.split("site-packages/", 1)[1] for f in files if "site-packages/" in f}
+    installed = distributions(files)
+    assert sorted(installed) == ["rdsiam"], sorted(installed)  # no pip, boto3, kopf, pydantic, jinja2
+    print(f"proxy image: {tarball.stat().st_size / 1e6:.1f} MB, {len(files)} files")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 
-def instructions() -> list[tuple[str, str]]:
+def all_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
     text = re.sub(r"\\\n\s*", " ", DOCKERFILE)
     found = []
@@ -28,6 +28,22 @@ def instructions() -> list[tuple[str, str]]:
             word, _, rest = line.partition(" ")
             found.append((word.upper(), rest.strip()))
     return found
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions by name (the unnamed last one, the default build, is "")."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    name = "<preamble>"
+    for op, args in all_instructions():
+        if op == "FROM":
+            name = args.partition(" AS ")[2].strip()
+        out.setdefault(name, []).append((op, args))
+    return out
+
+
+def instructions() -> list[tuple[str, str]]:
+    """The operator image's instructions: every stage but the proxy's (`docker build --target proxy`)."""
+    return [step for name, steps in stages().items() if name != "proxy" for step in steps]
 
 
 def test_image_installs_only_the_operator_extra_pinned_by_the_constraints() -> None:
@@ -74,3 +90,15 @@ def test_chart_runs_the_images_entrypoint_on_exposed_ports() -> None:
     assert "command" not in container and container["args"][0].startswith("--")  # flags of the entrypoint
     exposed = {int(p) for op, args in instructions() if op == "EXPOSE" for p in args.split()}
     assert {p["containerPort"] for p in container["ports"]} <= exposed
+
+
+def test_the_proxy_stage_installs_rdsiam_alone_and_runs_rdsiam_proxy_as_non_root() -> None:
+    steps = stages()
+    assert list(steps)[-1] == "", "the operator's stage must stay the last: `docker build .` builds it"
+    proxy = steps["proxy"]
+    installs = [args for op, args in proxy if op == "RUN" and "pip install" in args]
+    assert len(installs) == 1 and re.search(r"pip install --no-deps \. ", installs[0]), installs  # no extra
+    assert not any("--from" in args for op, args in proxy if op == "COPY")
+    uid, _, gid = next(args for op, args in reversed(proxy) if op == "USER").partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit()
+    assert json.loads(next(args for op, args in proxy if op == "ENTRYPOINT")) == ["rdsiam", "proxy"]
