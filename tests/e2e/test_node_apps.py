@@ -119,7 +119,7 @@ def example_apps() -> list[dict[str, Any]]:
     # mount's current generation for every new connection, as written (their loops open one a second).
     for lang in LANGUAGES:
         docs += [with_image(doc) for doc in documents(EXAMPLES / "apps" / lang / "deployment.yaml")]
-    # proxy/: `rdsiam proxy` as a native sidecar of apps with no rdsiam code and no token: the Java app's
+    # examples/proxy: `rdsiam proxy` as a native sidecar of apps with no rdsiam code and no token: the Java app's
     # plain HikariCP pool, and psql + pg_dump (loop once a second; a session held 30 s outlives rotations).
     for doc in documents(EXAMPLES / "proxy" / "deployment.yaml"):
         for container in doc["spec"]["template"]["spec"]["containers"]:

@@ -309,7 +309,7 @@ def test_the_secret_lets_an_app_scope_rbac_to_exactly_it(
     assert [(o["kind"], o["name"], o["controller"]) for o in owner] == [("RdsIamCredential", "orders-db", True)]
     # Labels and annotations say who and when, never what: no token, no signature, no key in them.
     assert set(meta["annotations"]) == {"owner", "rdsiam.io/spec-hash", "rdsiam.io/issued-at", "rdsiam.io/expires-at",
-                                        "rdsiam.io/identity"}
+                                        "rdsiam.io/identity", "rdsiam.io/refresh-served"}
     assert meta["annotations"]["rdsiam.io/identity"].startswith("arn:aws:sts::")
     data = decode(obj)
     in_metadata = find_leaks({"metadata": json.dumps(meta)}, [data["password"]])  # out of the assertion:

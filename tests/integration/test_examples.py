@@ -331,7 +331,9 @@ def test_every_example_manifest_is_valid() -> None:
             except kubernetes_validate.ValidationError as exc:
                 pytest.fail(f"{path.relative_to(ROOT)}: {doc['kind']}: {str(exc).splitlines()[0]} at {list(exc.path)}")
     assert {"Deployment", "ServiceAccount", "ConfigMap", "RdsIamCredential"} <= kinds
-    for path in sorted(EXAMPLES.rglob("*.json")):
+    policies = sorted(EXAMPLES.rglob("*policy.json"))  # IAM policies (apps/node has package.json files)
+    assert len(policies) >= 8
+    for path in policies:
         policy = json.loads(path.read_text())
         assert policy["Version"] == "2012-10-17" and policy["Statement"], path
 
