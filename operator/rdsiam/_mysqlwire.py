@@ -201,6 +201,66 @@ async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return seq, await reader.readexactly(length)
 
 
+async def read_server(s: Session, reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One packet from the server within the session's deadline; not MySQL's framing: a protocol failure."""
+    try:
+        return await s.within(read_packet(reader))
+    except ProtocolError as exc:
+        raise _Stop("", "protocol", f"malformed packet from the server ({exc}): not a MySQL server?") from None
+
+
+def refusal(s: Session, payload: bytes) -> ProbeResult:
+    err = parse_error(payload)
+    return s.result(False, "server", str(err), str(err.code))
+
+
+async def read_greeting(s: Session, reader: asyncio.StreamReader) -> tuple[int, bytes, Handshake] | ProbeResult:
+    """The server's Handshake v10 (sequence, payload, parsed), or its refusal before one."""
+    s.stage = "startup"
+    seq, payload = await read_server(s, reader)
+    if payload[:1] == b"\xff":  # refused before the handshake: too many connections, host blocked, ...
+        return refusal(s, payload)
+    try:
+        hello = parse_handshake(payload)
+    except ProtocolError as exc:
+        raise _Stop("startup", "protocol", f"unexpected greeting ({exc}): not a MySQL server?") from None
+    s.server_version = hello.server_version
+    if hello.capabilities & NEEDED != NEEDED:
+        raise _Stop("startup", "protocol", f"the server ({hello.server_version}) lacks protocol 4.1 plugin "
+                    "authentication, which IAM logins need")
+    return seq, payload, hello
+
+
+async def authenticate(s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seq: int,
+                       password: str) -> tuple[int, bytes] | ProbeResult:
+    """After the HandshakeResponse (sequence ``seq``): the token only when the server switches to
+    mysql_clear_password over TLS. The server's OK (sequence, payload), or its refusal."""
+    while True:
+        seq, payload = await read_server(s, reader)
+        first = payload[:1]
+        if first == b"\x00":
+            return seq, payload
+        if first == b"\xff":
+            return refusal(s, payload)
+        if first == b"\xfe":
+            plugin, _ = parse_auth_switch(payload)
+            if plugin != CLEAR_PASSWORD:
+                s.auth = plugin
+                raise _Stop("auth", "password", f"it asked for {plugin} authentication, not for the token "
+                            f"in cleartext ({CLEAR_PASSWORD}); the token was not sent")
+            s.auth = "cleartext"
+            if not s.tls:
+                raise _Stop("auth", "no-tls", f"the server asked for the password in cleartext "
+                            f"({CLEAR_PASSWORD}) over an unencrypted connection; the token was not sent")
+            seq += 1
+            writer.write(packet(seq, password.encode() + b"\0"))
+            await writer.drain()
+            continue
+        # 0x01 (AuthMoreData): the server's own method carries on (caching_sha2_password, ...).
+        raise _Stop("auth", "password", f"it continued {s.auth} authentication instead of asking for the "
+                    f"token in cleartext ({CLEAR_PASSWORD}); the token was not sent")
+
+
 async def probe(
     host: str, port: int, user: str, password: str, database: str, *, ssl_mode: str = "PREFERRED",
     ssl_ca: str | None = None, hostaddr: str | None = None, timeout: float = 5.0,
@@ -211,30 +271,10 @@ async def probe(
 
     async def login(s: Session) -> ProbeResult:
         reader, writer = await s.dial()
-
-        async def read() -> tuple[int, bytes]:
-            try:
-                return await s.within(read_packet(reader))
-            except ProtocolError as exc:
-                raise _Stop("", "protocol", f"malformed packet from the server ({exc}): not a MySQL server?") \
-                    from None
-
-        def refused(payload: bytes) -> ProbeResult:
-            err = parse_error(payload)
-            return s.result(False, "server", str(err), str(err.code))
-
-        s.stage = "startup"
-        seq, payload = await read()
-        if payload[:1] == b"\xff":  # refused before the handshake: too many connections, host blocked, ...
-            return refused(payload)
-        try:
-            hello = parse_handshake(payload)
-        except ProtocolError as exc:
-            raise _Stop("startup", "protocol", f"unexpected greeting ({exc}): not a MySQL server?") from None
-        s.server_version = hello.server_version
-        if hello.capabilities & NEEDED != NEEDED:
-            raise _Stop("startup", "protocol", f"the server ({hello.server_version}) lacks protocol 4.1 plugin "
-                        "authentication, which IAM logins need")
+        greeted = await read_greeting(s, reader)
+        if isinstance(greeted, ProbeResult):
+            return greeted
+        seq, _, hello = greeted
         s.stage = "tls"
         use_tls = sslmode != "disable" and bool(hello.capabilities & CLIENT_SSL)
         if sslmode in ("require", "verify-ca", "verify-full") and not use_tls:
@@ -250,41 +290,20 @@ async def probe(
         seq += 1
         writer.write(packet(seq, handshake_response(flags, user, database, s.auth)))
         await writer.drain()
-        while True:
-            seq, payload = await read()
-            first = payload[:1]
-            if first == b"\x00":
-                break
-            if first == b"\xff":
-                return refused(payload)
-            if first == b"\xfe":
-                plugin, _ = parse_auth_switch(payload)
-                if plugin != CLEAR_PASSWORD:
-                    s.auth = plugin
-                    raise _Stop("auth", "password", f"it asked for {plugin} authentication, not for the token "
-                                f"in cleartext ({CLEAR_PASSWORD}); the token was not sent")
-                s.auth = "cleartext"
-                if not s.tls:
-                    raise _Stop("auth", "no-tls", f"the server asked for the password in cleartext "
-                                f"({CLEAR_PASSWORD}) over an unencrypted connection; the token was not sent")
-                seq += 1
-                writer.write(packet(seq, password.encode() + b"\0"))
-                await writer.drain()
-                continue
-            # 0x01 (AuthMoreData): the server's own method carries on (caching_sha2_password, ...).
-            raise _Stop("auth", "password", f"it continued {s.auth} authentication instead of asking for the "
-                        f"token in cleartext ({CLEAR_PASSWORD}); the token was not sent")
+        done = await authenticate(s, reader, writer, seq, password)
+        if isinstance(done, ProbeResult):
+            return done
         s.stage = "query"
         writer.write(packet(0, bytes([COM_QUERY]) + b"SELECT 1"))
         await writer.drain()
-        _, payload = await read()
+        _, payload = await read_server(s, reader)
         if payload[:1] == b"\xff":
-            return refused(payload)
+            return refusal(s, payload)
         eofs = 0 if payload[:1] != b"\x00" else 2  # a column count starts a result set; OK has none
         while eofs < 2:  # columns, EOF, rows, EOF
-            _, payload = await read()
+            _, payload = await read_server(s, reader)
             if payload[:1] == b"\xff":
-                return refused(payload)
+                return refusal(s, payload)
             eofs += is_eof(payload)
         writer.write(packet(0, bytes([COM_QUIT])))
         await writer.drain()

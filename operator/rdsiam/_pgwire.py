@@ -26,7 +26,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -195,6 +195,71 @@ def redact(message: str, password: str) -> str:
     return message
 
 
+async def negotiate_tls(s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sslmode: str,
+                        sslrootcert: str | None, *, context: ssl.SSLContext | None = None) -> None:
+    """Ask for TLS (unless ``sslmode=disable``) and start it; a server without TLS is refused by the modes
+    that require it."""
+    s.stage = "tls"
+    if sslmode == "disable":
+        return
+    writer.write(SSL_REQUEST)
+    await writer.drain()
+    answer = await s.within(reader.readexactly(1))
+    if answer == b"S":
+        await s.start_tls(sslmode, sslrootcert, context=context)
+    elif answer == b"N":
+        if sslmode in ("require", "verify-ca", "verify-full"):
+            raise _Stop("tls", "no-tls", f"the server does not support TLS (sslmode={sslmode}); the token was not "
+                        "sent")
+    else:
+        raise _Stop("tls", "protocol", "unexpected answer to the TLS request: not a PostgreSQL server?")
+
+
+def startup_message(params: Iterable[tuple[str, str]], version: int = PROTOCOL_3_0) -> bytes:
+    body = struct.pack("!i", version) + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params) + b"\0"
+    return struct.pack("!i", len(body) + 4) + body
+
+
+async def authenticate(s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, password: str,
+                       keep: Callable[[bytes, bytes], None] | None = None) -> ProbeResult | None:
+    """Answer the server after a StartupMessage: the token only for a cleartext request over TLS. None once the
+    first ReadyForQuery came (every message but the password request handed to ``keep``), or the refusal."""
+    while True:
+        kind, payload = await s.within(_read(reader))
+        if kind == b"E":
+            fields = _fields(payload)
+            return s.result(False, "server", fields.get("M", ""), fields.get("C", ""))
+        if kind == b"R":
+            (code,) = struct.unpack("!i", payload[:4])
+            s.stage = "auth"  # after AuthenticationOk the server may still refuse (database missing, ...)
+            if code == _AUTH_CLEARTEXT:
+                s.auth = "cleartext"
+                if not s.tls:
+                    raise _Stop("auth", "no-tls", "the server asked for the password in cleartext over an "
+                                "unencrypted connection; the token was not sent")
+                pw = password.encode() + b"\0"
+                writer.write(b"p" + struct.pack("!i", len(pw) + 4) + pw)
+                await writer.drain()
+                continue
+            if code != _AUTH_OK:
+                method = _AUTH_NAMES.get(code, f"method {code}")
+                if code == _AUTH_SASL:
+                    mechanisms = [m.decode(errors="replace") for m in payload[4:].split(b"\0") if m]
+                    method = f"SASL ({', '.join(mechanisms)})" if mechanisms else method
+                s.auth = method
+                raise _Stop("auth", "password", f"it asked for {method} authentication, not for an IAM token "
+                            "(the token was not sent; a driver sending it as a password gets \"password "
+                            "authentication failed\")")
+        elif kind == b"S":
+            name, _, value = payload.partition(b"\0")
+            if name == b"server_version":
+                s.server_version = value.rstrip(b"\0").decode(errors="replace")
+        if keep is not None:
+            keep(kind, payload)
+        if kind == b"Z":
+            return None
+
+
 async def probe(
     host: str, port: int, user: str, password: str, database: str, *, sslmode: str = "require",
     sslrootcert: str | None = None, hostaddr: str | None = None, timeout: float = 5.0,
@@ -204,68 +269,28 @@ async def probe(
 
     async def login(s: Session) -> ProbeResult:
         reader, writer = await s.dial()
-        s.stage = "tls"
-        if sslmode != "disable":
-            writer.write(SSL_REQUEST)
-            await writer.drain()
-            answer = await s.within(reader.readexactly(1))
-            if answer == b"S":
-                await s.start_tls(sslmode, sslrootcert)
-            elif answer == b"N":
-                if sslmode in ("require", "verify-ca", "verify-full"):
-                    raise _Stop("tls", "no-tls", f"the server does not support TLS (sslmode={sslmode})")
-            else:
-                raise _Stop("tls", "protocol", "unexpected answer to the TLS request: not a PostgreSQL server?")
+        await negotiate_tls(s, reader, writer, sslmode, sslrootcert)
         s.stage = "startup"
-        params = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in (
-            ("user", user), ("database", database), ("application_name", application_name)))
-        body = struct.pack("!i", PROTOCOL_3_0) + params + b"\0"
-        writer.write(struct.pack("!i", len(body) + 4) + body)
+        writer.write(startup_message((("user", user), ("database", database), ("application_name", application_name))))
         await writer.drain()
-        queried = False
+        refused = await authenticate(s, reader, writer, password)
+        if refused is not None:
+            return refused
+        s.stage = "query"
+        q = b"SELECT 1\0"
+        writer.write(b"Q" + struct.pack("!i", len(q) + 4) + q)
+        await writer.drain()
         while True:
             kind, payload = await s.within(_read(reader))
             if kind == b"E":
                 fields = _fields(payload)
                 return s.result(False, "server", fields.get("M", ""), fields.get("C", ""))
-            if kind == b"R":
-                (code,) = struct.unpack("!i", payload[:4])
-                s.stage = "auth"  # after AuthenticationOk the server may still refuse (database missing, ...)
-                if code == _AUTH_OK:
-                    continue
-                if code == _AUTH_CLEARTEXT:
-                    s.auth = "cleartext"
-                    if not s.tls:
-                        raise _Stop("auth", "no-tls", "the server asked for the password in cleartext over an "
-                                    "unencrypted connection; the token was not sent")
-                    pw = password.encode() + b"\0"
-                    writer.write(b"p" + struct.pack("!i", len(pw) + 4) + pw)
-                    await writer.drain()
-                    continue
-                method = _AUTH_NAMES.get(code, f"method {code}")
-                if code == _AUTH_SASL:
-                    mechanisms = [m.decode(errors="replace") for m in payload[4:].split(b"\0") if m]
-                    method = f"SASL ({', '.join(mechanisms)})" if mechanisms else method
-                s.auth = method
-                raise _Stop("auth", "password", f"it asked for {method} authentication, not for an IAM token "
-                            "(the token was not sent; a driver sending it as a password gets \"password "
-                            "authentication failed\")")
-            elif kind == b"S":
-                name, _, value = payload.partition(b"\0")
-                if name == b"server_version":
-                    s.server_version = value.rstrip(b"\0").decode(errors="replace")
-            elif kind == b"Z":
-                if queried:
-                    writer.write(b"X" + struct.pack("!i", 4))
-                    await writer.drain()
-                    s.stage = "done"
-                    return s.result(True)
-                queried = True
-                s.stage = "query"
-                q = b"SELECT 1\0"
-                writer.write(b"Q" + struct.pack("!i", len(q) + 4) + q)
+            if kind == b"Z":
+                writer.write(b"X" + struct.pack("!i", 4))
                 await writer.drain()
-            # K (BackendKeyData), N (notice), T/D/C (the query's rows) need no action.
+                s.stage = "done"
+                return s.result(True)
+            # T/D/C (the query's rows), N (notice) need no action.
 
     return await Session(host, port, password, hostaddr=hostaddr, timeout=timeout).run(login)
 

@@ -144,31 +144,14 @@ class MySQLEngine:
         async def login(s: Session) -> ProbeResult:
             nonlocal client_seq
             upstream_reader, upstream_writer = await s.dial()
-
-            async def read() -> tuple[int, bytes]:
-                try:
-                    return await s.within(wire.read_packet(upstream_reader))
-                except wire.ProtocolError as exc:
-                    raise _Stop("", "protocol", f"malformed packet from the server ({exc}): not a MySQL "
-                                "server?") from None
-
-            def refused(payload: bytes) -> ProbeResult:
-                err = wire.parse_error(payload)
-                return s.result(False, "server", str(err), str(err.code))
-
-            s.stage = "startup"
-            seq, payload = await read()
-            if payload[:1] == b"\xff":
-                return refused(payload)
+            greeted = await wire.read_greeting(s, upstream_reader)
+            if isinstance(greeted, ProbeResult):
+                return greeted
+            seq, payload, hello = greeted
             try:
-                hello = wire.parse_handshake(payload)
                 version, charset = raw_greeting_fields(payload)
-            except (wire.ProtocolError, ValueError, IndexError):
+            except (ValueError, IndexError):
                 raise _Stop("startup", "protocol", "unexpected greeting: not a MySQL server?") from None
-            s.server_version = hello.server_version
-            if hello.capabilities & wire.NEEDED != wire.NEEDED:
-                raise _Stop("startup", "protocol", f"the server ({hello.server_version}) lacks protocol 4.1 "
-                            "plugin authentication, which IAM logins need")
             if not hello.capabilities & wire.CLIENT_SSL:
                 raise _Stop("tls", "no-tls", f"the server does not support TLS (ssl-mode={up.shown_mode}); the "
                             "token was not sent")
@@ -197,26 +180,10 @@ class MySQLEngine:
                 flags, snap.username, snap.dbname, s.auth, max_packet=client.max_packet, charset=client.charset,
                 attrs=client.attrs)))
             await upstream_writer.drain()
-            while True:
-                seq, payload = await read()
-                first = payload[:1]
-                if first == b"\x00":
-                    break
-                if first == b"\xff":
-                    return refused(payload)
-                if first == b"\xfe":
-                    plugin, _ = wire.parse_auth_switch(payload)
-                    if plugin != wire.CLEAR_PASSWORD:
-                        s.auth = plugin
-                        raise _Stop("auth", "password", f"it asked for {plugin} authentication, not for the token "
-                                    f"in cleartext ({wire.CLEAR_PASSWORD}); the token was not sent")
-                    s.auth = "cleartext"
-                    seq += 1
-                    upstream_writer.write(wire.packet(seq, snap.password.encode() + b"\0"))
-                    await upstream_writer.drain()
-                    continue
-                raise _Stop("auth", "password", f"it continued {s.auth} authentication instead of asking for the "
-                            f"token in cleartext ({wire.CLEAR_PASSWORD}); the token was not sent")
+            done = await wire.authenticate(s, upstream_reader, upstream_writer, seq, snap.password)
+            if isinstance(done, ProbeResult):
+                return done
+            _, payload = done
             writer.write(wire.packet(client_seq + 1, payload))  # the server's OK, in the client's sequence
             streams.append((upstream_reader, upstream_writer))
             s.writer = None  # keep the connection: Session.run would close it

@@ -28,7 +28,7 @@ import time
 
 from rdsiam import _pgwire
 from rdsiam._mounted import CredentialError
-from rdsiam._pgwire import SSL_REQUEST, ProbeResult, Session, _Stop
+from rdsiam._pgwire import SSL_REQUEST, ProbeResult, Session
 from rdsiam._proxy import Proxy, Refusal, Upstream, relay
 
 SSL_CODE, GSSENC_CODE, CANCEL_CODE = 80877103, 80877104, 80877102
@@ -54,8 +54,7 @@ def parse_startup(body: bytes) -> dict[str, str]:
 def startup_message(version: int, user: str, database: str, client: dict[str, str]) -> bytes:
     """The StartupMessage sent upstream: the mount's user and database, the client's other parameters."""
     pairs = [("user", user), ("database", database), *((k, v) for k, v in client.items() if k not in IGNORED)]
-    body = struct.pack("!i", version) + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in pairs) + b"\0"
-    return struct.pack("!i", len(body) + 4) + body
+    return _pgwire.startup_message(pairs, version)
 
 
 def error_response(code: str, message: str, detail: str = "", hint: str = "") -> bytes:
@@ -133,60 +132,27 @@ class PostgresEngine:
         forward: list[bytes] = []
         key = b""
 
-        async def login(s: Session) -> ProbeResult:
+        def keep(kind: bytes, payload: bytes) -> None:
             nonlocal key
+            if kind == b"K":
+                key = payload
+            forward.append(kind + struct.pack("!i", len(payload) + 4) + payload)
+
+        async def login(s: Session) -> ProbeResult:
             upstream_reader, upstream_writer = await s.dial()
-            s.stage = "tls"
-            upstream_writer.write(SSL_REQUEST)
-            await upstream_writer.drain()
-            answer = await s.within(upstream_reader.readexactly(1))
-            if answer == b"S":
-                await s.start_tls(up.sslmode, up.sslrootcert, context=proxy.tls.get(up.sslmode, up.sslrootcert))
-            elif answer == b"N":
-                raise _Stop("tls", "no-tls", f"the server does not support TLS (sslmode={up.shown_mode}); the "
-                            "token was not sent")
-            else:
-                raise _Stop("tls", "protocol", "unexpected answer to the TLS request: not a PostgreSQL server?")
+            # up.sslmode is never one that allows plain TCP (see upstream_settings): the token goes over TLS.
+            await _pgwire.negotiate_tls(s, upstream_reader, upstream_writer, up.sslmode, up.sslrootcert,
+                                        context=proxy.tls.get(up.sslmode, up.sslrootcert))
             s.stage = "startup"
             upstream_writer.write(startup_message(version, snap.username, snap.dbname, params))
             await upstream_writer.drain()
-            while True:
-                kind, payload = await s.within(_pgwire._read(upstream_reader))
-                raw = kind + struct.pack("!i", len(payload) + 4) + payload
-                if kind == b"E":
-                    fields = _pgwire._fields(payload)
-                    return s.result(False, "server", fields.get("M", ""), fields.get("C", ""))
-                if kind == b"R":
-                    (auth,) = struct.unpack("!i", payload[:4])
-                    s.stage = "auth"
-                    if auth == _pgwire._AUTH_OK:
-                        forward.append(raw)
-                        continue
-                    if auth == _pgwire._AUTH_CLEARTEXT:
-                        s.auth = "cleartext"
-                        if not s.tls:  # unreachable (TLS is required above); kept as the probe's guard
-                            raise _Stop("auth", "no-tls", "the server asked for the password in cleartext over "
-                                        "an unencrypted connection; the token was not sent")
-                        pw = snap.password.encode() + b"\0"
-                        upstream_writer.write(b"p" + struct.pack("!i", len(pw) + 4) + pw)
-                        await upstream_writer.drain()
-                        continue
-                    method = _pgwire._AUTH_NAMES.get(auth, f"method {auth}")
-                    s.auth = method
-                    raise _Stop("auth", "password", f"it asked for {method} authentication, not for an IAM token "
-                                "(the token was not sent)")
-                if kind == b"S":
-                    name, _, value = payload.partition(b"\0")
-                    if name == b"server_version":
-                        s.server_version = value.rstrip(b"\0").decode(errors="replace")
-                elif kind == b"K":
-                    key = payload
-                forward.append(raw)
-                if kind == b"Z":
-                    streams.append((upstream_reader, upstream_writer))
-                    s.writer = None  # keep the connection: Session.run would close it
-                    s.stage = "done"
-                    return s.result(True)
+            refused = await _pgwire.authenticate(s, upstream_reader, upstream_writer, snap.password, keep)
+            if refused is not None:
+                return refused
+            streams.append((upstream_reader, upstream_writer))
+            s.writer = None  # keep the connection: Session.run would close it
+            s.stage = "done"
+            return s.result(True)
 
         result = await Session(snap.host, snap.port, snap.password, hostaddr=up.hostaddr,
                                timeout=proxy.config.connect_timeout).run(login)
