@@ -64,7 +64,7 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
-from rdsiam.testing import sigv4
+from rdsiam.testing import _pki, sigv4
 from rdsiam.testing.postgres import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,
@@ -166,64 +166,16 @@ def write_server_pki(
     """A new CA and a server certificate naming ``endpoint``, ``localhost`` and ``127.0.0.1``,
     written to ``directory`` as ``ca.pem``, ``server.crt`` and ``server.key``; returns their paths."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca)
-        .issuer_name(ca)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )  # fmt: skip
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, endpoint)]))
-        .issuer_name(ca)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    *(x509.DNSName(name) for name in dict.fromkeys([endpoint, "localhost"])),
-                    x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    not_before, not_after = now - timedelta(days=1), now + timedelta(days=30)
+    ca_key, ca_cert = _pki.make_ca(ca_name, not_before, not_after, path_length=0)
+    sans = [*(x509.DNSName(name) for name in dict.fromkeys([endpoint, "localhost"])),
+            x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
+    key, cert = _pki.make_leaf(ca_key, ca_cert, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, endpoint)]),
+                               ExtendedKeyUsageOID.SERVER_AUTH, sans, not_before, not_after)
     ca_path, cert_path, key_path = (
         directory / "ca.pem",
         directory / "server.crt",
@@ -231,11 +183,7 @@ def write_server_pki(
     )
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    key_path.write_bytes(_pki.pem_key(key))
     os.chmod(key_path, 0o600)
     return str(ca_path), str(cert_path), str(key_path)
 

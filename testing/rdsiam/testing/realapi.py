@@ -63,6 +63,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from rdsiam.testing import _pki
+
 if TYPE_CHECKING:
     from rdsiam.testing.kube.client import KubeClient
 
@@ -156,72 +158,21 @@ class _Pki:
 
     def __init__(self, directory: Path) -> None:
         from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
         directory.mkdir(parents=True, exist_ok=True)
         now = datetime.datetime.now(datetime.UTC)
         not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
-
-        def pem_key(key: Any) -> bytes:
-            data: bytes = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            return data
-
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rdsiam-realapi-ca")])
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
+        ca_key, ca_cert = _pki.make_ca("rdsiam-realapi-ca", not_before, not_after, path_length=None)
 
         def leaf(common_name: str, org: str | None, usage: Any, sans: list[Any] | None) -> tuple[bytes, bytes]:
-            key = ec.generate_private_key(ec.SECP256R1())
             attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
             if org:
                 attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-            builder = (
-                x509.CertificateBuilder()
-                .subject_name(x509.Name(attrs))
-                .issuer_name(ca_name)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(not_before)
-                .not_valid_after(not_after)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            )
-            if sans:
-                builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            cert = builder.sign(ca_key, hashes.SHA256())
-            return cert.public_bytes(serialization.Encoding.PEM), pem_key(key)
+            key, cert = _pki.make_leaf(ca_key, ca_cert, x509.Name(attrs), usage, sans, not_before, not_after)
+            return cert.public_bytes(serialization.Encoding.PEM), _pki.pem_key(key)
 
         serving_cert, serving_key = leaf(
             "kube-apiserver",
@@ -251,7 +202,7 @@ class _Pki:
         self.client_key = directory / "admin.key"
         _write_private(self.client_key, client_key)
         self.sa_key = directory / "sa.key"
-        _write_private(self.sa_key, pem_key(sa_key))
+        _write_private(self.sa_key, _pki.pem_key(sa_key))
         self.sa_pub = directory / "sa.pub"
         self.sa_pub.write_bytes(
             sa_key.public_key().public_bytes(
