@@ -227,8 +227,7 @@ async def authenticate(s: Session, reader: asyncio.StreamReader, writer: asyncio
     while True:
         kind, payload = await s.within(_read(reader))
         if kind == b"E":
-            fields = _fields(payload)
-            return s.result(False, "server", fields.get("M", ""), fields.get("C", ""))
+            return _refused(s, payload)
         if kind == b"R":
             (code,) = struct.unpack("!i", payload[:4])
             s.stage = "auth"  # after AuthenticationOk the server may still refuse (database missing, ...)
@@ -283,8 +282,7 @@ async def probe(
         while True:
             kind, payload = await s.within(_read(reader))
             if kind == b"E":
-                fields = _fields(payload)
-                return s.result(False, "server", fields.get("M", ""), fields.get("C", ""))
+                return _refused(s, payload)
             if kind == b"Z":
                 writer.write(b"X" + struct.pack("!i", 4))
                 await writer.drain()
@@ -301,6 +299,12 @@ async def _read(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     if not 4 <= length <= 1 << 20:
         raise _Stop("", "protocol", "malformed message from the server: not a PostgreSQL server?")
     return header[:1], await reader.readexactly(length - 4)
+
+
+def _refused(s: Session, payload: bytes) -> ProbeResult:
+    """An ErrorResponse as the probe's result: the server's message and SQLSTATE."""
+    fields = _fields(payload)
+    return s.result(False, "server", fields.get("M", ""), fields.get("C", ""))
 
 
 def _fields(payload: bytes) -> dict[str, str]:
